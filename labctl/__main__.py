@@ -1,0 +1,3 @@
+from labctl.cli import app
+
+app()
