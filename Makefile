@@ -1,0 +1,50 @@
+# labctl — two commands on a fresh machine:
+#   make demo   the offline smoke lab (today: validate + profiles; the full round lands with #6)
+#   make test   the test suite, Docker tests included
+# Both install what they need: a project venv, a Docker engine, the local base images.
+
+VENV   ?= .venv
+PYTHON ?= python3
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: help install env test test-fast demo lint schema bench clean
+
+help: ## Show the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@echo "== installing labctl and its test tools into $(VENV)"
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	@touch $@
+
+install: $(STAMP) ## Create the project venv with labctl installed
+
+env: ## Bring up a Docker engine and the base images (installs docker.io as root when needed)
+	@bash scripts/ensure-env.sh all
+
+test: $(STAMP) env ## Run every test (Docker ones included)
+	$(BIN)/pytest -q
+
+test-fast: $(STAMP) ## Run the tests that need no Docker
+	$(BIN)/pytest -q -m "not docker"
+
+demo: $(STAMP) env ## Run the offline smoke lab
+	$(BIN)/labctl validate labs/smoke.yaml
+	$(BIN)/labctl validate lab.yaml
+	$(BIN)/labctl profiles
+
+lint: $(STAMP) ## ruff
+	$(BIN)/ruff check labctl tests scripts benchmarks
+
+schema: $(STAMP) ## Regenerate lab.schema.json from the spec
+	$(BIN)/labctl schema --write lab.schema.json
+
+bench: $(STAMP) ## Benchmarks (ratios against a baseline measured in the same run)
+	@ls benchmarks/*.py >/dev/null 2>&1 && for b in benchmarks/*.py; do $(BIN)/python $$b; done \
+	  || echo "no benchmarks yet"
+
+clean: ## Remove the venv and caches (not the model store)
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,158 @@
+"""The `labctl` command line. Each command is a thin layer over a module named after a lab noun."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from labctl import __version__
+from labctl.labfile import DEFAULT_LAB, LoadedLab, load_lab
+from labctl.located import SpecError
+from labctl.units import format_size
+
+app = typer.Typer(
+    help="Reproducible, blind showdowns of local GGUF and cloud models as coding agents.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+out = Console()
+err = Console(stderr=True)
+
+EXIT_SPEC = 2
+"""Exit status for a wrong lab file (the same as a usage error: the input is wrong)."""
+
+LabArg = Annotated[Path, typer.Argument(help="Lab file.", show_default=True)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+ProfileOpt = Annotated[str | None, typer.Option("--profile", "-p", help="Hardware profile (overrides the lab's).")]
+
+
+def emit(data: Any) -> None:
+    """JSON to stdout, unstyled, for scripts."""
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def fail_spec(e: SpecError, as_json: bool) -> typer.Exit:
+    if as_json:
+        emit({"ok": False, "errors": [i.as_dict() for i in e.issues]})
+    for issue in e.issues:
+        err.print(str(issue), markup=False, highlight=False, soft_wrap=True)
+    return typer.Exit(EXIT_SPEC)
+
+
+def open_lab(path: Path, profile: str | None, as_json: bool) -> LoadedLab:
+    try:
+        return load_lab(path, profile=profile)
+    except SpecError as e:
+        raise fail_spec(e, as_json) from None
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"labctl {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Show the version and exit.")] = False,
+) -> None:
+    """labctl: declarative, content-pinned, blind and isolated model showdowns."""
+
+
+@app.command()
+def validate(lab: LabArg = DEFAULT_LAB, profile: ProfileOpt = None, as_json: JsonOpt = False) -> None:
+    """Check a lab file; errors name file:line:col and the field (exit 2)."""
+    loaded = open_lab(lab, profile, as_json)
+    kinds: dict[str, int] = {}
+    for c in loaded.lab.contestants:
+        kinds[c.kind] = kinds.get(c.kind, 0) + 1
+    summary = {
+        "ok": True,
+        "lab": str(lab),
+        "name": loaded.lab.lab.name,
+        "profile": loaded.profile.name,
+        "profile_source": loaded.profile_source,
+        "contestants": [{"id": c.id, "kind": c.kind, "name": c.name} for c in loaded.lab.contestants],
+        "task": str(loaded.lab.task.path),
+    }
+    if as_json:
+        emit(summary)
+        return
+    counts = ", ".join(f"{n} {k}" for k, n in kinds.items())
+    out.print(f"[green]✓[/] {lab}: lab [bold]{loaded.lab.lab.name}[/] is valid — "
+              f"{len(loaded.lab.contestants)} contestants ({counts}), profile {loaded.profile.name}, "
+              f"task {loaded.lab.task.path}", highlight=False)
+
+
+@app.command()
+def schema(
+    write: Annotated[Path | None, typer.Option("--write", "-w", help="Also write the schema to this file.")]
+    = None,
+) -> None:
+    """Print the JSON Schema of lab.yaml (editors use it through the file's modeline)."""
+    from labctl.schema import lab_schema_text
+
+    text = lab_schema_text()
+    if write is not None:
+        write.write_text(text, encoding="utf-8")
+        err.print(f"wrote {write}", highlight=False)
+    else:
+        sys.stdout.write(text)
+
+
+@app.command()
+def init(
+    directory: Annotated[Path, typer.Argument(help="Where to create the lab.")] = Path("."),
+    name: Annotated[str | None, typer.Option(help="Lab name (default: the directory's name).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite existing files.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Scaffold a commented lab.yaml, its schema and a Harbor task skeleton."""
+    from labctl.scaffold import ScaffoldError, scaffold
+
+    try:
+        written = scaffold(directory, name=name, force=force)
+    except ScaffoldError as e:
+        err.print(f"[red]error:[/] {e}", highlight=False)
+        raise typer.Exit(1) from None
+    if as_json:
+        emit({"ok": True, "files": [str(p) for p in written]})
+        return
+    for p in written:
+        out.print(f"  created {p}", highlight=False)
+    out.print(f"Next: [bold]labctl validate {directory / 'lab.yaml'}[/]", highlight=False)
+
+
+@app.command()
+def profiles(
+    lab: Annotated[Path | None, typer.Option("--lab", help="Also search profiles/ next to this lab.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List hardware profiles (built in and from the search path)."""
+    from labctl.profiles import all_profiles
+
+    try:
+        found = all_profiles(lab.resolve().parent if lab else None)
+    except SpecError as e:
+        raise fail_spec(e, as_json) from None
+    if as_json:
+        emit([{**f.profile.model_dump(), "compute_capability": f.profile.compute_capability,
+               "total_vram": f.profile.total_vram, "source": f.source} for f in found.values()])
+        return
+    t = Table(title="Hardware profiles")
+    for col in ("name", "GPU", "count", "VRAM / GPU", "CUDA arch", "host RAM", "reserve", "source"):
+        t.add_column(col)
+    for f in found.values():
+        p = f.profile
+        t.add_row(p.name, p.gpu or "—", str(p.gpu_count), format_size(p.vram_per_gpu) if p.is_gpu else "—",
+                  f"{p.cuda_arch} ({p.compute_capability})" if p.cuda_arch else "—",
+                  format_size(p.host_ram), format_size(p.vram_reserve) if p.vram_reserve else "—", f.source)
+    out.print(t)

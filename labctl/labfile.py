@@ -1,0 +1,115 @@
+"""Load a lab file: parse with positions, validate the shape, then check what the shape cannot
+(duplicate ids, paths that must exist, profile names), all reported as file:line:col."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from labctl.located import Document, Issue, SpecError, load_yaml, validate
+from labctl.profiles import Profile, all_profiles
+from labctl.spec import Lab, LocalContestant
+
+DEFAULT_LAB = Path("lab.yaml")
+
+
+@dataclass(frozen=True)
+class LoadedLab:
+    """A validated lab with its file, directory and resolved hardware profile."""
+
+    lab: Lab
+    doc: Document
+    profile: Profile
+    profile_source: str
+
+    @property
+    def path(self) -> Path:
+        return self.doc.path
+
+    @property
+    def base_dir(self) -> Path:
+        return self.doc.path.resolve().parent
+
+    def resolve(self, p: Path) -> Path:
+        """A path from the lab file, relative to the lab file's directory."""
+        return p if p.is_absolute() else self.base_dir / p
+
+    @property
+    def task_dir(self) -> Path:
+        return self.resolve(self.lab.task.path)
+
+
+def load_lab(path: Path | str = DEFAULT_LAB, *, profile: str | None = None) -> LoadedLab:
+    """Parse and check a lab; `profile` (from `--profile`) replaces the lab's own."""
+    path = Path(path)
+    doc = load_yaml(path)
+    lab: Lab = validate(Lab, doc)
+    base = path.resolve().parent
+    issues = _check(lab, doc, base)
+    found, source, profile_issues = _profile(lab, doc, base, profile)
+    issues += profile_issues
+    if issues:
+        raise SpecError(issues)
+    assert found is not None
+    return LoadedLab(lab, doc, found, source)
+
+
+def _check(lab: Lab, doc: Document, base: Path) -> list[Issue]:
+    issues: list[Issue] = []
+    seen: dict[str, int] = {}
+    for i, c in enumerate(lab.contestants):
+        if c.id in seen:
+            issues.append(doc.issue(("contestants", i, "id"),
+                                    f"id {c.id!r} is already used by contestants[{seen[c.id]}]"))
+        seen.setdefault(c.id, i)
+        if isinstance(c, LocalContestant) and c.model.path is not None:
+            p = c.model.path if c.model.path.is_absolute() else base / c.model.path
+            if not p.is_file():
+                issues.append(doc.issue(("contestants", i, "model", "path"), f"no such file: {p}"))
+    if lab.agent is None and any(c.kind in ("local", "cloud") for c in lab.contestants):
+        issues.append(doc.issue(("contestants",), "local and cloud contestants need an agent "
+                                                  "runtime: add an `agent:` section"))
+    issues += _check_task(doc, base / lab.task.path if not lab.task.path.is_absolute() else lab.task.path)
+    llama = lab.engine.llama_cpp
+    if llama.path is not None:
+        p = llama.path if llama.path.is_absolute() else base / llama.path
+        if not p.is_dir():
+            issues.append(doc.issue(("engine", "llama_cpp", "path"), f"no such directory: {p}"))
+    return issues
+
+
+def _check_task(doc: Document, task: Path) -> list[Issue]:
+    """A Harbor task directory: task.toml that parses, and instruction.md."""
+    loc = ("task", "path")
+    if not task.is_dir():
+        return [doc.issue(loc, f"task directory does not exist: {task}")]
+    toml = task / "task.toml"
+    if not toml.is_file():
+        return [doc.issue(loc, f"not a Harbor task: {toml} is missing")]
+    try:
+        tomllib.loads(toml.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        return [doc.issue(loc, f"{toml} does not parse: {e}")]
+    if not (task / "instruction.md").is_file():
+        return [doc.issue(loc, f"not a Harbor task: {task / 'instruction.md'} is missing")]
+    return []
+
+
+def _profile(lab: Lab, doc: Document, base: Path, override: str | None
+             ) -> tuple[Profile | None, str, list[Issue]]:
+    if override is None and isinstance(lab.profile, Profile):
+        return lab.profile, "inline", []
+    name = override or lab.profile
+    assert isinstance(name, str)
+    try:
+        known = all_profiles(base)
+    except SpecError as e:
+        return None, "", e.issues
+    if name in known:
+        return known[name].profile, known[name].source, []
+    where = ("profile",)
+    msg = f"unknown profile {name!r}; known: {', '.join(sorted(known))}"
+    if override is not None:
+        return None, "", [Issue("--profile", 0, 0, "", msg)]
+    return None, "", [doc.issue(where, msg)]
