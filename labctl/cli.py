@@ -30,7 +30,9 @@ EXIT_SPEC = 2
 
 LabArg = Annotated[Path, typer.Argument(help="Lab file.", show_default=True)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
-ProfileOpt = Annotated[str | None, typer.Option("--profile", "-p", help="Hardware profile (overrides the lab's).")]
+ProfileOpt = Annotated[
+    str | None, typer.Option("--profile", "-p", help="Hardware profile (overrides the lab's).")
+]
 
 
 def emit(data: Any) -> None:

@@ -7,6 +7,7 @@ This module joins the two so no error ever reaches the user as a traceback.
 from __future__ import annotations
 
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -35,7 +36,8 @@ class Issue:
     def __str__(self) -> str:
         # line 0: not in a file (a command-line option such as --profile)
         where = f"{self.file}:{self.line}:{self.col}" if self.line else self.file
-        return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+        text = f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+        return " ".join(text.splitlines())
 
     def as_dict(self) -> dict[str, Any]:
         return {"file": self.file, "line": self.line, "col": self.col, "field": self.field,
@@ -71,7 +73,10 @@ def dotted(loc: Loc) -> str:
     """('contestants', 2, 'model', 'file') → `contestants[2].model.file`."""
     out = ""
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        if isinstance(part, int) or not re.fullmatch(r"[\w-]+", part):
+            out += f"[{part!r}]"  # odd keys (spaces, newlines, dots) are quoted, so one issue is one line
+        else:
+            out += f".{part}" if out else part
     return out
 
 

@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from labctl.profiles import Profile
+from labctl.tinymodel import TinyModelParams
 from labctl.units import COUNT_PATTERN, Count, Duration, parse_count
 
 
@@ -225,8 +226,8 @@ class ModelSource(Spec):
     """Branch, tag or commit; `labctl lock` pins it to a commit sha."""
     path: Path | None = None
     """A local GGUF file (relative to the lab file) instead of Hugging Face."""
-    generate: dict[str, Any] | None = None
-    """Generate a tiny deterministic model with these parameters (see `labctl model tiny`)."""
+    generate: TinyModelParams | None = None
+    """Generate a tiny deterministic model with these parameters (same parameters, same bytes)."""
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSource:

@@ -222,7 +222,8 @@ def test_profiles_json_lists_the_six() -> None:
 def test_user_profiles_on_the_search_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     d = tmp_path / "profiles"
     d.mkdir()
-    (d / "l40s-48g.yaml").write_text("gpu: NVIDIA L40S\nvram_per_gpu: 48GiB\ncuda_arch: 89\nhost_ram: 256GiB\n")
+    (d / "l40s-48g.yaml").write_text("gpu: NVIDIA L40S\nvram_per_gpu: 48GiB\ncuda_arch: 89\n"
+                                     "host_ram: 256GiB\n")
     monkeypatch.setenv("LABCTL_PROFILE_PATH", str(d))
     code, out, _ = run_cli("profiles", "--json")
     found = {p["name"]: p for p in json.loads(out)}

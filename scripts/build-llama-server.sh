@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# Build a CPU-only llama-server from pinned llama.cpp source, without GitHub.
+#
+# The PyPI sdist of llama-cpp-python vendors the complete llama.cpp tree at
+# vendor/llama.cpp, so PyPI is the only network source this script needs.
+#
+#   scripts/build-llama-server.sh          # build (or reuse) and print the binary path
+#
+# Environment:
+#   LLAMA_CPP_PYTHON_VERSION  llama-cpp-python sdist to take llama.cpp from (default 0.3.36)
+#   LABCTL_LLAMA_CACHE        cache dir (default ${XDG_CACHE_HOME:-$HOME/.cache}/labctl/llama.cpp)
+#   LABCTL_BUILD_JOBS         parallel build jobs (default: nproc)
+#   PIP                       pip command used for the download (default: python3 -m pip)
+#
+# Layout under the cache dir:
+#   sdist/llama_cpp_python-<V>.tar.gz   downloaded sdist
+#   src/<V>/                            extracted vendor/llama.cpp (+ CHANGELOG.md)
+#   build/<V>/                          cmake build tree
+#   bin/llama-server                    the built binary (statically linked llama/ggml)
+#   bin/llama-server.stamp              what the binary was built from; reuse key
+#
+# Idempotent: when bin/llama-server exists and its stamp matches, nothing is done.
+# All progress goes to stderr; the last line on stdout is the binary's path.
+set -euo pipefail
+
+V="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
+CACHE="${LABCTL_LLAMA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/labctl/llama.cpp}"
+JOBS="${LABCTL_BUILD_JOBS:-$(nproc)}"
+BIN="$CACHE/bin/llama-server"
+STAMP="$BIN.stamp"
+
+log() { printf '[build-llama-server] %s\n' "$*" >&2; }
+
+CMAKE_FLAGS=(
+  -DCMAKE_BUILD_TYPE=Release
+  -DBUILD_SHARED_LIBS=OFF
+  -DGGML_NATIVE=OFF
+  -DGGML_CUDA=OFF
+  -DGGML_METAL=OFF
+  -DGGML_VULKAN=OFF
+  -DGGML_BLAS=OFF
+  -DGGML_RPC=OFF
+  -DLLAMA_CURL=OFF
+  -DLLAMA_OPENSSL=OFF
+  -DLLAMA_BUILD_TESTS=OFF
+  -DLLAMA_BUILD_EXAMPLES=OFF
+  -DLLAMA_BUILD_TOOLS=ON
+  -DLLAMA_BUILD_SERVER=ON
+  -DLLAMA_BUILD_COMMON=ON
+  -DLLAMA_BUILD_APP=OFF
+  # The web UI is not needed (API only) and its assets would come from npm or a HF bucket.
+  -DLLAMA_BUILD_UI=OFF
+  -DLLAMA_USE_PREBUILT_UI=OFF
+)
+
+# Stamp: the sdist version plus the build flags; a change in either rebuilds.
+stamp_text() {
+  printf 'llama-cpp-python==%s\n' "$V"
+  printf '%s\n' "${CMAKE_FLAGS[@]}"
+}
+
+if [[ -x "$BIN" && -f "$STAMP" ]] && [[ "$(cat "$STAMP")" == "$(stamp_text)" ]]; then
+  log "up to date: $BIN (llama-cpp-python==$V)"
+  echo "$BIN"
+  exit 0
+fi
+
+# --- toolchain -----------------------------------------------------------------
+missing=()
+command -v cmake >/dev/null 2>&1 || missing+=(cmake)
+command -v g++ >/dev/null 2>&1 || missing+=(g++)
+command -v make >/dev/null 2>&1 || command -v ninja >/dev/null 2>&1 || missing+=(make)
+if ((${#missing[@]})); then
+  if command -v apt-get >/dev/null 2>&1 && [[ "$(id -u)" == 0 ]]; then
+    log "installing ${missing[*]} with apt-get"
+    apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+  else
+    log "missing build tools: ${missing[*]} (install them, e.g. apt-get install ${missing[*]})"
+    exit 1
+  fi
+fi
+GENERATOR=()
+command -v ninja >/dev/null 2>&1 && GENERATOR=(-G Ninja)
+
+# --- source ----------------------------------------------------------------------
+mkdir -p "$CACHE/sdist" "$CACHE/src" "$CACHE/build" "$CACHE/bin"
+SDIST="$CACHE/sdist/llama_cpp_python-$V.tar.gz"
+if [[ ! -s "$SDIST" ]]; then
+  PIP_CMD=(${PIP:-python3 -m pip})
+  log "downloading llama-cpp-python==$V sdist from PyPI"
+  dl="$(mktemp -d "$CACHE/sdist/.dl.XXXXXX")"
+  "${PIP_CMD[@]}" download --quiet --no-deps --no-binary :all: "llama-cpp-python==$V" -d "$dl" >&2
+  f="$(find "$dl" -maxdepth 1 -name 'llama_cpp_python-*.tar.gz' | head -n1)"
+  [[ -n "$f" ]] || { log "pip download produced no sdist"; exit 1; }
+  mv -f "$f" "$SDIST"
+  rm -rf "$dl"
+fi
+
+SRC="$CACHE/src/$V"
+if [[ ! -f "$SRC/llama.cpp/CMakeLists.txt" ]]; then
+  log "extracting vendor/llama.cpp from $(basename "$SDIST")"
+  tmp="$(mktemp -d "$CACHE/src/.x.XXXXXX")"
+  top="llama_cpp_python-$V"
+  tar -xzf "$SDIST" -C "$tmp" "$top/vendor/llama.cpp" "$top/CHANGELOG.md"
+  mkdir -p "$tmp/out"
+  mv "$tmp/$top/vendor/llama.cpp" "$tmp/out/llama.cpp"
+  mv "$tmp/$top/CHANGELOG.md" "$tmp/out/CHANGELOG.md"
+  rm -rf "$SRC"
+  mv "$tmp/out" "$SRC"
+  rm -rf "$tmp"
+fi
+
+# The sdist keeps llama.cpp's submodule pointer file (.git -> ../../.git/modules/...),
+# which points nowhere here; drop it so cmake's git probes fail quietly.
+[[ -f "$SRC/llama.cpp/.git" ]] && rm -f "$SRC/llama.cpp/.git"
+
+# The tree has no usable git history, so llama.cpp's build info would say "unknown"; take the
+# pinned upstream commit from the sdist's changelog entry for this version.
+COMMIT="$(awk -v v="## [$V]" '
+  index($0, v) == 1 { on = 1; next }
+  on && /^## \[/ { exit }
+  on && match($0, /llama\.cpp@[0-9a-f]+/) { print substr($0, RSTART + 10, RLENGTH - 10); exit }
+' "$SRC/CHANGELOG.md" || true)"
+COMMIT="${COMMIT:-unknown}"
+log "llama.cpp commit (from llama-cpp-python $V changelog): $COMMIT"
+
+# --- build -----------------------------------------------------------------------
+BUILD="$CACHE/build/$V"
+t0=$SECONDS
+log "configuring in $BUILD"
+# GIT_CEILING_DIRECTORIES keeps llama.cpp's build-info from picking up an unrelated enclosing repo.
+GIT_CEILING_DIRECTORIES="$CACHE" cmake -S "$SRC/llama.cpp" -B "$BUILD" "${GENERATOR[@]}" \
+  "${CMAKE_FLAGS[@]}" -DLLAMA_BUILD_COMMIT="$COMMIT" >&2
+log "building llama-server with $JOBS jobs (several minutes on few cores)"
+GIT_CEILING_DIRECTORIES="$CACHE" cmake --build "$BUILD" --target llama-server -j "$JOBS" >&2
+built="$BUILD/bin/llama-server"
+[[ -x "$built" ]] || { log "build finished but $built is missing"; exit 1; }
+
+# Static llama/ggml; only system libs (libstdc++, libgomp, libc) remain dynamic.
+if ldd "$built" 2>/dev/null | grep -q 'not found'; then
+  log "unresolved shared libraries:"; ldd "$built" >&2; exit 1
+fi
+
+install -m 0755 "$built" "$BIN.tmp"
+mv -f "$BIN.tmp" "$BIN"
+stamp_text >"$STAMP.tmp"
+mv -f "$STAMP.tmp" "$STAMP"
+log "built in $((SECONDS - t0))s: $("$BIN" --version 2>&1 | tr '\n' ' ')"
+echo "$BIN"
