@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from labctl import __version__
-from labctl.labfile import DEFAULT_LAB, LoadedLab, load_lab
+from labctl.console import (
+    DEFAULT_LAB,
+    JsonOpt,
+    LabArg,
+    ProfileOpt,
+    emit,
+    err,
+    fail_spec,
+    open_lab,
+    out,
+)
 from labctl.located import SpecError
 from labctl.units import format_size
 
@@ -22,38 +30,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
-out = Console()
-err = Console(stderr=True)
-
-EXIT_SPEC = 2
-"""Exit status for a wrong lab file (the same as a usage error: the input is wrong)."""
-
-LabArg = Annotated[Path, typer.Argument(help="Lab file.", show_default=True)]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
-ProfileOpt = Annotated[
-    str | None, typer.Option("--profile", "-p", help="Hardware profile (overrides the lab's).")
-]
-
-
-def emit(data: Any) -> None:
-    """JSON to stdout, unstyled, for scripts."""
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
-
-
-def fail_spec(e: SpecError, as_json: bool) -> typer.Exit:
-    if as_json:
-        emit({"ok": False, "errors": [i.as_dict() for i in e.issues]})
-    for issue in e.issues:
-        err.print(str(issue), markup=False, highlight=False, soft_wrap=True)
-    return typer.Exit(EXIT_SPEC)
-
-
-def open_lab(path: Path, profile: str | None, as_json: bool) -> LoadedLab:
-    try:
-        return load_lab(path, profile=profile)
-    except SpecError as e:
-        raise fail_spec(e, as_json) from None
-
 
 def _version(value: bool) -> None:
     if value:

@@ -21,9 +21,10 @@ from pydantic import (
     model_validator,
 )
 
+from labctl.ggufmeta import GGUFMeta
 from labctl.profiles import Profile
 from labctl.tinymodel import TinyModelParams
-from labctl.units import COUNT_PATTERN, Count, Duration, parse_count
+from labctl.units import COUNT_PATTERN, Count, Duration, Size, parse_count
 
 
 class Spec(BaseModel):
@@ -215,6 +216,17 @@ class ContestantBase(Spec):
     """The published figures for this contestant, when the lab reproduces a round."""
 
 
+class DeclaredMeta(GGUFMeta):
+    """GGUF metadata declared in the lab (from a model card or a published load log)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
+
+    source: Literal["declared"] = "declared"
+    """Always `declared`."""
+    file_size: Size | None = None
+    """Size of the GGUF (all shards), e.g. `17.7GB`; stands in for the weights until locked."""
+
+
 class ModelSource(Spec):
     """A GGUF: on Hugging Face (repo + file + revision), a local file, or generated."""
 
@@ -228,6 +240,9 @@ class ModelSource(Spec):
     """A local GGUF file (relative to the lab file) instead of Hugging Face."""
     generate: TinyModelParams | None = None
     """Generate a tiny deterministic model with these parameters (same parameters, same bytes)."""
+    declared: DeclaredMeta | None = None
+    """Architecture numbers from the model card, so `labctl plan` works before the lock reaches the
+    hub; `labctl lock` checks them against the real GGUF header and fails on any mismatch."""
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSource:
