@@ -30,6 +30,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
+from labctl.cmd_model import model_app  # noqa: E402  (commands live in their own modules)
+
+app.add_typer(model_app, name="model")
+
 
 def _version(value: bool) -> None:
     if value:

