@@ -44,6 +44,8 @@ class SourceLock(Locked):
     """Where the llama.cpp tree sits inside the sdist."""
     tree_sha256: str | None = Field(default=None, pattern=SHA256)
     """Content hash of the source tree (local path, or the sdist's subdir; see labctl.treehash)."""
+    dirty: bool | None = None
+    """A local git work tree had uncommitted changes when locked (the tree hash still pins it)."""
     version: str | None = None
     """`llama-server --version` of an image built from it (filled by `labctl build`)."""
 
@@ -97,7 +99,9 @@ class PackageLock(Locked):
     filename: str | None = None
     """The distribution file (wheel or tarball) chosen."""
     sha256: str | None = Field(default=None, pattern=SHA256)
-    """Its sha256 from the registry's JSON API (npm: converted from the integrity field)."""
+    """Its sha256 from the registry's JSON API (PyPI); npm publishes no sha256, see `integrity`."""
+    integrity: str | None = None
+    """npm's Subresource Integrity string (`sha512-…`) of the tarball."""
 
 
 class TaskLock(Locked):
