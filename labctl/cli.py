@@ -30,8 +30,14 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
-from labctl.cmd_model import model_app  # noqa: E402  (commands live in their own modules)
+# Commands live in modules named after the lab's nouns; this file only wires them up.
+from labctl.cmd_lock import lock_command  # noqa: E402
+from labctl.cmd_model import model_app  # noqa: E402
+from labctl.cmd_store import fetch_command, store_app  # noqa: E402
 
+app.command("lock")(lock_command)
+app.command("fetch")(fetch_command)
+app.add_typer(store_app, name="store")
 app.add_typer(model_app, name="model")
 
 

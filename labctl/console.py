@@ -17,8 +17,8 @@ from rich.console import Console
 from labctl.labfile import DEFAULT_LAB, LoadedLab, load_lab
 from labctl.located import SpecError
 
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)  # a long line stays one line: greppable, copyable
+err = Console(stderr=True, soft_wrap=True)
 
 EXIT_SPEC = 2
 """Exit status for wrong input (a wrong lab file, like a usage error)."""

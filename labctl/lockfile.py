@@ -117,6 +117,8 @@ class Lock(Locked):
     version: Literal[1] = LOCK_VERSION
     lab: str
     """The lab's name."""
+    spec_sha256: str = Field(pattern=SHA256)
+    """Hash of what lab.yaml says about pinned inputs; a run refuses a lock older than its lab."""
     llama_cpp: SourceLock
     images: dict[str, ImageLock] = {}
     """Image reference (as written in the lab, images/ or a task Dockerfile) → pinned digest."""

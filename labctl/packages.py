@@ -98,16 +98,18 @@ def _resolve_pypi(client: httpx.Client, base: str, name: str, version: str, sdis
     what = f"PyPI package {name} {version}"
     resp = _get(client, f"{base}/pypi/{name}/{version}/json", what)
     if resp.status_code == 404:
-        latest = _pypi_latest(client, base, name)
-        raise PackageError(f"PyPI has no {name} {version}" +
-                           (f" (latest is {latest})" if latest else f" (no package {name!r} at {base})"))
-    if resp.status_code != 200:
+        # Some mirrors serve only the project document; its `releases` map has every version's files.
+        files = _pypi_release_files(client, base, name, version)
+    elif resp.status_code != 200:
         raise PackageError(f"PyPI answered HTTP {resp.status_code} for {name} {version}")
-    body = _json(resp, what)
-    served = (body.get("info") or {}).get("version")
-    if served != version:
-        raise PackageError(f"asked PyPI for {name} {version} and got {served!r}; write the version exactly")
-    chosen = _pick_pypi_file(body.get("urls") or [], sdist_only)
+    else:
+        body = _json(resp, what)
+        served = (body.get("info") or {}).get("version")
+        if served != version:
+            raise PackageError(f"asked PyPI for {name} {version} and got {served!r}; "
+                               "write the version exactly")
+        files = body.get("urls") or []
+    chosen = _pick_pypi_file(files, sdist_only)
     if chosen is None:
         missing = "no sdist" if sdist_only else "neither a pure-Python wheel nor an sdist"
         raise PackageError(f"{name} {version} on PyPI has {missing}")
@@ -119,9 +121,17 @@ def _resolve_pypi(client: httpx.Client, base: str, name: str, version: str, sdis
     return Resolved(lock, None, str(chosen.get("url", "")))
 
 
-def _pypi_latest(client: httpx.Client, base: str, name: str) -> str | None:
+def _pypi_release_files(client: httpx.Client, base: str, name: str, version: str) -> list[dict[str, Any]]:
+    """The files of one version from the project document, or a PackageError naming the latest."""
     resp = _get(client, f"{base}/pypi/{name}/json", f"PyPI package {name}")
-    return (_json(resp, name).get("info") or {}).get("version") if resp.status_code == 200 else None
+    if resp.status_code != 200:
+        raise PackageError(f"PyPI has no {name} {version} (no package {name!r} at {base})")
+    body = _json(resp, name)
+    files = (body.get("releases") or {}).get(version)
+    if not files:
+        latest = (body.get("info") or {}).get("version")
+        raise PackageError(f"PyPI has no {name} {version}" + (f" (latest is {latest})" if latest else ""))
+    return files
 
 
 def npm_path(name: str) -> str:
