@@ -33,11 +33,13 @@ app = typer.Typer(
 # Commands live in modules named after the lab's nouns; this file only wires them up.
 from labctl.cmd_lock import lock_command  # noqa: E402
 from labctl.cmd_model import model_app  # noqa: E402
+from labctl.cmd_plan import plan_command  # noqa: E402
 from labctl.cmd_round import seal_command, unseal_command, verify_command  # noqa: E402
 from labctl.cmd_store import fetch_command, store_app  # noqa: E402
 
 app.command("lock")(lock_command)
 app.command("fetch")(fetch_command)
+app.command("plan")(plan_command)
 app.add_typer(store_app, name="store")
 app.command("seal")(seal_command)
 app.command("unseal")(unseal_command)

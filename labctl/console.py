@@ -17,8 +17,10 @@ from rich.console import Console
 from labctl.labfile import DEFAULT_LAB, LoadedLab, load_lab
 from labctl.located import SpecError
 
-out = Console(soft_wrap=True)  # a long line stays one line: greppable, copyable
-err = Console(stderr=True, soft_wrap=True)
+# soft_wrap: a long line stays one line (greppable, copyable); emoji off: `lab.yaml:100:6` must not
+# turn into an emoji code.
+out = Console(soft_wrap=True, emoji=False)
+err = Console(stderr=True, soft_wrap=True, emoji=False)
 
 EXIT_SPEC = 2
 """Exit status for wrong input (a wrong lab file, like a usage error)."""

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import socket
-import subprocess
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import gguf
 import pytest
 from pydantic import ValidationError
 
+from labctl import llamaserver
+from labctl.llamaserver import http_json as _http
 from labctl.tinymodel import (
     CHAT_TOKENS,
     TinyModelParams,
@@ -207,58 +201,10 @@ def test_params_frozen_and_hashable() -> None:
 # ------------------------------------------------------------------ llama-server
 
 
-def _llama_server_binary() -> Path | None:
-    env = os.environ.get("LABCTL_LLAMA_SERVER")
-    if env:
-        return Path(env)
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    p = cache / "labctl" / "llama.cpp" / "bin" / "llama-server"
-    return p if p.is_file() else None
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _http(method: str, url: str, body: dict | None = None, timeout: float = 60) -> tuple[int, dict]:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read() or b"{}")
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"{}")
-
-
-@contextlib.contextmanager
-def _llama_server(binary: Path, model: Path, log: Path, timeout: float = 90) -> Iterator[str]:
-    port = _free_port()
-    cmd = [str(binary), "-m", str(model), "-c", "512", "--port", str(port), "--host", "127.0.0.1", "--jinja"]
-    with open(log, "wb") as logf:
-        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-
-    def log_tail() -> str:
-        return log.read_text(errors="replace")[-4000:]
-
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"llama-server exited with {proc.returncode}:\n{log_tail()}")
-            with contextlib.suppress(OSError):
-                status, _ = _http("GET", base + "/health", timeout=2)
-                if status == 200:
-                    break
-            if time.monotonic() > deadline:
-                pytest.fail(f"llama-server not healthy after {timeout}s:\n{log_tail()}")
-            time.sleep(0.1)
-        yield base
-    finally:
-        proc.kill()
-        proc.wait(timeout=30)
+@pytest.fixture(scope="module")
+def llama_server() -> Path:
+    """The llama-server binary; built by scripts/build-llama-server.sh when missing (never a skip)."""
+    return llamaserver.find_binary(build=True)
 
 
 @pytest.mark.llama
@@ -272,14 +218,12 @@ def _llama_server(binary: Path, model: Path, log: Path, timeout: float = 90) -> 
     ],
     ids=["llama", "llama-kvarr-keylen", "deci-per-layer-kv", "gemma3-swa"],
 )
-def test_llama_server_chat_completion(tmp_path: Path, kwargs: dict) -> None:
-    binary = _llama_server_binary()
-    if binary is None or not binary.is_file():
-        pytest.skip("llama-server not built (scripts/build-llama-server.sh) and LABCTL_LLAMA_SERVER unset")
+def test_llama_server_chat_completion(tmp_path: Path, llama_server: Path, kwargs: dict) -> None:
     params = TinyModelParams(**kwargs)
     model = tmp_path / f"{tiny_model_name(params)}.gguf"
     write_tiny_gguf(model, params)
-    with _llama_server(binary, model, tmp_path / "server.log") as base:
+    argv = llamaserver.server_argv(llama_server, model, llamaserver.ServerSettings(context=512))
+    with llamaserver.serve(argv, tmp_path / "server.log", timeout=90) as base:
         status, resp = _http(
             "POST",
             base + "/v1/chat/completions",
