@@ -1,5 +1,5 @@
 # labctl — two commands on a fresh machine:
-#   make demo   the offline smoke lab (today: validate + profiles; the full round lands with #6)
+#   make demo   the offline smoke lab: validate, lock, fetch (generate) and plan it
 #   make test   the test suite, Docker tests included
 # Both install what they need: a project venv, a Docker engine, the local base images.
 
@@ -33,8 +33,10 @@ test-fast: $(STAMP) ## Run the tests that need no Docker
 
 demo: $(STAMP) env ## Run the offline smoke lab
 	$(BIN)/labctl validate labs/smoke.yaml
-	$(BIN)/labctl validate lab.yaml
-	$(BIN)/labctl profiles
+	$(BIN)/labctl lock labs/smoke.yaml
+	$(BIN)/labctl fetch labs/smoke.yaml
+	$(BIN)/labctl plan labs/smoke.yaml
+	$(BIN)/labctl plan lab.yaml --profile rtx5090-32g
 
 lint: $(STAMP) ## ruff
 	$(BIN)/ruff check labctl tests scripts benchmarks
@@ -43,8 +45,7 @@ schema: $(STAMP) ## Regenerate lab.schema.json from the spec
 	$(BIN)/labctl schema --write lab.schema.json
 
 bench: $(STAMP) ## Benchmarks (ratios against a baseline measured in the same run)
-	@ls benchmarks/*.py >/dev/null 2>&1 && for b in benchmarks/*.py; do $(BIN)/python $$b; done \
-	  || echo "no benchmarks yet"
+	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean: ## Remove the venv and caches (not the model store)
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

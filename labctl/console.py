@@ -7,6 +7,7 @@ import them without a cycle.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,8 +20,10 @@ from labctl.located import SpecError
 
 # soft_wrap: a long line stays one line (greppable, copyable); emoji off: `lab.yaml:100:6` must not
 # turn into an emoji code.
-out = Console(soft_wrap=True, emoji=False)
-err = Console(stderr=True, soft_wrap=True, emoji=False)
+# Piped output (CI logs, `| less`) gets room for the wide tables instead of rich's 80 columns.
+_WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160
+out = Console(soft_wrap=True, emoji=False, width=_WIDTH)
+err = Console(stderr=True, soft_wrap=True, emoji=False, width=_WIDTH)
 
 EXIT_SPEC = 2
 """Exit status for wrong input (a wrong lab file, like a usage error)."""
