@@ -32,6 +32,7 @@ app = typer.Typer(
 )
 # Commands live in modules named after the lab's nouns; this file only wires them up.
 from labctl.cmd_lock import lock_command  # noqa: E402
+from labctl.cmd_meter import meter_command  # noqa: E402
 from labctl.cmd_model import model_app  # noqa: E402
 from labctl.cmd_plan import plan_command  # noqa: E402
 from labctl.cmd_round import seal_command, unseal_command, verify_command  # noqa: E402
@@ -44,6 +45,7 @@ app.add_typer(store_app, name="store")
 app.command("seal")(seal_command)
 app.command("unseal")(unseal_command)
 app.command("verify")(verify_command)
+app.command("meter")(meter_command)
 app.add_typer(model_app, name="model")
 
 
