@@ -35,6 +35,7 @@ from labctl.cmd_lock import lock_command  # noqa: E402
 from labctl.cmd_meter import meter_command  # noqa: E402
 from labctl.cmd_model import model_app  # noqa: E402
 from labctl.cmd_plan import plan_command  # noqa: E402
+from labctl.cmd_report import report_command  # noqa: E402
 from labctl.cmd_round import seal_command, unseal_command, verify_command  # noqa: E402
 from labctl.cmd_store import fetch_command, store_app  # noqa: E402
 
@@ -46,6 +47,7 @@ app.command("seal")(seal_command)
 app.command("unseal")(unseal_command)
 app.command("verify")(verify_command)
 app.command("meter")(meter_command)
+app.command("report")(report_command)
 app.add_typer(model_app, name="model")
 
 

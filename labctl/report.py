@@ -1,0 +1,491 @@
+"""`labctl report`: an unsealed round's measured results as the published round's tables.
+
+Why its own module: the report is the one place where run ids meet contestant names, so it reads
+only rounds that are already unsealed (`ReportError` otherwise) and never anything private.
+Everything comes from the round directory alone (lab.yaml, lab.lock, unsealed.json, runs/*), so
+anyone holding a verified round can regenerate the same report.
+
+Data flow: `load_report` gathers one `RunData` per run (metrics.json, with gaps filled from
+transcript.jsonl and verifier/reward.json, since metrics.json keys may be missing), groups them
+into `ContestantData` in lab order, and `tables` turns them into `Table`s that the Markdown and
+HTML renderers share, so both formats always show the same cells. Cells show `measured / pub X`
+when the lab carries that published figure; with repeats, `mean (min–max)`. `write_report`
+writes report.<fmt> and report.png and rewrites the manifest so `labctl verify` still passes.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import re
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from labctl.located import SpecError, load_yaml, validate
+from labctl.lockfile import Lock, read_lock
+from labctl.rounddir import (
+    LAB_FILE,
+    LOCK_FILE,
+    UNSEALED_FILE,
+    RunResult,
+    metrics_path,
+    read_result,
+    read_sealed,
+    read_unsealed,
+    result_path,
+    run_dir,
+    transcript_path,
+    write_manifest,
+)
+from labctl.spec import CloudContestant, Contestant, Lab, LocalContestant, Published
+from labctl.units import format_duration
+from labctl.verify import read_reward
+
+Format = Literal["md", "json", "html"]
+FORMATS: tuple[Format, ...] = ("md", "json", "html")
+DASH = "—"
+OUTCOME_RANK = {"Complete": 0, "Partial": 1, "Failed": 2, "Total failure": 3}
+"""Best first: the order outcome counts are listed in."""
+
+
+class ReportError(Exception):
+    """The round cannot be reported (not a round, not unsealed, unreadable lab)."""
+
+
+# --- gathering -------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunData:
+    """One run as the report sees it: its slot, its result, and metrics with gaps filled."""
+
+    run_id: str
+    contestant: str
+    repeat: int
+    result: RunResult
+    metrics: dict[str, Any]
+
+    @property
+    def outcome_label(self) -> str:
+        return self.result.outcome or f"{DASH} ({self.result.status})"
+
+
+@dataclass
+class ContestantData:
+    """A contestant's identity, how it is labelled in the tables, and its runs."""
+
+    contestant: Contestant
+    type: str
+    params: str
+    runs: list[RunData] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.contestant.name or self.contestant.id
+
+    @property
+    def published(self) -> Published | None:
+        return self.contestant.published
+
+    def values(self, key: str) -> list[float]:
+        """Numeric values of one metrics key across runs; missing, null and non-numbers left out."""
+        return [float(v) for r in self.runs if type(v := r.metrics.get(key)) in (int, float)]
+
+    def pass_at(self, k: int) -> float | None:
+        """Unbiased pass@k of Complete (Chen et al. 2021): 1 - C(n-c, k) / C(n, k) over graded runs."""
+        graded = [r for r in self.runs if r.result.outcome is not None]
+        n, c = len(graded), sum(r.result.outcome == "Complete" for r in graded)
+        if n == 0 or k > n:
+            return None
+        return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+@dataclass
+class RoundReport:
+    """Everything a renderer needs."""
+
+    round: str
+    lab: Lab
+    repeats: int
+    forced: bool
+    contestants: list[ContestantData]
+
+    @property
+    def has_published(self) -> bool:
+        return any(c.published is not None for c in self.contestants)
+
+
+def transcript_summary(path: Path) -> dict[str, Any]:
+    """Metrics recomputed from transcript.jsonl, for keys metrics.json lacks. Speeds are
+    token-weighted over llama.cpp's `timings` (a mean of per-request rates would overweight short
+    requests)."""
+    if not path.is_file():
+        return {}
+    keys = ("prompt_tokens", "completion_tokens", "cached_tokens", "total_tokens")
+    out: dict[str, Any] = dict.fromkeys(keys, 0) | {"requests": 0, "tool_calls": 0, "interventions": 0}
+    speed = {"prompt_n": 0.0, "prompt_ms": 0.0, "predicted_n": 0.0, "predicted_ms": 0.0}
+    messages = None
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(rec, dict):
+            continue
+        if rec.get("kind") == "intervention":
+            out["interventions"] += 1
+            continue
+        out["requests"] += 1
+        for k in keys:
+            out[k] += int((rec.get("usage") or {}).get(k) or 0)
+        out["tool_calls"] += len((rec.get("response") or {}).get("tool_calls") or [])
+        msgs = (rec.get("request") or {}).get("messages")
+        messages = len(msgs) if isinstance(msgs, list) else messages
+        for k in speed:
+            speed[k] += float((rec.get("timings") or {}).get(k) or 0)
+    if not out["requests"]:
+        return {}  # no exchange: no model behind the run (oracle, nop), nothing to count as zero
+    out["messages"] = messages
+    out["prompt_tps"] = speed["prompt_n"] / speed["prompt_ms"] * 1000 if speed["prompt_ms"] else None
+    out["gen_tps"] = speed["predicted_n"] / speed["predicted_ms"] * 1000 if speed["predicted_ms"] else None
+    return out
+
+
+def _run_metrics(round_dir: Path, run_id: str) -> dict[str, Any]:
+    """metrics.json over transcript-derived values over reward.json's checks (best source wins)."""
+    metrics: dict[str, Any] = {}
+    try:
+        reward, _ = read_reward(run_dir(round_dir, run_id))
+    except (OSError, ValueError):
+        reward = None
+    checks = reward.get("checks") if isinstance(reward, dict) else None
+    if isinstance(checks, dict):
+        metrics |= {"checks": checks, "checks_total": len(checks),
+                    "checks_passed": sum(v is True or v == 1 for v in checks.values())}
+    metrics |= transcript_summary(transcript_path(round_dir, run_id))
+    try:
+        own = json.loads(metrics_path(round_dir, run_id).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        own = None
+    if isinstance(own, dict):
+        metrics |= {k: v for k, v in own.items() if v is not None or k not in metrics}
+    return metrics
+
+
+def _count(n: float) -> str:
+    """`30_532_122_624` → `30.5B`, `139_584` → `140K` (parameter counts, as model cards write them)."""
+    for div, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= div:
+            return f"{n / div:.3g}{unit}"
+    return str(int(n))
+
+
+def _type_and_params(c: Contestant, lock: Lock | None) -> tuple[str, str]:
+    """`Local MoE` / `Local dense` from the lock's GGUF header (else the lab's declared numbers);
+    parameters from the lock's header counts, which only a lock that read the GGUF has."""
+    if isinstance(c, CloudContestant):
+        return "Cloud", DASH
+    if not isinstance(c, LocalContestant):
+        return c.kind.capitalize(), DASH
+    ml = lock.models.get(c.id) if lock else None
+    meta = ml.gguf if ml and ml.gguf else c.model.declared
+    if meta is None:
+        return "Local", DASH
+    kind = "Local MoE" if (meta.expert_count or 0) > 1 else "Local dense"
+    if not meta.n_params:
+        return kind, DASH
+    total = _count(meta.n_params)
+    if meta.n_params_active and meta.n_params_active != meta.n_params:
+        return kind, f"{total} ({_count(meta.n_params_active)} active)"
+    return kind, total
+
+
+def load_report(round_dir: Path) -> RoundReport:
+    """Gather an unsealed round; raises ReportError with the one thing to do about it."""
+    if not (round_dir / "sealed.json").is_file():
+        raise ReportError(f"{round_dir} is not a round directory (no sealed.json)")
+    if not (round_dir / UNSEALED_FILE).is_file():
+        raise ReportError(f"{round_dir} is not unsealed yet: the report names contestants, so it needs the "
+                          f"reveal; run `labctl unseal {round_dir}` once every run finished")
+    try:
+        sealed, unsealed = read_sealed(round_dir), read_unsealed(round_dir)
+        lab: Lab = validate(Lab, load_yaml(round_dir / LAB_FILE))
+    except (OSError, ValueError, SpecError) as e:
+        raise ReportError(f"{round_dir}: {str(e).splitlines()[0]}") from e
+    try:
+        lock: Lock | None = read_lock(round_dir / LOCK_FILE)
+    except (OSError, ValueError):
+        lock = None
+    by_id = {c.id: ContestantData(c, *_type_and_params(c, lock)) for c in lab.contestants}
+    for rid in sealed.run_ids:
+        slot = unsealed.mapping.get(rid)
+        if slot is None or slot.contestant not in by_id:
+            raise ReportError(f"{round_dir}: {rid} maps to no contestant of lab.yaml (`labctl verify` it)")
+        try:
+            result = read_result(round_dir, rid) if result_path(round_dir, rid).is_file() else None
+        except ValueError as e:
+            raise ReportError(f"{result_path(round_dir, rid)}: {str(e).splitlines()[0]}") from e
+        run = RunData(rid, slot.contestant, slot.repeat, result or RunResult(run_id=rid),
+                      _run_metrics(round_dir, rid))
+        by_id[slot.contestant].runs.append(run)
+    for cd in by_id.values():
+        cd.runs.sort(key=lambda r: r.repeat)
+    return RoundReport(sealed.round, lab, sealed.repeats, unsealed.forced, list(by_id.values()))
+
+
+# --- cells -----------------------------------------------------------------------------------------
+
+
+def _int(v: float) -> str:
+    """Counts; a mean that is not whole keeps one decimal (0.5 commits must not read as 0)."""
+    return f"{v:,.0f}" if abs(v - round(v)) < 0.05 else f"{v:,.1f}"
+
+
+def _rate(v: float) -> str:
+    return f"{v:,.1f}"
+
+
+def _wall(v: float) -> str:
+    return f"{v:.0f}s" if v < 60 else format_duration(round(v))
+
+
+def _stat(values: Sequence[float], fmt: Callable[[float], str]) -> str:
+    """One value as is; several as `mean (min–max)`; none as a dash."""
+    if not values:
+        return DASH
+    if len(values) == 1:
+        return fmt(values[0])
+    lo, hi = min(values), max(values)
+    mean = fmt(sum(values) / len(values))
+    return mean if lo == hi else f"{mean} ({fmt(lo)}–{fmt(hi)})"
+
+
+def _pub(cell: str, published: Any, fmt: Callable[[Any], str] = str) -> str:
+    """`measured / pub X` when the figure was published; the measured cell alone when it was not."""
+    return cell if published is None else f"{cell} / pub {fmt(published)}"
+
+
+def _yes(flags: list[bool]) -> str:
+    if not flags:
+        return DASH
+    if len(flags) == 1:
+        return "yes" if flags[0] else "no"
+    return f"{sum(flags)}/{len(flags)} yes"
+
+
+def _build(cd: ContestantData) -> str:
+    """`pass (attempt 2)`, `fail`; with repeats `1/2 pass (attempt 1–3)`."""
+    builds = [b for r in cd.runs if isinstance(b := r.metrics.get("build"), dict) and "passed" in b]
+    if not builds:
+        return DASH
+    passed = [b for b in builds if b["passed"]]
+    attempts = sorted(a for b in passed if type(a := b.get("attempt")) is int)
+    span = "" if not attempts else (f" (attempt {attempts[0]})" if attempts[0] == attempts[-1]
+                                    else f" (attempt {attempts[0]}–{attempts[-1]})")
+    if len(builds) == 1:
+        return f"pass{span}" if passed else "fail"
+    return f"{len(passed)}/{len(builds)} pass{span}"
+
+
+def _pub_build(b: Any) -> str:
+    return ("pass" + (f" (attempt {b.attempt})" if b.attempt else "")) if b.passed else "fail"
+
+
+def _outcome(cd: ContestantData) -> str:
+    """The outcome; with repeats each outcome with its count, best first."""
+    labels = [r.outcome_label for r in cd.runs]
+    if len(labels) == 1:
+        return labels[0]
+    counts = sorted(Counter(labels).items(), key=lambda kv: OUTCOME_RANK.get(kv[0], 9))
+    return ", ".join(f"{n}× {o}" for o, n in counts)
+
+
+def _tokens_per_check(cd: ContestantData) -> str:
+    per = [float(r.metrics["total_tokens"]) / r.metrics["checks_passed"] for r in cd.runs
+           if type(r.metrics.get("total_tokens")) in (int, float)
+           and type(r.metrics.get("checks_passed")) is int and r.metrics["checks_passed"] > 0]
+    return _stat(per, _int)
+
+
+def _checks(cd: ContestantData) -> str:
+    cells = [f"{r.metrics['checks_passed']}/{r.metrics['checks_total']}" for r in cd.runs
+             if type(r.metrics.get("checks_passed")) is int and type(r.metrics.get("checks_total")) is int]
+    return ", ".join(cells) or DASH
+
+
+def _pct(v: float | None) -> str:
+    return DASH if v is None else f"{v:.0%}"
+
+
+# --- tables ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Table:
+    title: str
+    headers: list[str]
+    rows: list[list[str]]
+    note: str = ""
+
+
+def tables(rep: RoundReport) -> list[Table]:
+    """The published round's tables (Results, Token efficiency, The Numbers) plus speed, repeats
+    and the run list, as plain strings so Markdown and HTML render identical cells."""
+    results, efficiency, numbers, speed, repeats, runs = [], [], [], [], [], []
+    for cd in rep.contestants:
+        p = cd.published or Published()
+        tool_calls = _pub(_stat(cd.values("tool_calls"), _int), p.tool_calls)
+        tokens = _pub(_stat(cd.values("total_tokens"), _int), p.total_tokens, _int)
+        commits = _pub(_stat(cd.values("commits"), _int), p.commits)
+        build = _pub(_build(cd), p.build, _pub_build)
+        shot = _pub(_yes([v for r in cd.runs if type(v := r.metrics.get("screenshot")) is bool]),
+                    p.screenshot, lambda b: "yes" if b else "no")
+        outcome = _pub(_outcome(cd), p.outcome)
+        results.append([cd.name, tool_calls, tokens, commits, build, shot, outcome])
+        efficiency.append([cd.name, tokens, outcome, _checks(cd), _tokens_per_check(cd)])
+        numbers.append([cd.name, _pub(cd.type, p.type), cd.params, tokens, tool_calls,
+                        _stat(cd.values("messages"), _int), commits, build, shot,
+                        _pub(_stat(cd.values("interventions"), _int), p.nudges), outcome])
+        speed.append([cd.name, _stat(cd.values("prompt_tps"), _rate), _stat(cd.values("gen_tps"), _rate),
+                      _pub(_stat(cd.values("wall_time_s"), _wall), p.wall_time, _wall)])
+        n_complete = sum(r.result.outcome == "Complete" for r in cd.runs)
+        repeats.append([cd.name, str(len(cd.runs)), str(n_complete), _pct(cd.pass_at(1)),
+                        _pct(cd.pass_at(rep.repeats))])
+        runs += [[r.run_id, cd.name, str(r.repeat), r.result.status, r.outcome_label, str(r.result.attempts)]
+                 for r in cd.runs]
+    pub_note = " Cells read `measured / pub published` where the lab carries the published figure." \
+        if rep.has_published else ""
+    rep_note = f" {rep.repeats} runs per contestant: `mean (min–max)`." if rep.repeats > 1 else ""
+    out = [
+        Table("Results", ["Model", "Tool calls", "Total tokens", "Commits", "Build", "Screenshot", "Outcome"],
+              results, (pub_note + rep_note).strip()),
+        Table("Token efficiency",
+              ["Model", "Total tokens", "Outcome", "Checks passed", "Tokens / passed check"], efficiency,
+              "Tokens per passed check: total tokens over the verifier checks that passed."),
+        Table("The Numbers", ["Model", "Type", "Parameters", "Total tokens", "Tool calls", "Messages",
+                              "Commits", "Build", "Screenshot", "Interventions", "Outcome"], numbers,
+              "Type and parameters from the round's lab.lock (GGUF header), else the lab's declared "
+              "numbers."),
+        Table("Speed", ["Model", "Prompt tok/s", "Generation tok/s", "Wall time"], speed,
+              "llama.cpp's own timings (prompt processing and generation), token-weighted over the run."),
+    ]
+    if rep.repeats > 1:
+        out.append(Table("Repeats", ["Model", "Runs", "Complete", "pass@1", f"pass@{rep.repeats}"], repeats,
+                         "pass@k: chance that at least one of k runs drawn from these reaches Complete."))
+    runs.sort(key=lambda row: [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", row[0])])
+    out.append(Table("Runs", ["Run", "Model", "Repeat", "Status", "Outcome", "Attempts"], runs))
+    return out
+
+
+# --- rendering -------------------------------------------------------------------------------------
+
+
+def _md_cell(s: str) -> str:
+    return s.replace("|", "\\|").replace("\n", " ")
+
+
+def _intro(rep: RoundReport) -> tuple[str, list[str]]:
+    info = rep.lab.lab
+    lines = [f"Round `{rep.round}` of lab `{info.name}`: {len(rep.contestants)} contestants, "
+             f"{rep.repeats} run(s) each."]
+    if info.source:
+        lines.append(f"Published round: {info.source}")
+    if info.notes:
+        lines.append(info.notes)
+    if rep.forced:
+        lines.append("Unsealed with --force: some runs had not finished.")
+    return (info.title or info.name), lines
+
+
+def render_markdown(rep: RoundReport, chart: str | None = "report.png") -> str:
+    title, intro = _intro(rep)
+    parts = [f"# {title}", "", *[f"{line}\n" for line in intro]]
+    if chart:
+        parts += [f"![Total tokens and generation speed]({chart})", ""]
+    for t in tables(rep):
+        parts += [f"## {t.title}", "", "| " + " | ".join(t.headers) + " |",
+                  "|" + "|".join("---" for _ in t.headers) + "|"]
+        parts += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in t.rows]
+        parts += ["", t.note, ""] if t.note else [""]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+_CSS = """body{font:15px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
+table{border-collapse:collapse;margin:.5em 0 .3em;width:100%}th,td{border:1px solid #ccc;padding:4px 8px;
+text-align:left;vertical-align:top}th{background:#f0f0f0}tr:nth-child(even) td{background:#fafafa}
+p.note{color:#666;font-size:13px;margin:0 0 1.2em}img{max-width:100%;border:1px solid #ddd}"""
+
+
+def _code(text: str) -> str:
+    """Escape, then turn Markdown's `code` spans (shared intro and notes) into <code>."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+
+
+def render_html(rep: RoundReport, png: bytes | None) -> str:
+    """A self-contained page: inline CSS, the chart inlined as base64, no script, no fetch."""
+    e = html.escape
+    title, intro = _intro(rep)
+    body = [f"<h1>{e(title)}</h1>", *[f"<p>{_code(line)}</p>" for line in intro]]
+    if png:
+        body.append(f'<img alt="Total tokens and generation speed" '
+                    f'src="data:image/png;base64,{base64.b64encode(png).decode()}">')
+    for t in tables(rep):
+        slug = t.title.lower().replace(" ", "-")
+        head = "".join(f"<th>{e(h)}</th>" for h in t.headers)
+        rows = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in t.rows)
+        note = f'<p class="note">{_code(t.note)}</p>' if t.note else ""
+        body.append(f'<h2>{e(t.title)}</h2><table id="{slug}"><thead><tr>{head}</tr></thead>'
+                    f"<tbody>{rows}</tbody></table>{note}")
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>'
+            f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def render_json(rep: RoundReport) -> dict[str, Any]:
+    """The data behind the tables: per contestant its runs' metrics, pass@k and published figures."""
+    return {
+        "round": rep.round, "lab": rep.lab.lab.name, "title": rep.lab.lab.title, "repeats": rep.repeats,
+        "forced": rep.forced,
+        "contestants": [{
+            "id": cd.contestant.id, "name": cd.name, "kind": cd.contestant.kind, "type": cd.type,
+            "parameters": None if cd.params == DASH else cd.params,
+            "pass_at_1": cd.pass_at(1), f"pass_at_{rep.repeats}": cd.pass_at(rep.repeats),
+            "published": cd.published.model_dump(mode="json", exclude_none=True) if cd.published else None,
+            "runs": [{"run_id": r.run_id, "repeat": r.repeat, "status": r.result.status,
+                      "outcome": r.result.outcome, "attempts": r.result.attempts, "metrics": r.metrics}
+                     for r in cd.runs],
+        } for cd in rep.contestants],
+        "tables": [{"title": t.title, "headers": t.headers, "rows": t.rows} for t in tables(rep)],
+    }
+
+
+def write_report(round_dir: Path, fmt: Format = "md") -> list[Path]:
+    """Write report.<fmt> and report.png into the round, then rewrite the manifest (the round
+    gained files; `labctl verify` lists any file the manifest does not). Returns what was written."""
+    from labctl.charts import render_chart  # matplotlib is slow to import; only the report needs it
+
+    rep = load_report(round_dir)
+    png = render_chart(rep)
+    chart = round_dir / "report.png"
+    chart.write_bytes(png)
+    target = round_dir / f"report.{fmt}"
+    if fmt == "md":
+        text = render_markdown(rep)
+    elif fmt == "html":
+        text = render_html(rep, png)
+    else:
+        text = json.dumps(render_json(rep), indent=2, sort_keys=True) + "\n"
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(target)
+    write_manifest(round_dir)
+    return [target, chart]
+
+
+__all__ = ["FORMATS", "ContestantData", "Format", "ReportError", "RoundReport", "RunData", "Table",
+           "load_report", "render_html", "render_json", "render_markdown", "tables", "transcript_summary",
+           "write_report"]

@@ -1,0 +1,268 @@
+"""`labctl report`: the published round's tables computed from a synthetic unsealed round.
+
+No Docker, no model: the smoke lab is sealed with a constructed lock (tests/test_seal.py's
+`make_lab`), runs are written as the runner would leave them (metrics.json with some keys missing,
+a transcript with llama.cpp timings), then unsealed. The browser test renders the HTML page in a
+real headless Chromium and checks the tables are in its DOM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from labctl.cmd_report import report_command
+from labctl.cmd_round import verify_command
+from labctl.located import load_yaml, validate
+from labctl.lockfile import lock_path, read_lock, write_lock
+from labctl.rounddir import RunResult, read_sealed, run_dir, write_result
+from labctl.seal import load_envelope, seal_round, unseal_round
+from labctl.spec import Lab
+from labctl.verify import derive_outcome
+from tests.conftest import in_ci
+from tests.test_seal import CHECKS, LOCAL, NOP, ORACLE, ROOT, envelopes, make_lab  # noqa: F401
+
+app = typer.Typer()
+app.command("report")(report_command)
+app.command("verify")(verify_command)
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def cli(*args: str | Path) -> tuple[int, str, str]:
+    result = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=True)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.stdout, result.stderr
+
+
+def play(contestant: str, repeat: int) -> tuple[tuple[str, ...], dict[str, Any], list[dict[str, Any]]]:
+    """(checks passed, metrics.json, transcript records) of one synthetic run.
+
+    oracle: Complete (repeat 2 forgets to commit: Partial); nop: Failed; tiny model: Total failure
+    (answered 3 requests, never called a tool). The tiny model's metrics.json lacks build,
+    screenshot and speeds: the report must fill speeds from the transcript and dash the rest.
+    """
+    if contestant == ORACLE:
+        passed = CHECKS if repeat == 1 else ("greeting_file", "greeting_text")
+        return passed, {"tool_calls": None, "requests": 0, "messages": 0, "total_tokens": 0,
+                        "commits": 2 - repeat, "build": {"passed": True, "attempt": repeat},
+                        "screenshot": True, "wall_time_s": 4.0 + repeat, "interventions": 0,
+                        "prompt_tps": None, "gen_tps": None, "errored": False}, []
+    if contestant == NOP:
+        return (), {"tool_calls": None, "total_tokens": 0, "commits": 0, "build": {"passed": False,
+                    "attempt": None}, "screenshot": False, "wall_time_s": 1.0, "interventions": 0}, []
+    predicted = 20 if repeat == 1 else 30  # in 500 ms: 40 and 60 tokens/s
+    records: list[dict[str, Any]] = [{
+        "seq": i, "t_start": i, "t_end": i + 1, "latency_ms": 1000, "status": 200, "error": None,
+        "request": {"messages": [{"role": "user", "content": "hi"}] * (2 * i + 1)},
+        "response": {"content": "gibberish", "tool_calls": [], "finish_reason": "stop"},
+        "usage": {"prompt_tokens": 400 + 100 * repeat, "completion_tokens": 100, "cached_tokens": 0,
+                  "total_tokens": 500 + 100 * repeat},
+        "timings": {"prompt_n": 100, "prompt_ms": 400.0, "prompt_per_second": 250.0,
+                    "predicted_n": predicted, "predicted_ms": 500.0},
+    } for i in range(3)] + [{"kind": "intervention", "seq": 2, "t": 2.5, "name": "keep-going",
+                             "action": "nudge"}]
+    total = 3 * (500 + 100 * repeat)
+    return (), {"tool_calls": 0, "requests": 3, "messages": 5, "prompt_tokens": total - 300,
+                "completion_tokens": 300, "total_tokens": total, "commits": 0, "wall_time_s": 95.0,
+                "interventions": 1}, records
+
+
+def fake_runs(rd: Path) -> None:
+    sealed = read_sealed(rd)
+    for rid, slot in load_envelope(rd.name).mapping.items():
+        passed, metrics, records = play(slot.contestant, slot.repeat)
+        d = run_dir(rd, rid)
+        (d / "verifier").mkdir(parents=True)
+        reward = {"reward": int(passed == CHECKS), "checks": {c: c in passed for c in CHECKS}}
+        (d / "verifier" / "reward.json").write_text(json.dumps(reward) + "\n")
+        (d / "metrics.json").write_text(json.dumps(metrics) + "\n")
+        (d / "transcript.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        outcome = derive_outcome(reward, metrics, sealed.outcome_rules)
+        write_result(rd, RunResult(run_id=rid, status="done", outcome=outcome, attempts=1))
+
+
+PUBLISHED_FROM = {ORACLE: "claude-sonnet-4", NOP: "devstral-24b", LOCAL: "qwen3-coder-30b-a3b"}
+"""Which Round 7 contestant's published figures each smoke contestant borrows."""
+
+
+def add_published(lab: Path) -> None:
+    """Give each contestant a copy of a lab.yaml contestant's `published:` block (not part of the
+    lock's spec hash, so the lock stays current), and the tiny model's lock a GGUF header."""
+    r7 = {c.id: c for c in validate(Lab, load_yaml(ROOT / "lab.yaml")).contestants}
+    text = lab.read_text(encoding="utf-8")
+    for ours, theirs in PUBLISHED_FROM.items():
+        pub = json.dumps(r7[theirs].published.model_dump(mode="json", exclude_none=True))  # type: ignore[union-attr]
+        text, n = re.subn(rf"(- id: {ours}\n(?:    .*\n)*)", rf"\1    published: {pub}\n", text)
+        assert n == 1, ours
+    lab.write_text(text, encoding="utf-8")
+
+
+def add_gguf(lab: Path) -> None:
+    lock = read_lock(lock_path(lab))
+    lock.models[LOCAL].gguf = read_lock(ROOT / "labs" / "smoke.lock").models["tiny-llama"].gguf
+    write_lock(lock_path(lab), lock)
+
+
+def make_round(tmp: Path, *, repeats: int = 1, published: bool = False, unseal: bool = True) -> Path:
+    from labctl.labfile import load_lab
+    from labctl.lock import require_lock
+
+    lab = make_lab(tmp / "lab", repeats=str(repeats))
+    add_gguf(lab)
+    if published:
+        add_published(lab)
+    loaded = load_lab(lab)
+    rd = seal_round(loaded, require_lock(loaded), tmp / "rounds").round_dir
+    fake_runs(rd)
+    if unseal:
+        unseal_round(rd)
+    return rd
+
+
+def table(md: str, title: str) -> dict[str, list[str]]:
+    """{model: cells after the model} of one Markdown table."""
+    lines = md.split(f"## {title}\n\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    rows = [[c.strip() for c in line.strip("|").split(" | ")] for line in lines[2:]]
+    return {r[0]: r[1:] for r in rows}
+
+
+NAMES = {ORACLE: "Reference solution", NOP: "Does nothing", LOCAL: "Tiny llama (random weights)"}
+
+
+@pytest.fixture
+def one(tmp_path: Path, envelopes: Path) -> Path:  # noqa: F811
+    return make_round(tmp_path)
+
+
+def test_report_tables(one: Path) -> None:
+    code, stdout, stderr = cli("report", one)
+    assert code == 0, stderr
+    assert "report.md" in stdout and "report.png" in stdout
+    md = (one / "report.md").read_text()
+    o, n, t = NAMES[ORACLE], NAMES[NOP], NAMES[LOCAL]
+    assert table(md, "Results") == {
+        o: ["—", "0", "1", "pass (attempt 1)", "yes", "Complete"],
+        n: ["—", "0", "0", "fail", "no", "Failed"],
+        t: ["0", "1,800", "0", "—", "—", "Total failure"],
+    }
+    assert table(md, "Token efficiency") == {
+        o: ["0", "Complete", "3/3", "0"], n: ["0", "Failed", "0/3", "—"],
+        t: ["1,800", "Total failure", "0/3", "—"]}
+    assert table(md, "The Numbers") == {
+        o: ["Oracle", "—", "0", "—", "0", "1", "pass (attempt 1)", "yes", "0", "Complete"],
+        n: ["Nop", "—", "0", "—", "—", "0", "fail", "no", "0", "Failed"],
+        t: ["Local dense", "140K", "1,800", "0", "5", "0", "—", "—", "1", "Total failure"],
+    }
+    # Speeds come from the transcript's llama.cpp timings (metrics.json lacks them).
+    assert table(md, "Speed") == {o: ["—", "—", "5s"], n: ["—", "—", "1s"], t: ["250.0", "40.0", "1m35s"]}
+    assert "## Repeats" not in md and "/ pub" not in md
+    assert (one / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_with_repeats(tmp_path: Path, envelopes: Path) -> None:  # noqa: F811
+    rd = make_round(tmp_path, repeats=2)
+    assert cli("report", rd)[0] == 0
+    md = (rd / "report.md").read_text()
+    o, t = NAMES[ORACLE], NAMES[LOCAL]
+    results = table(md, "Results")
+    assert results[o] == ["—", "0", "0.5 (0–1)", "2/2 pass (attempt 1–2)", "2/2 yes",
+                          "1× Complete, 1× Partial"]
+    assert results[t] == ["0", "1,950 (1,800–2,100)", "0", "—", "—", "2× Total failure"]
+    assert table(md, "Speed")[t] == ["250.0", "50.0 (40.0–60.0)", "1m35s"]
+    assert table(md, "Repeats") == {o: ["2", "1", "50%", "100%"], NAMES[NOP]: ["2", "0", "0%", "0%"],
+                                    t: ["2", "0", "0%", "0%"]}
+    assert "mean (min–max)" in md
+    assert md.count("| run-") == 6
+
+
+def test_published_figures_side_by_side(tmp_path: Path, envelopes: Path) -> None:  # noqa: F811
+    rd = make_round(tmp_path, published=True)
+    assert cli("report", rd)[0] == 0
+    md = (rd / "report.md").read_text()
+    o, n, t = NAMES[ORACLE], NAMES[NOP], NAMES[LOCAL]
+    results = table(md, "Results")
+    # Claude Sonnet 4 published 4 commits, 19k tokens, Complete; Devstral Total failure; Qwen3-Coder 1 commit.
+    assert results[o] == ["—", "0 / pub 19,000", "1 / pub 4", "pass (attempt 1)", "yes",
+                          "Complete / pub Complete"]
+    assert results[n] == ["—", "0", "0", "fail", "no", "Failed / pub Total failure"]
+    assert results[t] == ["0", "1,800", "0 / pub 1", "—", "—", "Total failure / pub Partial"]
+    numbers = table(md, "The Numbers")
+    assert numbers[o][0] == "Oracle / pub Cloud (control)" and numbers[o][8] == "0 / pub 0"
+    assert numbers[t][0] == "Local dense / pub Local MoE"
+    assert table(md, "Speed")[o][2] == "5s / pub 10m"
+
+
+def test_report_refuses_a_sealed_round(tmp_path: Path, envelopes: Path) -> None:  # noqa: F811
+    rd = make_round(tmp_path, unseal=False)
+    before = sorted(p.name for p in rd.iterdir())
+    code, stdout, stderr = cli("report", rd, "--json")
+    assert code == 1 and "not unsealed" in stderr and f"labctl unseal {rd}" in stderr
+    assert json.loads(stdout)["ok"] is False
+    assert sorted(p.name for p in rd.iterdir()) == before
+    code, _, stderr = cli("report", tmp_path)
+    assert code == 1 and "not a round directory" in stderr
+
+
+@pytest.mark.parametrize("fmt", ["md", "json", "html"])
+def test_verify_passes_after_report(one: Path, fmt: str) -> None:
+    code, stdout, stderr = cli("report", one, "--format", fmt, "--json")
+    assert code == 0, stderr
+    assert json.loads(stdout)["files"] == [str(one / f"report.{fmt}"), str(one / "report.png")]
+    code, _, stderr = cli("verify", one)
+    assert code == 0, stderr
+    manifest = json.loads((one / "manifest.json").read_text())["files"]
+    assert f"report.{fmt}" in manifest and "report.png" in manifest
+    if fmt == "json":
+        data = json.loads((one / "report.json").read_text())
+        by_id = {c["id"]: c for c in data["contestants"]}
+        assert by_id[ORACLE]["pass_at_1"] == 1.0 and by_id[LOCAL]["type"] == "Local dense"
+        assert by_id[LOCAL]["runs"][0]["metrics"]["gen_tps"] == 40.0
+        assert [t["title"] for t in data["tables"]][:3] == ["Results", "Token efficiency", "The Numbers"]
+
+
+def artifacts_dir() -> Path:
+    return Path(os.environ.get("LABCTL_TEST_ARTIFACTS") or "/tmp/labctl-test-artifacts")
+
+
+@pytest.mark.browser
+def test_html_renders_in_chromium(tmp_path: Path, envelopes: Path) -> None:  # noqa: F811
+    if not CHROMIUM.exists():
+        if in_ci():
+            pytest.fail(f"{CHROMIUM} missing: .ci/run must install Debian's chromium package")
+        pytest.skip(f"{CHROMIUM} missing (apt-get install -y chromium)")
+    rd = make_round(tmp_path, repeats=2, published=True)
+    assert cli("report", rd, "--format", "html")[0] == 0
+    page = rd / "report.html"
+    html = page.read_text()
+    assert "<script" not in html and "http" not in html.split("<body>", 1)[1].replace(
+        "https://vibescoder.dev", "")  # self-contained: nothing to fetch but the source link text
+    profile, shot = tmp_path / "chromium-profile", tmp_path / "shot.png"
+    base = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+            "--no-first-run", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", f"--user-data-dir={profile}"]
+    url = page.resolve().as_uri()
+    dom = subprocess.run([*base, "--dump-dom", url], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    for slug in ("results", "token-efficiency", "the-numbers", "speed", "repeats", "runs"):
+        assert f'<table id="{slug}">' in dom.stdout
+    assert "0.5 (0–1) / pub 4" in dom.stdout and "1× Complete, 1× Partial" in dom.stdout
+    assert 'src="data:image/png;base64,' in dom.stdout
+    done = subprocess.run([*base, f"--screenshot={shot}", "--window-size=1280,2000", url],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and shot.is_file() and shot.stat().st_size > 10_000, done.stderr[-2000:]
+    keep = artifacts_dir()
+    keep.mkdir(parents=True, exist_ok=True)
+    shutil.copy(shot, keep / "report.png")
+    shutil.copy(rd / "report.png", keep / "report-chart.png")
+    assert cli("verify", rd)[0] == 0
