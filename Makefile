@@ -6,6 +6,9 @@
 VENV   ?= .venv
 PYTHON ?= python3
 BIN    := $(VENV)/bin
+# Image builds fetch the agent runtime's dependencies over HTTPS; trust the host's CA bundle there
+# (corporate and sandbox proxies re-sign TLS). Override with LABCTL_CA_BUNDLE= to build without it.
+export LABCTL_CA_BUNDLE ?= $(wildcard /etc/ssl/certs/ca-certificates.crt)
 STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: help install env test test-fast demo lint schema bench clean
@@ -31,12 +34,10 @@ test: $(STAMP) env ## Run every test (Docker ones included)
 test-fast: $(STAMP) ## Run the tests that need no Docker
 	$(BIN)/pytest -q -m "not docker"
 
-demo: $(STAMP) env ## Run the offline smoke lab
+demo: $(STAMP) env ## Run the offline smoke lab: lock it, then a whole round (fetch, build, seal, run, unseal)
 	$(BIN)/labctl validate labs/smoke.yaml
 	$(BIN)/labctl lock labs/smoke.yaml
-	$(BIN)/labctl fetch labs/smoke.yaml
-	$(BIN)/labctl plan labs/smoke.yaml
-	$(BIN)/labctl plan lab.yaml --profile rtx5090-32g
+	$(BIN)/labctl round labs/smoke.yaml
 
 lint: $(STAMP) ## ruff
 	$(BIN)/ruff check labctl tests scripts benchmarks

@@ -30,27 +30,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
-# Commands live in modules named after the lab's nouns; this file only wires them up.
-from labctl.cmd_lock import lock_command  # noqa: E402
-from labctl.cmd_meter import meter_command  # noqa: E402
-from labctl.cmd_model import model_app  # noqa: E402
-from labctl.cmd_plan import plan_command  # noqa: E402
-from labctl.cmd_report import report_command  # noqa: E402
-from labctl.cmd_round import seal_command, unseal_command, verify_command  # noqa: E402
-from labctl.cmd_store import fetch_command, store_app  # noqa: E402
-
-app.command("lock")(lock_command)
-app.command("fetch")(fetch_command)
-app.command("plan")(plan_command)
-app.add_typer(store_app, name="store")
-app.command("seal")(seal_command)
-app.command("unseal")(unseal_command)
-app.command("verify")(verify_command)
-app.command("meter")(meter_command)
-app.command("report")(report_command)
-app.add_typer(model_app, name="model")
-
-
 def _version(value: bool) -> None:
     if value:
         out.print(f"labctl {__version__}", highlight=False)
@@ -154,3 +133,31 @@ def profiles(
                   f"{p.cuda_arch} ({p.compute_capability})" if p.cuda_arch else "—",
                   format_size(p.host_ram), format_size(p.vram_reserve) if p.vram_reserve else "—", f.source)
     out.print(t)
+
+
+# The rest of the story lives in modules named after the lab's nouns; wired here in story order.
+from labctl.cmd_build import build_command, images_command  # noqa: E402
+from labctl.cmd_lock import lock_command  # noqa: E402
+from labctl.cmd_meter import meter_command  # noqa: E402
+from labctl.cmd_model import model_app  # noqa: E402
+from labctl.cmd_plan import plan_command  # noqa: E402
+from labctl.cmd_report import report_command  # noqa: E402
+from labctl.cmd_round import seal_command, unseal_command, verify_command  # noqa: E402
+from labctl.cmd_run import down_command, round_command, run_command  # noqa: E402
+from labctl.cmd_store import fetch_command, store_app  # noqa: E402
+
+app.command("lock")(lock_command)
+app.command("fetch")(fetch_command)
+app.command("plan")(plan_command)
+app.command("build")(build_command)
+app.command("images")(images_command)
+app.command("seal")(seal_command)
+app.command("run")(run_command)
+app.command("unseal")(unseal_command)
+app.command("verify")(verify_command)
+app.command("report")(report_command)
+app.command("round")(round_command)
+app.command("down")(down_command)
+app.command("meter")(meter_command)
+app.add_typer(store_app, name="store")
+app.add_typer(model_app, name="model")

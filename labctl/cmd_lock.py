@@ -11,7 +11,7 @@ from rich.table import Table
 
 from labctl.cmd_store import StoreOpt
 from labctl.console import DEFAULT_LAB, EXIT_FAIL, JsonOpt, LabArg, emit, err, fail, open_lab, out
-from labctl.lock import LockError, drift, resolve, verify_offline
+from labctl.lock import LockError, carry_build_facts, drift, resolve, verify_offline
 from labctl.lockfile import Lock, lock_path, read_lock, write_lock
 from labctl.store import Store, default_store_root
 
@@ -65,6 +65,11 @@ def lock_command(
         if not as_json:
             out.print(f"[green]✓[/] {path} is current ({len(_entries(new))} entries)", highlight=False)
         return
+    try:
+        previous = read_lock(path) if path.exists() else None
+    except ValueError:
+        previous = None  # an unreadable old lock is simply replaced
+    new = carry_build_facts(previous, new)
     changed = write_lock(path, new)
     if as_json:
         emit({"ok": True, "lock": str(path), "changed": changed, "sha256": new.sha256(),

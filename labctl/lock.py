@@ -70,8 +70,9 @@ def resolve(loaded: LoadedLab, store: Store, report: Report = _noop) -> Lock:
 
     source = attempt("llama_cpp", lambda: _source(loaded))
     images: dict[str, ImageLock] = {}
+    mirrors = {**lab.build.image_mirrors, **loaded.profile.image_mirrors}
     for ref in attempt("images", lambda: lab_images(loaded)) or []:
-        pinned = attempt(f"images.{ref}", lambda ref=ref: _image(ref))
+        pinned = attempt(f"images.{ref}", lambda ref=ref: _image(ref, mirrors))
         if pinned is not None:
             images[ref] = pinned
     models: dict[str, ModelLock] = {}
@@ -109,7 +110,7 @@ def _source(loaded: LoadedLab) -> SourceLock:
                       subdir=src.subdir)
 
 
-def _image(ref: str) -> ImageLock:
+def _image(ref: str, mirrors: dict[str, str]) -> ImageLock:
     """An image built or imported here (no registry digest) is pinned locally without asking a
     registry; anything else is pinned by its registry's manifest digest."""
     from python_on_whales import DockerClient, DockerException
@@ -122,7 +123,7 @@ def _image(ref: str) -> ImageLock:
                 return ImageLock(digest=local, source="local")
     except DockerException:
         pass  # no engine here: the registry decides
-    return resolve_image(ref, docker=docker)
+    return resolve_image(ref, docker=docker, mirrors=mirrors)
 
 
 DECLARED_SKIP = {"source", "file_size"}
@@ -157,12 +158,27 @@ def _norm(v: Any) -> Any:
 # --- check and offline verification --------------------------------------------------------------
 
 
+BUILD_FACTS = {"llama_cpp.version"}
+"""Written into the lock by `labctl build` (what the built server reports), not resolved upstream."""
+
+
+def carry_build_facts(old: Lock | None, new: Lock) -> Lock:
+    """Keep what `labctl build` recorded when the source it describes is still the same."""
+    if old is None or old.llama_cpp.version is None:
+        return new
+    same = old.llama_cpp.model_copy(update={"version": None}) == new.llama_cpp
+    if not same:
+        return new
+    source = new.llama_cpp.model_copy(update={"version": old.llama_cpp.version})
+    return new.model_copy(update={"llama_cpp": source})
+
+
 def drift(old: Lock, new: Lock) -> list[str]:
     """Every entry whose resolved value differs, as `entry: field was X, now Y`."""
     a, b = _flat(old.model_dump(mode="json", exclude_none=True)), _flat(new.model_dump(mode="json",
                                                                                         exclude_none=True))
     out = []
-    for key in sorted(set(a) | set(b)):
+    for key in sorted((set(a) | set(b)) - BUILD_FACTS):
         if a.get(key) != b.get(key):
             out.append(f"{key}: was {_short(a.get(key))}, now {_short(b.get(key))}")
     return out
@@ -249,5 +265,5 @@ def require_lock(loaded: LoadedLab) -> Lock:
     return lock
 
 
-__all__ = ["LockError", "OfflineResult", "drift", "lock_path", "require_lock", "resolve", "spec_sha256",
-           "verify_offline"]
+__all__ = ["LockError", "OfflineResult", "carry_build_facts", "drift", "lock_path", "require_lock", "resolve",
+           "spec_sha256", "verify_offline"]

@@ -48,6 +48,8 @@ class Profile(BaseModel):
     """VRAM the planner keeps free (display, CUDA context, fragmentation)."""
     cpu_threads: int | None = Field(default=None, ge=1)
     """Threads for llama-server on this host; default: what llama.cpp picks."""
+    image_mirrors: dict[str, str] = {}
+    """Image reference prefix → mirror for this site (wins over the lab's `build.image_mirrors`)."""
 
     @model_validator(mode="after")
     def _gpu_fields_agree(self) -> Profile:

@@ -36,6 +36,21 @@ CacheType = Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_
 """KV cache element types llama-server accepts for `-ctk` / `-ctv`."""
 
 
+class BuildOptions(Spec):
+    """How images are built where the public internet is not (corporate proxies, air-gapped labs).
+    None of these change an image's input hash: they change where bytes come from, not which."""
+
+    ca_bundle: Path | None = None
+    """CA bundle (relative to the lab file) trusted by pip/npm/curl during image builds."""
+    pip_index_url: str | None = None
+    """A PyPI mirror for the agent runtime's dependencies."""
+    npm_registry: str | None = None
+    """An npm mirror for npm-based agent runtimes."""
+    image_mirrors: dict[str, str] = {}
+    """Image reference prefix → replacement, e.g. `docker.io/: registry.lan:5000/hub/` or
+    `ubuntu:24.04: debian:bookworm-slim`; a profile's own mirrors win per prefix."""
+
+
 class LabInfo(Spec):
     """What this lab is and where its published counterpart lives."""
 
@@ -431,6 +446,8 @@ class Lab(Spec):
     round: Round = Round()
     budgets: Budgets = Budgets()
     interventions: Interventions = Interventions()
+    build: BuildOptions = BuildOptions()
+    """Image build options for offline and corporate environments."""
 
     def serve_for(self, c: LocalContestant) -> Serve:
         """Effective serve settings of a local contestant: its own, then the lab's, then defaults."""

@@ -166,3 +166,14 @@ def test_task_base_image_built_here_is_pinned_locally(lab: Path, docker_engine) 
     assert image == {"digest": docker_engine.image.inspect("debian:bookworm-slim").id, "source": "local"}
     code, out, _ = run_cli("lock", lab, "--offline", "--json")
     assert code == 0 and "images.debian:bookworm-slim" in json.loads(out)["verified"]
+
+
+def test_relock_keeps_what_build_recorded(lab: Path) -> None:
+    assert run_cli("lock", lab)[0] == 0
+    path = lab.with_suffix(".lock")
+    data = json.loads(path.read_text())
+    data["llama_cpp"]["version"] = "version: 1 (abc)"
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    assert run_cli("lock", lab, "--check")[0] == 0  # a build fact is not drift
+    assert run_cli("lock", lab)[0] == 0
+    assert json.loads(path.read_text())["llama_cpp"]["version"] == "version: 1 (abc)"

@@ -63,7 +63,7 @@ def test_serve_defaults_fill_what_is_unset() -> None:
     tiny = loaded.lab.contestants[0]
     assert isinstance(tiny, LocalContestant)
     s = loaded.lab.serve_for(tiny)
-    assert s.context == 2048 and s.parallel == SERVE_DEFAULTS.parallel and s.gpu_layers == "auto"
+    assert s.context == 4096 and s.parallel == SERVE_DEFAULTS.parallel and s.gpu_layers == "auto"
 
 
 # Each broken example: (replace this, with that) in lab.yaml → field and a word of the message,

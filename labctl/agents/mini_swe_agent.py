@@ -1,0 +1,69 @@
+"""mini-swe-agent (PyPI `mini-swe-agent`, command `mini`): a bash-only agent, driven through litellm.
+
+Non-interactive form (see the project's facts notes): `mini -y --exit-immediately -m <model>
+-c mini.yaml -c model.model_kwargs.api_base=<url> -c model.cost_tracking=ignore_errors
+-c agent.step_limit=<n> -t <task> -o <trajectory>`. `-c` replaces the default config, so the
+built-in mini.yaml comes first. litellm cannot price a local model, so cost limits never fire:
+the step limit is what stops a looping agent — it is always set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from labctl.agents.base import (
+    AgentCommand,
+    Invocation,
+    Package,
+    deadline_note,
+    pypi_venv_install,
+)
+
+DEFAULT_STEP_LIMIT = 250
+"""Used when the lab sets no `budgets.steps` (cost limits cannot stop a local model)."""
+
+STATIC_ENV = {
+    "MSWEA_CONFIGURED": "true",  # skip the first-run setup wizard
+    "MSWEA_SILENT_STARTUP": "1",
+    "LITELLM_LOCAL_MODEL_COST_MAP": "True",  # no network fetch of litellm's price list at import
+}
+
+# $1 model, $2 api base, $3 steps, $4 instruction file, $5 trajectory, $6 deadline note, $7 extra -c
+_SCRIPT = ('exec mini -y --exit-immediately -m "$1" -c mini.yaml -c "model.model_kwargs.api_base=$2" '
+           '-c model.cost_tracking=ignore_errors -c "agent.step_limit=$3" $7 '
+           '-t "$(cat "$4")$6" -o "$5"')
+
+
+class MiniSweAgent:
+    name = "mini-swe-agent"
+    needs_model = True
+
+    def packages(self, version: str | None) -> list[Package]:
+        if not version:
+            raise ValueError("mini-swe-agent needs a pinned version (agent.version)")
+        return [Package("pypi", "mini-swe-agent", version)]
+
+    def install_script(self, files: Sequence[str]) -> str:
+        return pypi_venv_install(self.name, files, {"mini": "mini"}, STATIC_ENV)
+
+    def check_command(self) -> list[str]:
+        return ["mini", "--help"]
+
+    def command(self, inv: Invocation) -> AgentCommand:
+        if not inv.model_base_url or not inv.model_name:
+            raise ValueError("mini-swe-agent needs the model's base URL and name")
+        base = inv.model_base_url.rstrip("/")
+        if inv.api == "anthropic":
+            model, api_base = f"anthropic/{inv.model_name}", base
+            # litellm refuses Anthropic without a key; the proxy ignores this placeholder.
+            extra = "-c model.model_kwargs.api_key=labctl-proxy-placeholder"
+        else:
+            model, api_base, extra = f"hosted_vllm/{inv.model_name}", f"{base}/v1", ""
+        steps = inv.step_limit or DEFAULT_STEP_LIMIT
+        trajectory = f"{inv.log_dir}/trajectory.json"
+        argv = ["sh", "-c", _SCRIPT, "mini", model, api_base, str(steps), inv.instruction_file,
+                trajectory, deadline_note(inv.deadline), extra]
+        return AgentCommand(argv=argv, env=dict(STATIC_ENV), workdir=inv.workdir)
+
+
+ADAPTER = MiniSweAgent()

@@ -1,0 +1,27 @@
+"""nop: does nothing and exits 0. It must not pass; if it does, the task's checks are too weak."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from labctl.agents.base import AgentCommand, Invocation, Package
+
+
+class Nop:
+    name = "nop"
+    needs_model = False
+
+    def packages(self, version: str | None) -> list[Package]:
+        return []
+
+    def install_script(self, files: Sequence[str]) -> str:
+        return ""
+
+    def check_command(self) -> list[str]:
+        return ["true"]
+
+    def command(self, inv: Invocation) -> AgentCommand:
+        return AgentCommand(argv=["true"], workdir=inv.workdir)
+
+
+ADAPTER = Nop()

@@ -1,0 +1,158 @@
+"""`labctl run`, `labctl round`, `labctl down`: execute a sealed round, do a whole round in one go, and
+remove what a round left running.
+
+To be registered in labctl/cli.py as `app.command("run")(run_command)`,
+`app.command("round")(round_command)` and `app.command("down")(down_command)`;
+`python -m labctl.cmd_run run|round|down …` works without that.
+
+Before unseal nothing printed here names a contestant: runs are named by `run_label` only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+
+from labctl.console import DEFAULT_LAB, EXIT_FAIL, JsonOpt, LabArg, ProfileOpt, emit, err, fail, open_lab, out
+from labctl.lock import LockError, require_lock
+from labctl.rounddir import read_unsealed
+from labctl.runner import RunSummary, down, open_round, run_round
+from labctl.runparts import Docker, RunError
+from labctl.seal import SealError, seal_round, unseal_round
+
+RoundArg = Annotated[Path, typer.Argument(help="Round directory, e.g. rounds/<round-id>.")]
+LabOpt = Annotated[Path | None, typer.Option(
+    "--lab", help="The lab file the round was sealed from (default: lab.yaml or labs/<lab>.yaml).")]
+
+
+def _say(as_json: bool) -> Any:
+    console = err if as_json else out
+    return lambda line: console.print(f"[dim]·[/] {escape(line)}", highlight=False)
+
+
+def _rows(summaries: list[RunSummary], mapping: dict[str, str] | None) -> list[dict[str, Any]]:
+    rows = []
+    for s in summaries:
+        m = s.metrics
+        rows.append({"run": s.run_id, "contestant": mapping.get(s.run_id) if mapping else None,
+                     "status": s.status, "outcome": s.outcome, "tool_calls": m.get("tool_calls"),
+                     "total_tokens": m.get("total_tokens"), "commits": m.get("commits_pushed"),
+                     "wall_time_s": m.get("wall_time_s"), "reason": s.reason, "skipped": s.skipped})
+    return rows
+
+
+def _table(rows: list[dict[str, Any]], title: str) -> None:
+    """Plain text (no box drawing): the table is meant to be pasted into reports and CI logs."""
+    cols = ["run", "contestant", "status", "outcome", "tool_calls", "total_tokens", "commits", "wall_time_s"]
+    cells = [[("—" if r[c] is None else str(r[c])) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(x[i]) for x in cells)) for i, c in enumerate(cols)]
+    out.print(title, highlight=False, markup=False)
+    out.print("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)), highlight=False, markup=False)
+    for row in cells:
+        out.print("  ".join(x.ljust(w) for x, w in zip(row, widths, strict=True)), highlight=False,
+                  markup=False)
+    for r in rows:
+        if r["reason"]:
+            out.print(f"  {r['run']}: {r['reason']}", highlight=False, markup=False)
+
+
+def run_command(round_dir: RoundArg, lab: LabOpt = None, profile: ProfileOpt = None,
+                as_json: JsonOpt = False) -> None:
+    """Execute a sealed round's runs in sealed order; finished runs are skipped, interrupted ones redone."""
+    try:
+        ctx = open_round(round_dir, lab, profile)
+        summaries = run_round(ctx, _say(as_json))
+    except (RunError, LockError, OSError, ValueError) as e:
+        msg = "; ".join(e.problems) if isinstance(e, LockError) else str(e)
+        raise fail(msg, as_json) from None
+    except KeyboardInterrupt:
+        err.print("interrupted: the current run's containers were removed; `labctl run` resumes",
+                  highlight=False)
+        raise typer.Exit(130) from None
+    rows = _rows(summaries, None)
+    if as_json:
+        emit({"ok": True, "round": ctx.sealed.round, "runs": rows})
+    else:
+        _table(rows, f"round {ctx.sealed.round} (sealed: contestants revealed by `labctl unseal`)")
+
+
+def round_command(lab: LabArg = DEFAULT_LAB, profile: ProfileOpt = None,
+                  rounds_dir: Annotated[Path, typer.Option("--rounds-dir")] = Path("rounds"),
+                  as_json: JsonOpt = False) -> None:
+    """Lock check → fetch → build (missing images only) → seal → run → unseal → results table."""
+    from labctl.engine import EngineError, detect_engine
+    from labctl.fetch import FetchError, fetch
+    from labctl.imagebuild import build_all
+    from labctl.images import ImageError, lab_images, settings_for
+    from labctl.sdist import SourceError
+    from labctl.store import Store
+
+    say = _say(as_json)
+    console = err if as_json else out
+    loaded = open_lab(lab, profile, as_json)
+    try:
+        lock = require_lock(loaded)
+    except LockError as e:
+        raise fail("; ".join(e.problems), as_json) from None
+    try:
+        say("fetch")
+        fetch(lock, Store(), progress=False, base_dir=loaded.base_dir)
+        say("build (images already present are reused)")
+        specs = lab_images(loaded, lock, loaded.profile, settings_for(loaded))
+        results = build_all(detect_engine(), specs, log_dir=loaded.base_dir / ".labctl" / "logs",
+                            console=console)
+        if failed := [r for r in results if r.status == "failed"]:
+            raise RunError(f"image {failed[0].name} failed to build (see .labctl/logs)")
+        made = seal_round(loaded, lock, rounds_dir)
+        say(f"sealed {made.record.round}: commitment {made.record.commitment}")
+        ctx = open_round(made.round_dir, loaded.path, profile)
+        summaries = run_round(ctx, say)
+        unseal_round(made.round_dir)
+        mapping = {k: v.contestant for k, v in read_unsealed(made.round_dir).mapping.items()}
+    except FetchError as e:
+        raise fail(f"fetch failed: {e}", as_json) from None
+    except SealError as e:
+        raise fail("; ".join(e.problems), as_json) from None
+    except (RunError, ImageError, EngineError, SourceError, OSError, ValueError) as e:
+        raise fail(str(e), as_json) from None
+    except KeyboardInterrupt:
+        err.print("interrupted: the current run's containers were removed; `labctl run` resumes",
+                  highlight=False)
+        raise typer.Exit(130) from None
+    rows = _rows(summaries, mapping)
+    if as_json:
+        emit({"ok": True, "round": made.record.round, "round_dir": str(made.round_dir), "runs": rows})
+    else:
+        _table(rows, f"round {made.record.round} ({made.round_dir})")
+    if any(r["status"] == "errored" for r in rows):
+        raise typer.Exit(EXIT_FAIL)
+
+
+def down_command(round_dir: Annotated[Path | None, typer.Argument(
+                     help="Round directory or round id; none: every labctl round")] = None,
+                 as_json: JsonOpt = False) -> None:
+    """Remove every container, network and volume labelled for the round (or for any round)."""
+    round_id = None if round_dir is None else round_dir.name
+    try:
+        removed = down(Docker.detect(), round_id)
+    except RunError as e:
+        raise fail(str(e), as_json) from None
+    if as_json:
+        emit({"ok": True, "round": round_id, "removed": removed})
+        return
+    n = sum(len(v) for v in removed.values())
+    out.print(f"removed {n} object(s) of {round_id or 'all labctl rounds'}: "
+              + ", ".join(f"{len(v)} {k}" for k, v in removed.items()), highlight=False)
+
+
+app = typer.Typer(help="labctl run / round / down (standalone until wired into labctl.cli).",
+                  pretty_exceptions_enable=False)
+app.command("run")(run_command)
+app.command("round")(round_command)
+app.command("down")(down_command)
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,138 @@
+"""Grade one run: the task's tests in a fresh container, then metrics, then the outcome.
+
+Why a fresh container from the *task* image (not the agent's): the verifier must see only what the
+agent left — the pushed branch (origin) and a copy of the final workspace — never a process, file
+or tool the agent could have planted in its own container. The tests directory is mounted here and
+nowhere else, so no agent ever reads the checks it is graded by.
+
+The outcome comes from `labctl.verify.derive_outcome`, the same function `labctl verify` re-runs, so
+the grade in result.json can only differ from the re-derived one when a file was changed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from labctl.rounddir import OutcomeRules
+from labctl.runparts import (
+    ORIGIN,
+    WORKSPACE,
+    Docker,
+    RunError,
+    Workspace,
+    label_flags,
+    object_name,
+    pushed_commits,
+    run_labels,
+    transcript_records,
+)
+from labctl.spec import Outcome
+from labctl.verify import Reward, derive_outcome, read_reward
+
+DEFAULT_VERIFIER_TIMEOUT_S = 600.0
+VERIFY_SCRIPT = 'git config --global --add safe.directory "*" 2>/dev/null; exec bash /tests/test.sh'
+"""The workspace and origin belong to the agent's uid and the verifier runs as the task image's user
+(root): git refuses such repositories (also in the upload-pack of a local fetch, which ignores
+GIT_CONFIG_COUNT) unless the global config says they are safe; the task image has no labctl config."""
+
+
+def verifier_timeout(task_dir: Path) -> float:
+    data = tomllib.loads((task_dir / "task.toml").read_text(encoding="utf-8"))
+    return float(data.get("verifier", {}).get("timeout_sec", DEFAULT_VERIFIER_TIMEOUT_S))
+
+
+def run_verifier(docker: Docker, *, task_image: str, task_dir: Path, ws: Workspace, run_dir: Path,
+                 round_id: str, run_id: str, scratch: Path) -> tuple[Reward | None, str]:
+    """Run tests/test.sh against a copy of the final workspace and the run's origin (read-only).
+
+    Writes verifier/{reward.json|reward.txt, stdout.txt} under `run_dir`; returns (reward, note)
+    where note says what went wrong when there is no reward.
+    """
+    vdir = run_dir / "verifier"
+    vdir.mkdir(parents=True, exist_ok=True)
+    copy = scratch / "graded-workspace"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(ws.clone, copy, symlinks=True)
+    name = object_name(round_id, run_id, "verifier")
+    timeout = verifier_timeout(task_dir)
+    labels = label_flags(run_labels(round_id, run_id, "verifier"))
+    argv = ["run", "--name", name, "--network", "none", *labels,
+            "-v", f"{copy}:{WORKSPACE}", "-v", f"{ws.origin}:{ORIGIN}:ro",
+            "-v", f"{(task_dir / 'tests').resolve()}:/tests:ro", "-v", f"{vdir.resolve()}:/logs/verifier",
+            "-w", WORKSPACE, "-e", f"LABCTL_WORKSPACE={WORKSPACE}"]
+    argv += ["--entrypoint", "bash", task_image, "-c", VERIFY_SCRIPT]
+    note = ""
+    with open(vdir / "stdout.txt", "w", encoding="utf-8") as log:
+        try:
+            done = docker(*argv, check=False, timeout=timeout, stdout=log)
+            if done.returncode != 0:
+                note = f"verifier exited {done.returncode}: {done.stderr.strip()[-300:]}"
+                log.write(done.stderr)
+        except RunError:
+            note = f"verifier timed out after {timeout:.0f}s"
+        finally:
+            docker("rm", "-f", name, check=False)
+            shutil.rmtree(copy, ignore_errors=True)
+    try:
+        reward, _ = read_reward(run_dir)
+    except (OSError, ValueError) as e:
+        return None, f"unreadable verifier output: {e}"
+    return reward, note if reward is None else ""
+
+
+def checks_summary(reward: Reward | None) -> tuple[int | None, int | None]:
+    checks = reward.get("checks") if isinstance(reward, dict) else None
+    if not isinstance(checks, dict):
+        return None, None
+    return sum(1 for v in checks.values() if v is True or (type(v) in (int, float) and v >= 1)), len(checks)
+
+
+def run_metrics(*, meter_state: dict[str, Any] | None, transcript: Path, ws: Workspace, reward: Reward | None,
+                wall_s: float, needs_model: bool, stopped_by: str | None) -> dict[str, Any]:
+    """metrics.json. `tool_calls` is present only for contestants with a model: for oracle and nop it
+    would be a fiction, and a 0 would grade them Total failure (`derive_outcome` rule 1)."""
+    passed, total = checks_summary(reward)
+    m: dict[str, Any] = {"wall_time_s": round(wall_s, 3), "commits_pushed": pushed_commits(ws),
+                         "checks_passed": passed, "checks_total": total, "stopped_by": stopped_by}
+    if not needs_model:
+        return m
+    s = meter_state or {}
+    recs = transcript_records(transcript)
+    exchanges = [r for r in recs if r.get("kind") == "exchange"]
+    requests = [r["request"] for r in exchanges if isinstance(r.get("request"), dict)]
+    last_req = requests[-1] if requests else None
+    prompt_n = prompt_ms = gen_n = gen_ms = 0.0
+    for r in exchanges:
+        t = r.get("timings")
+        if isinstance(t, dict):
+            prompt_n += float(t.get("prompt_n") or 0)
+            prompt_ms += float(t.get("prompt_ms") or 0)
+            gen_n += float(t.get("predicted_n") or 0)
+            gen_ms += float(t.get("predicted_ms") or 0)
+    m.update({
+        "tool_calls": int(s.get("tool_calls", 0)),
+        "requests": int(s.get("requests", len(exchanges))),
+        "messages": len(last_req.get("messages") or []) if last_req else 0,
+        "prompt_tokens": int(s.get("prompt_tokens", 0)),
+        "completion_tokens": int(s.get("completion_tokens", 0)),
+        "cached_tokens": int(s.get("cached_tokens", 0)),
+        "total_tokens": int(s.get("total_tokens", 0)),
+        "prompt_tokens_per_s": round(prompt_n * 1000 / prompt_ms, 2) if prompt_ms else None,
+        "gen_tokens_per_s": round(gen_n * 1000 / gen_ms, 2) if gen_ms else None,
+        "interventions": dict(s.get("interventions") or {}),
+        "nudges": int(s.get("nudges", 0)),
+        "upstream_errors": int(s.get("errors", 0)),
+    })
+    return m
+
+
+def outcome(reward: Reward | None, metrics: dict[str, Any], rules: OutcomeRules | None) -> Outcome | None:
+    """The grade; a reward the rules cannot read is no grade (None) rather than a crash mid-round."""
+    try:
+        return derive_outcome(reward, metrics, rules)
+    except ValueError:
+        return None
+

@@ -1,0 +1,263 @@
+"""The runner against a real Docker engine: a whole smoke round end to end, isolation (egress, keys,
+blindness) and the faults a round must survive (missing lock, blob or image; a server that never
+gets healthy; an agent that never exits; Ctrl-C).
+
+Images are built once per session under labctl's default namespace (the classic builder's layer
+cache makes a rebuild cheap; the llama-server compile is the slow part and is shared with
+`make demo`). Labs other than labs/smoke.yaml get their lock derived offline from labs/smoke.lock
+(only what differs — spec hash, task tree, models — is changed), so no test contacts a registry
+except to create labs/smoke.lock when it is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from python_on_whales import DockerClient
+
+from labctl.engine import detect_engine
+from labctl.imagebuild import build_all
+from labctl.images import lab_images, settings_for
+from labctl.labfile import load_lab
+from labctl.lock import require_lock, spec_sha256
+from labctl.lockfile import lock_path, read_lock, write_lock
+from labctl.rounddir import read_result
+from labctl.runner import RunSession, open_round, run_round
+from labctl.runparts import Docker
+from labctl.seal import seal_round
+from labctl.store import Store
+from labctl.treehash import tree_sha256
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "labs" / "smoke.yaml"
+HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture(scope="module", autouse=True)
+def runner_env(tmp_path_factory: pytest.TempPathFactory, docker_engine: DockerClient) -> Iterator[None]:
+    """Private envelopes and scratch; the host CA bundle for image builds behind a TLS proxy."""
+    tmp = tmp_path_factory.mktemp("runner-env")
+    saved = dict(os.environ)
+    os.environ["LABCTL_ENVELOPES"] = str(tmp / "envelopes")
+    os.environ["LABCTL_WORK_DIR"] = str(tmp / "work")
+    if HOST_CA.is_file():
+        os.environ.setdefault("LABCTL_CA_BUNDLE", str(HOST_CA))
+    if not lock_path(SMOKE).exists():
+        subprocess.run([sys.executable, "-m", "labctl", "lock", str(SMOKE)], check=True, cwd=ROOT)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def build(lab: Path) -> None:
+    loaded = load_lab(lab)
+    specs = lab_images(loaded, require_lock(loaded), settings=settings_for(loaded))
+    results = build_all(detect_engine(), specs, log_dir=lab.parent / ".logs")
+    assert all(r.status != "failed" for r in results), [r.as_dict() for r in results]
+
+
+def derived_lab(tmp: Path, contestants: str, *, wall: str = "3m", solve: str | None = None) -> Path:
+    """A lab like smoke.yaml with other contestants (and optionally a task whose solution is `solve`),
+    locked offline from labs/smoke.lock."""
+    task = ROOT / "tasks" / "smoke-hello"
+    if solve is not None:
+        task = tmp / "task"
+        shutil.copytree(ROOT / "tasks" / "smoke-hello", task)
+        (task / "solution" / "solve.sh").write_text(solve)
+    text = SMOKE.read_text().replace("path: ../tasks/smoke-hello", f"path: {task}")
+    text = re.sub(r"^  wall_time: .*$", f"  wall_time: {wall}", text, flags=re.M)
+    text = text[: text.index("contestants:")] + "contestants:\n" + contestants
+    lab = tmp / "lab.yaml"
+    lab.write_text(text)
+    loaded = load_lab(lab)
+    base = read_lock(lock_path(SMOKE))
+    ids = {c.id for c in loaded.lab.contestants}
+    lock = base.model_copy(update={
+        "spec_sha256": spec_sha256(loaded),
+        "models": {k: v for k, v in base.models.items() if k in ids},
+        "task": base.task.model_copy(update={"path": str(task), "tree_sha256": tree_sha256(task)})})
+    write_lock(lock_path(lab), lock)
+    return lab
+
+
+def labctl(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "labctl.cmd_run", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=900)
+
+
+def labelled_now(round_id: str) -> dict[str, list[str]]:
+    return Docker.detect().labelled({"labctl.round": round_id})
+
+
+def seal(lab: Path, tmp: Path) -> Path:
+    loaded = load_lab(lab)
+    return seal_round(loaded, require_lock(loaded), tmp / "rounds").round_dir
+
+
+# --- end to end ----------------------------------------------------------------------------------
+
+
+def test_smoke_round_end_to_end(tmp_path: Path) -> None:
+    """`round` on the smoke lab: oracle Complete, nop Failed, the tiny model's usage real; the round
+    verifies, lists every file, names nobody on any docker object, and leaves nothing behind."""
+    build(SMOKE)
+    proc = subprocess.Popen([sys.executable, "-m", "labctl.cmd_run", "round", str(SMOKE), "--rounds-dir",
+                             str(tmp_path / "rounds"), "--json"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    seen: set[str] = set()
+    docker = Docker.detect()
+    while proc.poll() is None:  # watch every object of any round while it runs: blindness
+        got = docker("ps", "-a", "--filter", "label=labctl.round", "--format",
+                     "{{.Names}} {{.Label \"labctl.round\"}} {{.Label \"labctl.run\"}} {{.Networks}}",
+                     check=False).stdout
+        got += docker("network", "ls", "--filter", "label=labctl.round", "--format", "{{.Name}}",
+                      check=False).stdout
+        seen.update(got.split())
+        time.sleep(0.5)
+    stdout, stderr = proc.communicate()
+    assert proc.returncode == 0, stderr
+    data = json.loads(stdout)
+    rows = {r["contestant"]: r for r in data["runs"]}
+    assert rows["oracle"]["outcome"] == "Complete" and rows["oracle"]["commits"] == 1
+    assert rows["nop"]["outcome"] == "Failed" and rows["nop"]["commits"] == 0
+    tiny = rows["tiny-llama"]
+    assert tiny["status"] == "done" and tiny["outcome"] in ("Failed", "Total failure")
+    assert tiny["total_tokens"] > 0
+    rd = Path(data["round_dir"])
+    run = rd / "runs" / tiny["run"]
+    records = [json.loads(x) for x in (run / "transcript.jsonl").read_text().splitlines()]
+    usage = [r["usage"] for r in records if r.get("kind") == "exchange" and r.get("usage")]
+    assert usage and usage[0]["prompt_tokens"] > 0
+    assert any(r.get("timings") for r in records)  # llama.cpp's own timings: a real server answered
+    assert "general.name" not in (run / "server.log").read_text()
+    manifest = json.loads((rd / "manifest.json").read_text())["files"]
+    for r in data["runs"]:
+        for f in ("result.json", "metrics.json", "agent.log", "workspace.bundle", "verifier/reward.json"):
+            assert f"runs/{r['run']}/{f}" in manifest
+    assert f"runs/{tiny['run']}/transcript.jsonl" in manifest
+    check = subprocess.run([sys.executable, "-m", "labctl", "verify", str(rd)], capture_output=True,
+                           text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert seen and not any(c in " ".join(seen) for c in ("tiny-llama", "oracle", "nop")), seen
+    assert labelled_now(data["round"]) == {"containers": [], "networks": [], "volumes": []}
+
+
+# --- isolation -----------------------------------------------------------------------------------
+
+
+def test_agent_network_is_internal_and_keyless(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cloud contestant's topology: the agent resolves only `meter`, reaches nothing outside, and
+    holds the API key nowhere (the meter does)."""
+    lab = derived_lab(tmp_path, "  - id: cloudy\n    kind: cloud\n    provider: openai\n    model: gpt-x\n"
+                                "    api_key_env: LABCTL_TEST_KEY\n    base_url: http://192.0.2.1:9\n")
+    build(lab)
+    monkeypatch.setenv("LABCTL_TEST_KEY", "sk-test-123")
+    rd = seal(lab, tmp_path)
+    ctx = open_round(rd, lab)
+    session = RunSession(ctx, ctx.sealed.order[0])
+    try:
+        session.setup()
+        agent = session.names["agent"]
+        d = Docker.detect()
+        assert d.ok("exec", agent, "getent", "hosts", "meter")
+        assert not d.ok("exec", agent, "getent", "hosts", "server")
+        for target in ("1.1.1.1/80", "192.0.2.1/9"):  # the internet; the cloud upstream itself
+            probe = ["timeout", "5", "bash", "-c", f"echo > /dev/tcp/{target}"]
+            assert not d.ok("exec", agent, *probe, timeout=20)
+        env = d("inspect", "--format", "{{json .Config.Env}}", agent).stdout
+        assert "sk-test-123" not in env and "LABCTL_TEST_KEY" not in env
+        grep = d("exec", "-u", "0", agent, "grep", "-rl", "--exclude-dir=proc", "--exclude-dir=sys",
+                 "sk-test-123", "/", check=False, timeout=120)
+        assert grep.stdout.strip() == ""
+        meter_env = d("inspect", "--format", "{{json .Config.Env}}", session.names["meter"]).stdout
+        assert "LABCTL_TEST_KEY=sk-test-123" in meter_env  # the key went where it belongs
+        for name in session.names.values():
+            assert "cloudy" not in name
+    finally:
+        session.cleanup()
+    assert labelled_now(ctx.sealed.round) == {"containers": [], "networks": [], "volumes": []}
+
+
+# --- faults --------------------------------------------------------------------------------------
+
+SLEEPER = "#!/usr/bin/env bash\nsleep 100000\n"
+
+
+def test_not_locked_and_image_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    lab = derived_lab(tmp_path, "  - id: oracle\n    kind: oracle\n")
+    rd = seal(lab, tmp_path)
+    monkeypatch.setenv("LABCTL_IMAGE_NAMESPACE", "labctl-test-absent")
+    done = labctl("run", rd, "--lab", lab, cwd=tmp_path)
+    assert done.returncode == 1 and "labctl build" in done.stderr, done.stderr
+    lock_path(lab).unlink()
+    done = labctl("round", lab, cwd=tmp_path)
+    assert done.returncode == 1 and "labctl lock" in done.stderr, done.stderr
+
+
+def test_blob_missing_and_corrupt_model(tmp_path: Path) -> None:
+    """An empty store says `labctl fetch`; a corrupt GGUF errors the run with the server's reason."""
+    lab = derived_lab(tmp_path,
+                      "  - id: tiny-llama\n    kind: local\n    model:\n      generate: {seed: 7}\n")
+    build(lab)
+    loaded = load_lab(lab)
+    f = require_lock(loaded).models["tiny-llama"].files[0]
+    empty, bad = Store(tmp_path / "empty"), Store(tmp_path / "bad")
+    blob = bad.blob_path(f.sha256)
+    blob.parent.mkdir(parents=True, exist_ok=True)
+    blob.write_bytes(b"GGUF" + b"\0" * 64)
+    for store, expect in ((empty, "labctl fetch"), (bad, "llama-server failed to start (bad_model")):
+        rd = seal(lab, tmp_path / store.root.name)
+        ctx = open_round(rd, lab, store=store)
+        [summary] = run_round(ctx)
+        assert summary.status == "errored" and expect in (summary.reason or ""), summary.reason
+        assert labelled_now(ctx.sealed.round) == {"containers": [], "networks": [], "volumes": []}
+
+
+def test_wall_time_kill_and_ctrl_c_resume(tmp_path: Path) -> None:
+    """An agent that never exits is stopped within 10 s of its deadline; Ctrl-C mid-run removes every
+    labelled object and leaves the run unfinished; running again completes it."""
+    lab = derived_lab(tmp_path, "  - id: oracle\n    kind: oracle\n", wall="20s", solve=SLEEPER)
+    build(lab)
+    rd = seal(lab, tmp_path)
+    rid = read_json_order(rd)
+    proc = subprocess.Popen([sys.executable, "-m", "labctl.cmd_run", "run", str(rd), "--lab", str(lab)],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    round_id = rd.name
+    deadline = time.monotonic() + 120
+    while not any("agent" in n for n in labelled_now(round_id)["containers"]):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.3)
+    time.sleep(2)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert labelled_now(round_id) == {"containers": [], "networks": [], "volumes": []}
+    assert read_result(rd, rid).status == "running"
+
+    t0 = time.monotonic()
+    done = labctl("run", rd, "--lab", lab, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    res = read_result(rd, rid)
+    assert res.status == "killed" and res.attempts == 2 and "wall_time" in (res.reason or "")
+    metrics = json.loads((rd / "runs" / rid / "metrics.json").read_text())
+    assert 20 <= metrics["wall_time_s"] <= 30
+    assert time.monotonic() - t0 < 120
+    assert labelled_now(round_id) == {"containers": [], "networks": [], "volumes": []}
+
+
+def read_json_order(rd: Path) -> str:
+    return json.loads((rd / "sealed.json").read_text())["order"][0]
+
