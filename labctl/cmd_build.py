@@ -13,12 +13,22 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from labctl.console import DEFAULT_LAB, EXIT_FAIL, JsonOpt, LabArg, ProfileOpt, emit, err, fail, open_lab, out
+from labctl.console import (
+    DEFAULT_LAB,
+    EXIT_FAIL,
+    JsonOpt,
+    LabArg,
+    ProfileOpt,
+    emit,
+    err,
+    fail,
+    open_locked,
+    out,
+)
 from labctl.engine import ContainerEngine, EngineError, detect_engine
 from labctl.imagebuild import ImageResult, build_all, image_status
 from labctl.images import CA_BUNDLE_ENV, ImageError, ImageSpec, lab_images, settings_for
 from labctl.labfile import LoadedLab
-from labctl.lock import LockError, require_lock
 from labctl.lockfile import Lock, lock_path, write_lock
 from labctl.sdist import SourceError
 from labctl.units import format_size
@@ -30,11 +40,7 @@ CaBundleOpt = Annotated[Path | None, typer.Option(
 
 def _prepare(lab: Path, profile: str | None, as_json: bool, ca_bundle: Path | None
              ) -> tuple[LoadedLab, Lock, list[ImageSpec], ContainerEngine]:
-    loaded = open_lab(lab, profile, as_json)
-    try:
-        lock = require_lock(loaded)
-    except LockError as e:
-        raise fail("; ".join(e.problems), as_json) from None
+    loaded, lock = open_locked(lab, profile, as_json)
     try:
         specs = lab_images(loaded, lock, settings=settings_for(loaded, ca_bundle=ca_bundle))
         engine = detect_engine()

@@ -16,8 +16,19 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from labctl.console import DEFAULT_LAB, EXIT_FAIL, JsonOpt, LabArg, ProfileOpt, emit, err, fail, open_lab, out
-from labctl.lock import LockError, require_lock
+from labctl.console import (
+    DEFAULT_LAB,
+    EXIT_FAIL,
+    JsonOpt,
+    LabArg,
+    ProfileOpt,
+    emit,
+    err,
+    fail,
+    open_locked,
+    out,
+)
+from labctl.lock import LockError
 from labctl.rounddir import read_unsealed
 from labctl.runner import RunSummary, down, open_round, run_round
 from labctl.runparts import Docker, RunError
@@ -92,11 +103,7 @@ def round_command(lab: LabArg = DEFAULT_LAB, profile: ProfileOpt = None,
 
     say = _say(as_json)
     console = err if as_json else out
-    loaded = open_lab(lab, profile, as_json)
-    try:
-        lock = require_lock(loaded)
-    except LockError as e:
-        raise fail("; ".join(e.problems), as_json) from None
+    loaded, lock = open_locked(lab, profile, as_json)
     try:
         say("fetch")
         fetch(lock, Store(), progress=False, base_dir=loaded.base_dir)

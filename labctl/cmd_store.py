@@ -13,9 +13,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from labctl.console import DEFAULT_LAB, JsonOpt, LabArg, emit, err, fail, open_lab, out
+from labctl.console import DEFAULT_LAB, JsonOpt, LabArg, emit, err, fail, open_locked, out
 from labctl.fetch import FetchError, FetchReport, fetch
-from labctl.lock import LockError, require_lock
 from labctl.lockfile import Lock
 from labctl.store import Store, StoreError
 from labctl.units import format_size
@@ -34,11 +33,7 @@ store_app = typer.Typer(help="The content-addressed model store: list, verify, c
 
 
 def _lock_of(lab: Path, as_json: bool) -> Lock:
-    """The lab's lock, refusing a missing, invalid or stale one with a clear message."""
-    try:
-        return require_lock(open_lab(lab, as_json=as_json))
-    except LockError as e:
-        raise fail(e.problems[0], as_json) from None
+    return open_locked(lab, as_json=as_json)[1]
 
 
 def _print_report(report: FetchReport) -> None:
@@ -59,8 +54,7 @@ def fetch_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Download, generate or verify every model of the lab's lock into the store (hash-checked)."""
-    loaded = open_lab(lab, as_json=as_json)
-    lock = _lock_of(lab, as_json)
+    loaded, lock = open_locked(lab, as_json=as_json)
     st = Store(store)
     try:
         report = fetch(lock, st, jobs=jobs, progress=not as_json and err.is_terminal,

@@ -17,6 +17,7 @@ from rich.console import Console
 
 from labctl.labfile import DEFAULT_LAB, LoadedLab, load_lab
 from labctl.located import SpecError
+from labctl.lockfile import Lock
 
 # soft_wrap: a long line stays one line (greppable, copyable); emoji off: `lab.yaml:100:6` must not
 # turn into an emoji code.
@@ -37,7 +38,7 @@ ProfileOpt = Annotated[
 ]
 
 __all__ = ["DEFAULT_LAB", "EXIT_FAIL", "EXIT_SPEC", "JsonOpt", "LabArg", "ProfileOpt", "emit", "err",
-           "fail", "fail_spec", "open_lab", "out"]
+           "fail", "fail_spec", "open_lab", "open_locked", "out"]
 
 
 def emit(data: Any) -> None:
@@ -67,3 +68,14 @@ def open_lab(path: Path, profile: str | None = None, as_json: bool = False) -> L
         return load_lab(path, profile=profile)
     except SpecError as e:
         raise fail_spec(e, as_json) from None
+
+
+def open_locked(path: Path, profile: str | None = None, as_json: bool = False) -> tuple[LoadedLab, Lock]:
+    """The lab and its lock, refusing a missing, invalid or stale lock with the command to run."""
+    from labctl.lock import LockError, require_lock  # resolvers are heavy; only commands that run need them
+
+    loaded = open_lab(path, profile, as_json)
+    try:
+        return loaded, require_lock(loaded)
+    except LockError as e:
+        raise fail("; ".join(e.problems), as_json) from None
