@@ -34,10 +34,12 @@ test: $(STAMP) env ## Run every test (Docker ones included)
 test-fast: $(STAMP) ## Run the tests that need no Docker
 	$(BIN)/pytest -q -m "not docker"
 
-demo: $(STAMP) env ## Run the offline smoke lab: lock it, then a whole round (fetch, build, seal, run, unseal)
+demo: $(STAMP) env ## The offline smoke round: lock, fetch, build, seal, run, unseal; then report + verify
 	$(BIN)/labctl validate labs/smoke.yaml
 	$(BIN)/labctl lock labs/smoke.yaml
 	$(BIN)/labctl round labs/smoke.yaml
+	@round=$$(ls -td rounds/smoke-*/ | head -n 1); \
+	  $(BIN)/labctl report "$$round" && $(BIN)/labctl verify "$$round" && echo "report: $${round}report.md"
 
 lint: $(STAMP) ## ruff
 	$(BIN)/ruff check labctl tests scripts benchmarks
