@@ -109,8 +109,14 @@ def add_published(lab: Path) -> None:
 
 
 def add_gguf(lab: Path) -> None:
+    """The header metadata `labctl lock` would record for the smoke lab's generated model."""
+    from labctl.ggufread import read_local
+    from labctl.tinymodel import TinyModelParams, write_tiny_gguf
+
+    model = lab.parent / "tiny.gguf"
+    write_tiny_gguf(model, TinyModelParams(seed=7))
     lock = read_lock(lock_path(lab))
-    lock.models[LOCAL].gguf = read_lock(ROOT / "labs" / "smoke.lock").models["tiny-llama"].gguf
+    lock.models[LOCAL].gguf = read_local([model])
     write_lock(lock_path(lab), lock)
 
 

@@ -4,9 +4,9 @@ gets healthy; an agent that never exits; Ctrl-C).
 
 Images are built once per session under labctl's default namespace (the classic builder's layer
 cache makes a rebuild cheap; the llama-server compile is the slow part and is shared with
-`make demo`). Labs other than labs/smoke.yaml get their lock derived offline from labs/smoke.lock
-(only what differs — spec hash, task tree, models — is changed), so no test contacts a registry
-except to create labs/smoke.lock when it is missing.
+`make demo`). labs/smoke.lock is written offline from recorded registry facts when missing or stale,
+and other labs get their lock derived from it (only what differs — spec hash, task tree, models — is
+changed), so no test contacts a registry.
 """
 
 from __future__ import annotations
@@ -53,13 +53,33 @@ def runner_env(tmp_path_factory: pytest.TempPathFactory, docker_engine: DockerCl
     os.environ["LABCTL_WORK_DIR"] = str(tmp / "work")
     if HOST_CA.is_file():
         os.environ.setdefault("LABCTL_CA_BUNDLE", str(HOST_CA))
-    if not lock_path(SMOKE).exists():
-        subprocess.run([sys.executable, "-m", "labctl", "lock", str(SMOKE)], check=True, cwd=ROOT)
+    ensure_smoke_lock(docker_engine)
     try:
         yield
     finally:
         os.environ.clear()
         os.environ.update(saved)
+
+
+def ensure_smoke_lock(docker: DockerClient) -> None:
+    """labs/smoke.lock as `labctl lock` writes it, made offline: the registry facts (the sdist's and
+    the wheel's sha256) are the recorded ones test_images uses; the rest is derived here."""
+    from test_images import make_lock
+
+    from labctl.hub import lock_model
+    from labctl.lock import LockError
+    from labctl.spec import LocalContestant
+
+    loaded = load_lab(SMOKE)
+    try:
+        require_lock(loaded)
+        return
+    except LockError:
+        pass  # missing or stale: write a current one
+    lock = make_lock(loaded, base=docker.image.inspect("debian:bookworm-slim").id)
+    models = {c.id: lock_model(c, base_dir=loaded.base_dir, store=Store())
+              for c in loaded.lab.contestants if isinstance(c, LocalContestant)}
+    write_lock(lock_path(SMOKE), lock.model_copy(update={"models": models}))
 
 
 def build(lab: Path) -> None:
