@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -155,7 +156,9 @@ class DockerEngine:
         except OSError as e:
             raise EngineError(f"cannot run {cmd[0]}: {e}") from None
         if done.returncode != 0:
-            raise BuildFailed(f"{self.name} build exited {done.returncode}", Path(log.name))
+            log.flush()
+            raise BuildFailed(f"{self.name} build exited {done.returncode}{failing_step(Path(log.name))}",
+                              Path(log.name))
         info = self.image(request.tag)
         if info is None:
             raise BuildFailed(f"build succeeded but {request.tag} is missing", Path(log.name))
@@ -236,6 +239,28 @@ class PodmanEngine(DockerEngine):
 
     def gpu_run_kwargs(self, profile: Profile) -> dict[str, Any]:
         return {"devices": ["nvidia.com/gpu=all"]} if profile.is_gpu else {}
+
+
+_STEP = re.compile(r"^(Step \d+/\d+ : .*|#\d+ \[[^\]]+\] .*)$")
+_PULL = re.compile(r"pull access denied|manifest unknown|not found: manifest|no such host|"
+                   r"dial tcp|repository does not exist|failed to resolve source metadata", re.I)
+
+
+def failing_step(log_path: Path) -> str:
+    """`: at Step 3/5 : RUN make (…last error line…)` from a build log, so a failure says where;
+    a base image that could not be pulled gets the mirror map as the way out."""
+    try:
+        lines = log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return ""
+    steps = [ln for ln in lines if _STEP.match(ln)]
+    errors = [ln.strip() for ln in lines if ln.strip() and not ln.startswith(("#", "$", " ---> "))]
+    where = f": at {steps[-1][:160]}" if steps else ""
+    last = f" ({errors[-1][:200]})" if errors else ""
+    if any(_PULL.search(ln) for ln in lines):
+        last += ("; a base image could not be pulled: map it to a reachable one with build.image_mirrors "
+                 "in the lab or image_mirrors in the profile")
+    return where + last
 
 
 def _common_build_flags(request: BuildRequest) -> list[str]:

@@ -228,6 +228,29 @@ def _repo(settings: BuildSettings, name: str) -> str:
     return f"{settings.namespace}/{name}"
 
 
+# Lowest CUDA toolkit that compiles for an architecture (NVIDIA's release notes): Blackwell
+# (sm_100/sm_120) arrived in 12.8, Hopper and Ada in 11.8; CUDA 13.0 dropped everything below Turing.
+_CUDA_FIRST = {120: (12, 8), 121: (12, 9), 110: (13, 0), 103: (12, 9), 101: (12, 8), 100: (12, 8),
+               90: (11, 8), 89: (11, 8), 87: (11, 4), 86: (11, 1), 80: (11, 0), 75: (10, 0)}
+_CUDA13_FLOOR = 75
+
+
+def check_cuda_arch(cuda_version: str, profile: Profile) -> None:
+    """Refuse a build nvcc would refuse: the profile's arch must be one the lab's CUDA version knows."""
+    arch = profile.cuda_arch
+    have = tuple(int(x) for x in cuda_version.split(".")[:2])
+    if arch is None:
+        return
+    first = _CUDA_FIRST.get(arch)
+    if first is not None and have < first:
+        raise ImageError(f"profile {profile.name} needs sm_{arch}, which CUDA {cuda_version} cannot build "
+                         f"(needs CUDA ≥ {first[0]}.{first[1]}): raise engine.cuda.version")
+    if have >= (13, 0) and arch < _CUDA13_FLOOR:
+        raise ImageError(f"profile {profile.name} needs sm_{arch}, which CUDA {cuda_version} no longer "
+                         f"supports (CUDA 13 dropped architectures below sm_{_CUDA13_FLOOR}): "
+                         "use a CUDA 12 image")
+
+
 def _llama_spec(loaded: LoadedLab, lock: Lock, profile: Profile, settings: BuildSettings, root: Path,
                 pin: _Pinner) -> ImageSpec:
     engine, src = loaded.lab.engine, lock.llama_cpp
@@ -243,6 +266,7 @@ def _llama_spec(loaded: LoadedLab, lock: Lock, profile: Profile, settings: Build
     if profile.is_gpu:
         if engine.cuda is None:
             raise ImageError(f"profile {profile.name} has a GPU but the lab has no engine.cuda images")
+        check_cuda_arch(engine.cuda.version, profile)
         build, run = pin(engine.cuda.build_image, spec), pin(engine.cuda.runtime_image, spec)
         spec.build_args.update(VARIANT="cuda", CUDA_ARCHITECTURES=str(profile.cuda_arch))
     else:

@@ -639,3 +639,62 @@ def test_oracle_and_nop_images(built_smoke: Built) -> None:
 def test_labctl_image_runs_labctl(built_smoke: Built) -> None:
     ran = built_smoke.engine.run(built_smoke.image("labctl")["tag"], ["--version"])
     assert ran.returncode == 0 and ran.stdout.strip().startswith("labctl "), ran.stderr
+
+
+# --- bad input: what a failed or impossible build says ------------------------------------------------
+
+
+@pytest.mark.parametrize("cuda, profile, ok", [
+    ("13.1", "rtx5090-32g", True), ("12.8", "rtx5090-32g", True), ("12.4", "rtx5090-32g", False),
+    ("13.1", "a100-40g", True), ("11.7", "h100-80g", False),
+])
+def test_cuda_version_must_know_the_profiles_arch(cuda: str, profile: str, ok: bool) -> None:
+    from labctl.images import check_cuda_arch
+
+    prof = find_profile(profile)
+    assert prof is not None
+    if ok:
+        check_cuda_arch(cuda, prof)
+    else:
+        with pytest.raises(ImageError, match=rf"needs sm_{prof.cuda_arch}, which CUDA {cuda} cannot build"):
+            check_cuda_arch(cuda, prof)
+
+
+def test_cuda_13_refuses_pre_turing_arches() -> None:
+    from labctl.images import check_cuda_arch
+    from labctl.profiles import Profile
+
+    volta = Profile(name="v100-32g", gpu="Tesla V100", vram_per_gpu=32 * 1024**3, cuda_arch=70,
+                    host_ram=64 * 1024**3)
+    with pytest.raises(ImageError, match="CUDA 13 dropped architectures below sm_75"):
+        check_cuda_arch("13.1", volta)
+    check_cuda_arch("12.4", volta)
+
+
+def test_failing_step_names_the_step_and_suggests_mirrors(tmp_path: Path) -> None:
+    from labctl.engine import failing_step
+
+    log = tmp_path / "b.log"
+    log.write_text("$ docker build …\nStep 1/3 : FROM debian:bookworm-slim\n ---> 897d745f49bb\n"
+                   "Step 2/3 : RUN make server\n ---> Running in 1f2e\nmake: *** No rule to make target\n"
+                   "The command '/bin/sh -c make server' returned a non-zero code: 2\n")
+    said = failing_step(log)
+    assert said.startswith(": at Step 2/3 : RUN make server") and "returned a non-zero code: 2" in said
+    assert "image_mirrors" not in said
+    log.write_text("Step 1/2 : FROM ubuntu:24.04\nError response from daemon: Get \"https://registry-1."
+                   "docker.io/v2/\": dial tcp: lookup registry-1.docker.io: no such host\n")
+    said = failing_step(log)
+    assert "Step 1/2 : FROM ubuntu:24.04" in said and "build.image_mirrors" in said
+
+
+@pytest.mark.docker
+def test_a_failing_dockerfile_says_which_step_and_where_the_log_is(tmp_path: Path, docker_engine,
+                                                                   labctl_labels) -> None:
+    from labctl.engine import BuildFailed
+
+    (tmp_path / "Dockerfile").write_text("FROM debian:bookworm-slim\nRUN echo preparing\nRUN exit 3\n")
+    log = tmp_path / "build.log"
+    with open(log, "w") as f, pytest.raises(BuildFailed) as info:
+        DockerEngine().build(BuildRequest(tmp_path, tmp_path / "Dockerfile", "labctl-test/fails:1",
+                                          {}, labctl_labels), f)
+    assert "RUN exit 3" in str(info.value) and info.value.log == log
