@@ -142,7 +142,8 @@ class DockerEngine:
             cmd = [*self.cli, "buildx", "build", "--load", "--progress=plain", "--provenance=false"]
             env = {}
         else:
-            cmd = [*self.cli, "build"]
+            # --force-rm: the classic builder otherwise leaves a failed step's container behind.
+            cmd = [*self.cli, "build", "--force-rm"]
             env = {"DOCKER_BUILDKIT": "0"}
         return cmd + _common_build_flags(request), env
 
