@@ -173,8 +173,21 @@ def _run_metrics(round_dir: Path, run_id: str) -> dict[str, Any]:
     except (OSError, ValueError):
         own = None
     if isinstance(own, dict):
+        own = _runner_names(own)
         metrics |= {k: v for k, v in own.items() if v is not None or k not in metrics}
     return metrics
+
+
+_RUNNER_KEYS = {"commits_pushed": "commits", "gen_tokens_per_s": "gen_tps",
+                "prompt_tokens_per_s": "prompt_tps"}
+
+
+def _runner_names(own: dict[str, Any]) -> dict[str, Any]:
+    """The runner's metrics.json keys under the report's names; interventions per rule → a count."""
+    out = {_RUNNER_KEYS.get(k, k): v for k, v in own.items()}
+    if isinstance(out.get("interventions"), dict):
+        out["interventions"] = sum(out["interventions"].values())
+    return out
 
 
 def _count(n: float) -> str:

@@ -272,3 +272,11 @@ def test_html_renders_in_chromium(tmp_path: Path, envelopes: Path) -> None:  # n
     shutil.copy(shot, keep / "report.png")
     shutil.copy(rd / "report.png", keep / "report-chart.png")
     assert cli("verify", rd)[0] == 0
+
+
+def test_runner_metric_names_are_understood() -> None:
+    from labctl.report import _runner_names
+
+    got = _runner_names({"commits_pushed": 2, "gen_tokens_per_s": 41.5, "prompt_tokens_per_s": 900.0,
+                         "interventions": {"keep-going": 2, "loop-stop": 1}, "tool_calls": 7})
+    assert got == {"commits": 2, "gen_tps": 41.5, "prompt_tps": 900.0, "interventions": 3, "tool_calls": 7}
