@@ -6,9 +6,6 @@
 VENV   ?= .venv
 PYTHON ?= python3
 BIN    := $(VENV)/bin
-# Image builds fetch the agent runtime's dependencies over HTTPS; trust the host's CA bundle there
-# (corporate and sandbox proxies re-sign TLS). Override with LABCTL_CA_BUNDLE= to build without it.
-export LABCTL_CA_BUNDLE ?= $(wildcard /etc/ssl/certs/ca-certificates.crt)
 STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: help install env test test-fast demo lint schema bench clean

@@ -11,15 +11,17 @@ import json
 import signal
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 from pydantic import ValidationError
 
 from labctl.console import EXIT_FAIL, EXIT_SPEC, emit, fail, out
-from labctl.meter import MeterHandle, start_meter
-from labctl.meterstate import MeterConfig, MeterState
 from labctl.spec import Interventions
+
+if TYPE_CHECKING:
+    from labctl.meter import MeterHandle
+    from labctl.meterstate import MeterConfig, MeterState
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -39,6 +41,7 @@ def load_interventions(path: Path | None) -> Interventions:
 
 async def serve_until_signalled(cfg: MeterConfig, ready: Callable[[MeterHandle], None] | None = None
                                 ) -> MeterState:
+    from labctl.meter import start_meter
     """Run until SIGINT/SIGTERM; `ready(handle)` is called once listening. Returns the final state."""
     handle = await start_meter(cfg)
     stop = asyncio.Event()
@@ -76,6 +79,8 @@ def meter_command(
     = False,
 ) -> None:
     """Run the metering proxy between an agent and its model until SIGINT/SIGTERM."""
+    from labctl.meterstate import MeterConfig  # aiohttp only when a meter really starts
+
     try:
         host, port = parse_listen(listen)
         cfg = MeterConfig(upstream=upstream, dialect=dialect, transcript=transcript, host=host, port=port,

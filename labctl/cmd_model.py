@@ -9,7 +9,7 @@ import typer
 from pydantic import ValidationError
 
 from labctl.console import JsonOpt, emit, fail, out
-from labctl.tinymodel import TinyModelParams, canonical_params_json, tiny_model_name, write_tiny_gguf
+from labctl.tinyparams import TinyModelParams, canonical_params_json, tiny_model_name
 
 model_app = typer.Typer(help="Model utilities.", no_args_is_help=True)
 
@@ -31,6 +31,8 @@ def tiny(
     as_json: JsonOpt = False,
 ) -> None:
     """Generate a tiny random-weight GGUF that llama-server loads (it speaks gibberish)."""
+    from labctl.tinymodel import write_tiny_gguf  # gguf + numpy only when writing
+
     kv: int | list[int] = [int(x) for x in kv_heads.split(",")] if "," in kv_heads else int(kv_heads)
     try:
         params = TinyModelParams(

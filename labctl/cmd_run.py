@@ -11,7 +11,7 @@ Before unseal nothing printed here names a contestant: runs are named by `run_la
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -30,9 +30,9 @@ from labctl.console import (
 )
 from labctl.lock import LockError
 from labctl.rounddir import read_unsealed
-from labctl.runner import RunSummary, down, open_round, run_round
-from labctl.runparts import Docker, RunError
-from labctl.seal import SealError, seal_round, unseal_round
+
+if TYPE_CHECKING:
+    from labctl.runner import RunSummary
 
 RoundArg = Annotated[Path, typer.Argument(help="Round directory, e.g. rounds/<round-id>.")]
 LabOpt = Annotated[Path | None, typer.Option(
@@ -73,6 +73,9 @@ def _table(rows: list[dict[str, Any]], title: str) -> None:
 def run_command(round_dir: RoundArg, lab: LabOpt = None, profile: ProfileOpt = None,
                 as_json: JsonOpt = False) -> None:
     """Execute a sealed round's runs in sealed order; finished runs are skipped, interrupted ones redone."""
+    from labctl.runner import open_round, run_round
+    from labctl.runparts import RunError
+
     try:
         ctx = open_round(round_dir, lab, profile)
         summaries = run_round(ctx, _say(as_json))
@@ -98,7 +101,10 @@ def round_command(lab: LabArg = DEFAULT_LAB, profile: ProfileOpt = None,
     from labctl.fetch import FetchError, fetch
     from labctl.imagebuild import build_all
     from labctl.images import ImageError, lab_images, settings_for
+    from labctl.runner import open_round, run_round
+    from labctl.runparts import RunError
     from labctl.sdist import SourceError
+    from labctl.seal import SealError, seal_round, unseal_round
     from labctl.store import Store
 
     say = _say(as_json)
@@ -142,6 +148,9 @@ def down_command(round_dir: Annotated[Path | None, typer.Argument(
                      help="Round directory or round id; none: every labctl round")] = None,
                  as_json: JsonOpt = False) -> None:
     """Remove every container, network and volume labelled for the round (or for any round)."""
+    from labctl.runner import down
+    from labctl.runparts import Docker, RunError
+
     round_id = None if round_dir is None else round_dir.name
     try:
         removed = down(Docker.detect(), round_id)

@@ -8,16 +8,18 @@ lead registers `fetch_command` and `store_app` in labctl.cli. Every failure is o
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from labctl.console import DEFAULT_LAB, JsonOpt, LabArg, emit, err, fail, open_locked, out
-from labctl.fetch import FetchError, FetchReport, fetch
 from labctl.lockfile import Lock
 from labctl.store import Store, StoreError
 from labctl.units import format_size
+
+if TYPE_CHECKING:
+    from labctl.fetch import FetchReport
 
 __all__ = ["fetch_command", "store_app"]
 
@@ -54,6 +56,8 @@ def fetch_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Download, generate or verify every model of the lab's lock into the store (hash-checked)."""
+    from labctl.fetch import FetchError, fetch  # huggingface_hub only when fetching
+
     loaded, lock = open_locked(lab, as_json=as_json)
     st = Store(store)
     try:

@@ -150,6 +150,9 @@ class ImageSpec:
         return f"{self.repository}:{self.input_hash()[:TAG_LEN]}"
 
 
+HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+
+
 def settings_for(loaded: LoadedLab, *, ca_bundle: Path | None = None, namespace: str | None = None,
                  extra_labels: dict[str, str] | None = None) -> BuildSettings:
     """Settings from the command line, the environment, and (when the spec has them) the lab's
@@ -161,6 +164,10 @@ def settings_for(loaded: LoadedLab, *, ca_bundle: Path | None = None, namespace:
     lab_ca = getattr(lab_build, "ca_bundle", None)
     if ca is None and lab_ca is not None:
         ca = loaded.resolve(Path(lab_ca))
+    if ca is None and CA_BUNDLE_ENV not in os.environ and HOST_CA_BUNDLE.is_file():
+        # The host's trust store: public CAs plus whatever a corporate or sandbox TLS proxy needs.
+        # It never changes an image tag; LABCTL_CA_BUNDLE= (empty) turns it off.
+        ca = HOST_CA_BUNDLE
     if ca is not None and not ca.is_file():
         raise ImageError(f"CA bundle {ca} does not exist")
     index = os.environ.get(PIP_INDEX_ENV) or getattr(lab_build, "pip_index_url", None)

@@ -11,18 +11,20 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from labctl.ggufmeta import GGUFMeta
 from labctl.gitref import lock_path_source, resolve_git
-from labctl.hub import lock_model
 from labctl.labfile import LoadedLab
 from labctl.lockfile import ImageLock, Lock, ModelLock, SourceLock, TaskLock, lock_path, read_lock
-from labctl.packages import resolve_package, resolve_pypi
-from labctl.registry import lab_images, local_image_id, resolve_image
 from labctl.spec import LocalContestant
-from labctl.store import Store
 from labctl.treehash import tree_sha256
+
+if TYPE_CHECKING:
+    from labctl.store import Store
+
+# The resolvers (huggingface_hub, httpx, the Docker client) are imported where they are used:
+# `require_lock` runs on every command that needs a lock, and must stay cheap.
 
 Report = Callable[[str, str], None]
 """Progress callback: (entry, what happened)."""
@@ -55,6 +57,10 @@ def _noop(entry: str, what: str) -> None:
 
 def resolve(loaded: LoadedLab, store: Store, report: Report = _noop) -> Lock:
     """Resolve every entry (network: git, registries, the Hub); raises LockError listing failures."""
+    from labctl.hub import lock_model
+    from labctl.packages import resolve_package
+    from labctl.registry import lab_images
+
     lab = loaded.lab
     problems: list[str] = []
 
@@ -104,6 +110,8 @@ def _source(loaded: LoadedLab) -> SourceLock:
         tree, commit, dirty = lock_path_source(loaded.resolve(src.path))
         return SourceLock(path=str(src.path), tree_sha256=tree, commit=commit, dirty=dirty or None)
     assert src.sdist is not None
+    from labctl.packages import resolve_pypi
+
     name, version = src.sdist.split("==")
     r = resolve_pypi(name, version, sdist=True)
     return SourceLock(sdist=src.sdist, sdist_file=r.lock.filename, sdist_sha256=r.lock.sha256,
@@ -114,6 +122,8 @@ def _image(ref: str, mirrors: dict[str, str]) -> ImageLock:
     """An image built or imported here (no registry digest) is pinned locally without asking a
     registry; anything else is pinned by its registry's manifest digest."""
     from python_on_whales import DockerClient, DockerException
+
+    from labctl.registry import local_image_id, resolve_image
 
     docker = DockerClient()
     try:
@@ -216,6 +226,9 @@ class OfflineResult:
 def verify_offline(loaded: LoadedLab, lock: Lock, store: Store) -> OfflineResult:
     """Re-derive what needs no network: the spec hash, the task tree, local and generated models,
     a local llama.cpp tree and locally built images."""
+    from labctl.hub import lock_model
+    from labctl.registry import local_image_id
+
     r = OfflineResult()
 
     def check(entry: str, ok: bool, detail: str) -> None:

@@ -23,7 +23,7 @@ from pydantic import (
 
 from labctl.ggufmeta import GGUFMeta
 from labctl.profiles import Profile
-from labctl.tinymodel import TinyModelParams
+from labctl.tinyparams import TinyModelParams
 from labctl.units import COUNT_PATTERN, Count, Duration, Size, parse_count
 
 
