@@ -16,6 +16,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from labctl.pathology import flags, pathology
 from labctl.rounddir import OutcomeRules
 from labctl.runparts import (
     ORIGIN,
@@ -93,7 +94,8 @@ def checks_summary(reward: Reward | None) -> tuple[int | None, int | None]:
 def run_metrics(*, meter_state: dict[str, Any] | None, transcript: Path, ws: Workspace, reward: Reward | None,
                 wall_s: float, needs_model: bool, stopped_by: str | None) -> dict[str, Any]:
     """metrics.json. `tool_calls` is present only for contestants with a model: for oracle and nop it
-    would be a fiction, and a 0 would grade them Total failure (`derive_outcome` rule 1)."""
+    would be a fiction, and a 0 would grade them Total failure (`derive_outcome` rule 1). The same goes
+    for "pathology" (`labctl.pathology`) and its "flags": model contestants only."""
     passed, total = checks_summary(reward)
     m: dict[str, Any] = {"wall_time_s": round(wall_s, 3), "commits_pushed": pushed_commits(ws),
                          "checks_passed": passed, "checks_total": total, "stopped_by": stopped_by}
@@ -126,6 +128,8 @@ def run_metrics(*, meter_state: dict[str, Any] | None, transcript: Path, ws: Wor
         "nudges": int(s.get("nudges", 0)),
         "upstream_errors": int(s.get("errors", 0)),
     })
+    m["pathology"] = pathology(recs)
+    m["flags"] = flags(m["pathology"])
     return m
 
 

@@ -12,7 +12,9 @@ The agent reaches nothing but the meter: not the server (other network), not the
 its networks are internal), and it never holds an API key (only the meter's environment does).
 
 Resume: a run whose result.json is finished (done, errored, killed) is skipped; one found
-`running` was interrupted: what it left is removed by label and it starts again (attempts + 1).
+`running` was interrupted: what it left is removed by label, its run directory is emptied (but for
+result.json) and it starts again (attempts + 1). Resume keys on the run ids and the sealed lock hash
+only, never on container ids or ports.
 SIGINT/SIGTERM stop the current run, remove everything labelled for it, and leave it `running`.
 """
 
@@ -69,7 +71,7 @@ from labctl.runparts import (
     run_labels,
     work_root,
 )
-from labctl.seal import check_envelope, load_envelope, run_label
+from labctl.seal import check_envelope, load_envelope, run_label, sealed_files_changed
 from labctl.spec import CloudContestant, LocalContestant
 from labctl.store import Store
 
@@ -175,6 +177,13 @@ class RunSession:
         shutil.rmtree(self.work, ignore_errors=True)
         self.work.mkdir(parents=True)
         self.dir.mkdir(parents=True, exist_ok=True)
+        for old in self.dir.iterdir():  # files of an interrupted attempt: this one starts from scratch
+            if old.name == "result.json":
+                continue
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old)
+            else:
+                old.unlink()
         self.ws = make_workspace(self.ctx.loaded.task_dir, self.work, run_label(self.run_id))
         agent_net = self._net("agent", internal=True)
         if self.adapter.needs_model:
@@ -446,6 +455,10 @@ class RunSummary:
 def run_round(ctx: RoundContext, say: Say = lambda s: None) -> list[RunSummary]:
     """Every run in sealed order; finished ones are skipped (resume). The manifest is rewritten after
     each run so the round directory verifies at any point between runs."""
+    changed = sealed_files_changed(ctx.round_dir)
+    if changed:
+        # Rewriting the manifest below would bless the change; refuse instead.
+        raise RunError("the round changed since it was sealed: " + "; ".join(changed))
     out: list[RunSummary] = []
     with _sigterm_raises():
         for rid in ctx.sealed.order:
@@ -467,6 +480,11 @@ def run_round(ctx: RoundContext, say: Say = lambda s: None) -> list[RunSummary]:
             say(f"{rid}: {res.status}" + (f", {res.outcome}" if res.outcome else "")
                 + (f" ({res.reason})" if res.reason else ""))
             out.append(_summary(ctx, rid, res, skipped=False))
+        if all(s.skipped for s in out):
+            # Nothing ran: a kill between the last result.json and its manifest rewrite left the
+            # manifest stale, and no later run would ever rewrite it.
+            with _signals_deferred():
+                write_manifest(ctx.round_dir)
     return out
 
 

@@ -267,7 +267,7 @@ def unseal_round(round_dir: Path, *, force: bool = False) -> Unsealed:
         sealed = read_sealed(round_dir)
     except (OSError, ValueError) as e:
         raise SealError([f"{round_dir / SEALED_FILE}: {str(e).splitlines()[0]}"]) from e
-    problems = _immutable_changed(round_dir)
+    problems = sealed_files_changed(round_dir)
     unfinished = unfinished_runs(round_dir, sealed)
     if unfinished and not force:
         problems += [f"{rid} not finished: {why}" for rid, why in unfinished.items()] + [
@@ -291,7 +291,7 @@ def unseal_round(round_dir: Path, *, force: bool = False) -> Unsealed:
     return unsealed
 
 
-def _immutable_changed(round_dir: Path) -> list[str]:
+def sealed_files_changed(round_dir: Path) -> list[str]:
     """lab.yaml, lab.lock and sealed.json must be what the seal wrote."""
     try:
         listed = read_manifest(round_dir)
