@@ -163,7 +163,7 @@ class Store:
                     "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             q = self._quarantine(tmp_file, note)
             why = (f"size {actual_size} != expected {size}" if actual is None
-                   else f"sha256 {actual[:12]}… != expected {sha256[:12]}…")
+                   else f"sha256 {actual} != expected {sha256}")  # whole: they may differ anywhere
             raise HashMismatch(what, why, q)
         self.blobs.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(OSError):
