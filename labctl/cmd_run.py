@@ -39,6 +39,12 @@ LabOpt = Annotated[Path | None, typer.Option(
     "--lab", help="The lab file the round was sealed from (default: lab.yaml or labs/<lab>.yaml).")]
 
 
+def _interrupted() -> typer.Exit:
+    """Ctrl-C: the runner already removed the run's containers; say how to go on."""
+    err.print("interrupted: the current run's containers were removed; `labctl run` resumes", highlight=False)
+    return typer.Exit(130)
+
+
 def _say(as_json: bool) -> Any:
     console = err if as_json else out
     return lambda line: console.print(f"[dim]·[/] {escape(line)}", highlight=False)
@@ -83,9 +89,7 @@ def run_command(round_dir: RoundArg, lab: LabOpt = None, profile: ProfileOpt = N
         msg = "; ".join(e.problems) if isinstance(e, LockError) else str(e)
         raise fail(msg, as_json) from None
     except KeyboardInterrupt:
-        err.print("interrupted: the current run's containers were removed; `labctl run` resumes",
-                  highlight=False)
-        raise typer.Exit(130) from None
+        raise _interrupted() from None
     rows = _rows(summaries, None)
     if as_json:
         emit({"ok": True, "round": ctx.sealed.round, "runs": rows})
@@ -132,9 +136,7 @@ def round_command(lab: LabArg = DEFAULT_LAB, profile: ProfileOpt = None,
     except (RunError, ImageError, EngineError, SourceError, OSError, ValueError) as e:
         raise fail(str(e), as_json) from None
     except KeyboardInterrupt:
-        err.print("interrupted: the current run's containers were removed; `labctl run` resumes",
-                  highlight=False)
-        raise typer.Exit(130) from None
+        raise _interrupted() from None
     rows = _rows(summaries, mapping)
     if as_json:
         emit({"ok": True, "round": made.record.round, "round_dir": str(made.round_dir), "runs": rows})
