@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
-from pydantic.fields import FieldInfo
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
@@ -290,7 +289,3 @@ def _unknown_key_message(key: str, owner: type[BaseModel] | None, tag: str | Non
     if hint:
         return f"unknown key {key!r}; did you mean {hint[0]!r}?"
     return f"unknown key {key!r}; expected one of: {', '.join(known)}"
-
-
-def describe(info: FieldInfo) -> str:
-    return (info.description or "").strip().splitlines()[0] if info.description else ""

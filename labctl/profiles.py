@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from labctl.located import Document, SpecError, load_yaml, validate
+from labctl.located import Document, SpecError, load_yaml, plain, validate
 from labctl.units import Size, format_size
 
 BUILTIN_DIR = Path(str(resources.files("labctl") / "profiles"))
@@ -107,8 +107,6 @@ def load_profile_file(path: Path) -> Profile:
     doc: Document = load_yaml(path)
     data = dict(doc.root)
     data.setdefault("name", re.sub(r"\.ya?ml$", "", path.name))
-    from labctl.located import plain
-
     return validate(Profile, doc, plain(data))
 
 

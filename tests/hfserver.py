@@ -36,6 +36,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 
+from labctl.llamaserver import free_port  # noqa: F401  (re-exported for the tests)
+
 _XOR = bytes(b ^ 0x5A for b in range(256))
 _LFS_POINTER = "version https://git-lfs.github.com/spec/v1\noid sha256:{sha}\nsize {size}\n"
 
@@ -396,10 +398,3 @@ def hub_server(tmp_path: Path) -> Iterator[HubServer]:
             yield server
     finally:
         server.stop()
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (for network-failure tests)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

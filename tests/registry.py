@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import socket
 import subprocess
 import threading
 import time
@@ -18,6 +17,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
+from labctl.llamaserver import free_port  # noqa: F401  (re-exported for the tests)
+
 REGISTRY_BIN = Path("/usr/bin/docker-registry")
 
 Reply = tuple[int, dict[str, str], bytes]
@@ -25,11 +26,6 @@ Handler = Callable[[str, str, dict[str, str]], Reply]
 """(method, raw path with query, headers lower-cased) → (status, headers, body)."""
 
 
-def free_port() -> int:
-    """A port nothing listens on right now (a closed port for "unreachable" tests, too)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
