@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -58,6 +59,10 @@ or /metrics is refused: it names the model file, its chat template and its size.
 STATUS_PATH = "/_labctl/status"
 _INFRA = {401, 403, 404}
 """Upstream answers meaning our side is wrong (key, URL or model id): the run errored."""
+_MODEL_FAULT = re.compile(rb"model produced output that does not match|failed to parse (tool call|input)",
+                          re.I)
+"""llama-server's 500 for output its chat format cannot parse (e.g. a malformed tool call): the
+model failed, not the harness — the agent sees it, and the run is graded, not marked errored."""
 Rec = dict[str, Any]
 
 
@@ -251,16 +256,20 @@ class Meter:
     async def upstream_failed(self, request: web.Request, rec: Rec, dialect: Dialect,
                               up: aiohttp.ClientResponse) -> web.StreamResponse:
         """5xx, or 401/403/404 (our key, URL or model is wrong): 502 to the agent, run errored.
-        Other 4xx (context too long, rate limited) are the agent's to see, passed through scrubbed."""
+        Other 4xx (context too long, rate limited) and a model's unparseable output are the agent's
+        to see, passed through scrubbed."""
         data = await up.read()
         detail = {"upstream_status": up.status, "body": data[:4000].decode("utf-8", errors="replace")}
-        if up.status >= 500 or up.status in _INFRA:
+        if up.status >= 500 and _MODEL_FAULT.search(data):
+            rec["error"] = {"type": "model_output_invalid", "message": f"HTTP {up.status}", **detail}
+        elif up.status >= 500 or up.status in _INFRA:
             self.mark_error(rec, "upstream_status", f"upstream answered HTTP {up.status}", **detail)
             rec["status"] = 502
             resp = self.fail(dialect, 502, f"labctl meter: upstream error (HTTP {up.status})", "api_error",
                              "upstream_error")
             return await self.send(request, resp)
-        rec["error"] = {"type": "upstream_status", "message": f"HTTP {up.status}", **detail}
+        else:
+            rec["error"] = {"type": "upstream_status", "message": f"HTTP {up.status}", **detail}
         body = scrub_bytes(data, self.cfg.alias, self.names)
         return await self.send(request, web.Response(body=body, status=up.status,
                                                      headers=downstream_headers(up.headers)))

@@ -85,6 +85,8 @@ class FakeUpstream:
         self.replies: deque[Reply] = deque()
         self.default = Reply()
         self.fail_status: int | None = None
+        self.fail_message: str | None = None
+        """Error text of `fail_status` answers (default: the model is overloaded)."""
         self.drop_after: int | None = None
         self.end_after: int | None = None
         self.delay_s = 0.0
@@ -125,7 +127,8 @@ class FakeUpstream:
             if got != want:
                 return body, self.error(dialect, 401, "invalid x-api-key / bearer", "authentication_error")
         if self.fail_status is not None:
-            return body, self.error(dialect, self.fail_status, f"{self.model} is overloaded", "server_error")
+            message = self.fail_message or f"{self.model} is overloaded"
+            return body, self.error(dialect, self.fail_status, message, "server_error")
         return body, None
 
     def error(self, dialect: str, status: int, message: str, kind: str) -> web.Response:

@@ -274,6 +274,21 @@ def test_upstream_500_is_a_502_and_an_errored_run(tmp_path: Path, dialect: str, 
     assert state["errored"] and state["errors"] == 1 and "500" in state["last_error"]
 
 
+def test_unparseable_model_output_is_the_models_failure_not_an_error(tmp_path: Path) -> None:
+    """llama-server answers 500 when the model's output breaks its tool-call format: the agent
+    sees that answer, and the run is graded like any model failure instead of marked errored."""
+    with serve_fake() as fake, metered(tmp_path, fake, "openai") as meter:
+        fake.fail_status = 500
+        fake.fail_message = "The model produced output that does not match the expected peg-native format"
+        resp = post(meter.url, "openai", chat_body("openai"))
+        [rec] = records(tmp_path, 1)
+        meter.drain()
+    assert resp.status_code == 500 and "does not match the expected" in resp.json()["error"]["message"]
+    assert MODEL not in resp.text
+    assert rec["error"]["type"] == "model_output_invalid" and rec["error"]["upstream_status"] == 500
+    assert not meter.state.errored and meter.state.errors == 0
+
+
 @pytest.mark.parametrize("dialect", ["openai", "anthropic"])
 @pytest.mark.parametrize("fault", ["drop_after", "end_after"])
 def test_dropped_stream_ends_with_an_error_event(tmp_path: Path, dialect: str, fault: str) -> None:
