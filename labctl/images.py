@@ -347,6 +347,24 @@ def _task_spec(loaded: LoadedLab, lock: Lock, settings: BuildSettings, pin: _Pin
         out.write_text(text, encoding="utf-8")
     spec.dockerfile = out
     spec.inputs["task.tree_sha256"] = lock.task.tree_sha256
+    if original.is_file():
+        # A staged copy, so the build never writes into the task directory (its tree hash is locked)
+        # and the Dockerfile can COPY the lab's CA bundle as `ca.crt` (empty when none), like
+        # labctl's own images: `COPY ca.cr[t] …` keeps it optional for other Harbor builders.
+        env_dir = task_dir / "environment"
+        spec.context, spec.context_id = stage_context(settings.cache, f"task-{name}",
+                                                      {p.name: p for p in env_dir.iterdir()})
+        staged = spec.context
+
+        def prepare(log: Log) -> dict[str, str]:
+            spec.build_dir = build_context(staged, settings.ca_bundle)
+            return {}
+
+        spec.prepare = prepare
+    if settings.pip_index_url:
+        spec.unhashed_args["PIP_INDEX_URL"] = settings.pip_index_url
+    if settings.npm_registry:
+        spec.unhashed_args["NPM_CONFIG_REGISTRY"] = settings.npm_registry
     return spec
 
 

@@ -68,6 +68,7 @@ from labctl.runparts import (
     object_name,
     read_json,
     redact_server_log,
+    repository_setup,
     run_labels,
     work_root,
 )
@@ -81,6 +82,8 @@ MODEL_PATH = "/models/model.gguf"
 PROVIDER_URLS = {"anthropic": "https://api.anthropic.com", "openai": "https://api.openai.com"}
 SERVER_HEALTH_TIMEOUT_S = float(os.environ.get("LABCTL_SERVER_TIMEOUT", "600"))
 KILL_GRACE_S = 3
+SETUP_TIMEOUT_S = 600
+"""The task's workspace setup command (`[labctl.repository] setup`) must finish within this."""
 
 Say = Callable[[str], None]
 
@@ -291,6 +294,12 @@ class RunSession:
         self.docker("start", name)
         # The clone was made by the host's user; the agent must own it to commit and push.
         self.docker("exec", "-u", "0", name, "chown", "-R", f"{self.user}:", WORKSPACE, ORIGIN)
+        if setup := repository_setup(task):
+            done = self.docker("exec", "-u", self.user, "-w", WORKSPACE, name, "sh", "-c", setup,
+                               check=False, timeout=SETUP_TIMEOUT_S)
+            if done.returncode != 0:
+                raise RunError(f"the task's workspace setup failed (exit {done.returncode}): "
+                               f"{(done.stderr or done.stdout).strip()[-300:]}")
 
     # --- the agent -------------------------------------------------------------------------------
 

@@ -146,11 +146,26 @@ def _git(*args: str, cwd: Path | None = None, env: Mapping[str, str] | None = No
     return done.stdout.strip()
 
 
+def _repository_table(task_dir: Path) -> dict[str, Any]:
+    data = tomllib.loads((task_dir / "task.toml").read_text(encoding="utf-8"))
+    table = data.get("labctl", {}).get("repository", {})
+    return table if isinstance(table, dict) else {}
+
+
 def task_repository(task_dir: Path) -> Path | None:
     """`[labctl.repository] path` of task.toml: the directory committed as the base commit."""
-    data = tomllib.loads((task_dir / "task.toml").read_text(encoding="utf-8"))
-    rel = data.get("labctl", {}).get("repository", {}).get("path")
+    rel = _repository_table(task_dir).get("path")
     return None if rel is None else (task_dir / rel)
+
+
+def repository_setup(task_dir: Path) -> str | None:
+    """`[labctl.repository] setup`: a shell command run in the workspace, as the agent's user, after
+    the clone and before the agent starts (e.g. putting the image's installed dependencies in place,
+    which a clone cannot carry and an offline agent cannot download)."""
+    cmd = _repository_table(task_dir).get("setup")
+    if cmd is not None and not isinstance(cmd, str):
+        raise RunError(f"{task_dir / 'task.toml'}: [labctl.repository] setup must be a string")
+    return cmd or None
 
 
 @dataclass
