@@ -1,0 +1,101 @@
+"""The tasks shipped with labctl, as files: Harbor's layout, labctl's tables, pins that must agree.
+
+Fast and offline; the tasks are run for real by test_runner.py (smoke-hello) and test_tag_manager.py.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from labctl.runparts import RunError, repository_setup, task_repository
+from labctl.seal import outcome_rules
+
+ROOT = Path(__file__).resolve().parents[1]
+TASKS = ROOT / "tasks"
+TAG = TASKS / "tag-manager"
+
+
+@pytest.mark.parametrize("name", ["smoke-hello", "tag-manager"])
+def test_harbor_layout_and_labctl_tables(name: str) -> None:
+    task = TASKS / name
+    for f in ("task.toml", "instruction.md", "environment/Dockerfile", "tests/test.sh", "solution/solve.sh"):
+        assert (task / f).is_file(), f
+    data = tomllib.loads((task / "task.toml").read_text())
+    assert data["schema_version"] == "1.0" and data["task"]["name"] == f"labctl/{name}"
+    rules = outcome_rules(task)
+    assert rules is not None and set(rules.partial) <= set(rules.complete)
+    repo = task_repository(task)
+    assert repo is not None and repo.is_dir()
+    # Every check the outcome rules name is one the grader writes.
+    grader = "\n".join(p.read_text() for p in (task / "tests").rglob("*") if p.is_file())
+    for check in rules.complete:
+        assert re.search(rf"\b{check}\b", grader), check
+
+
+def test_tag_manager_instruction_has_the_nine_requirements() -> None:
+    text = (TAG / "instruction.md").read_text()
+    assert [int(n) for n in re.findall(r"^(\d+)\. ", text, flags=re.M)] == list(range(1, 10))
+    for path in ("src/lib/tags.ts", "src/app/api/admin/tags/route.ts", "src/app/admin/tags/page.tsx"):
+        assert path in text
+        assert not (TAG / "repo" / path).exists(), f"{path} is the agent's to write"
+    assert len(outcome_rules(TAG).complete) == 9  # one named check per requirement
+
+
+def test_tag_manager_dependencies_are_locked_once() -> None:
+    """The image installs exactly the repository's lockfile (a copy, so the environment's build context
+    stays self-contained); every package is pinned by a sha512 integrity; nothing installed is in git."""
+    env, repo = TAG / "environment", TAG / "repo"
+    for f in ("package.json", "package-lock.json"):
+        assert (env / f).read_bytes() == (repo / f).read_bytes(), f"environment/{f} differs from repo/{f}"
+    for lock in (repo / "package-lock.json", env / "tools" / "package-lock.json"):
+        packages = json.loads(lock.read_text())["packages"]
+        deps = {k: v for k, v in packages.items() if k}
+        assert deps and all(v.get("integrity", "").startswith("sha512-") for v in deps.values()), lock
+    manifest = json.loads((repo / "package.json").read_text())
+    for section in ("dependencies", "devDependencies"):
+        for name, spec in manifest[section].items():
+            assert re.fullmatch(r"\d+\.\d+\.\d+", spec), f"{name}@{spec} is not an exact version"
+    tracked = subprocess.run(["git", "ls-files", str(TAG)], cwd=ROOT, capture_output=True, text=True).stdout
+    assert not re.search(r"(^|/)(node_modules|\.next)/", tracked, flags=re.M)
+
+
+def test_tag_manager_dockerfile_pins_node_and_npm_by_integrity() -> None:
+    text = (TAG / "environment" / "Dockerfile").read_text()
+    for tool in ("NODE", "NPM"):
+        assert re.search(rf"^ARG {tool}_VERSION=\d+\.\d+\.\d+$", text, flags=re.M), tool
+        assert re.search(rf"^ARG {tool}_INTEGRITY=sha512-[A-Za-z0-9+/]{{86}}==$", text, flags=re.M), tool
+
+
+def test_fetch_npm_tarball_refuses_a_wrong_hash(tmp_path: Path) -> None:
+    """The Dockerfile's downloader checks the integrity before anything is unpacked (served over a
+    loopback file:// registry: curl reads it like the real one)."""
+    reg = tmp_path / "registry" / "pkg" / "-"
+    reg.mkdir(parents=True)
+    (reg / "pkg-1.0.0.tgz").write_bytes(b"tarball bytes")
+    good = "sha512-" + subprocess.run(["sh", "-c", f"openssl dgst -sha512 -binary {reg / 'pkg-1.0.0.tgz'}"
+                                       " | base64 -w0"], capture_output=True, text=True).stdout
+    script = TAG / "environment" / "fetch-npm-tarball.sh"
+    env = {"PATH": "/usr/bin:/bin", "NPM_CONFIG_REGISTRY": f"file://{tmp_path / 'registry'}/"}
+    ok = subprocess.run(["sh", str(script), "pkg", "1.0.0", good, str(tmp_path / "ok.tgz")], env=env,
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert (tmp_path / "ok.tgz").read_bytes() == b"tarball bytes"
+    wrong = "sha512-" + "A" * 86 + "=="
+    bad = subprocess.run(["sh", str(script), "pkg", "1.0.0", wrong, str(tmp_path / "b.tgz")], env=env,
+                         capture_output=True, text=True)
+    assert bad.returncode == 1 and "does not match the pinned" in bad.stderr
+    assert not (tmp_path / "b.tgz").exists()
+
+
+def test_repository_setup_is_read_from_task_toml(tmp_path: Path) -> None:
+    assert repository_setup(TASKS / "smoke-hello") is None
+    assert repository_setup(TAG) == "cp -a /opt/quillpost/node_modules node_modules"
+    (tmp_path / "task.toml").write_text('[labctl.repository]\npath = "repo"\nsetup = ["npm", "ci"]\n')
+    with pytest.raises(RunError, match="setup must be a string"):
+        repository_setup(tmp_path)
