@@ -8,7 +8,7 @@ PYTHON ?= python3
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: help install env test test-fast demo lint schema bench clean
+.PHONY: help install env test test-fast demo controls lint schema bench clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -37,6 +37,10 @@ demo: $(STAMP) env ## The offline smoke round: lock, fetch, build, seal, run, un
 	$(BIN)/labctl round labs/smoke.yaml
 	@round=$$(ls -td rounds/smoke-*/ | head -n 1); \
 	  $(BIN)/labctl report "$$round" && $(BIN)/labctl verify "$$round" && echo "report: $${round}report.md"
+
+controls: $(STAMP) env ## Round 7's task with its controls: the oracle must be Complete, nop Failed
+	$(BIN)/labctl lock labs/tag-manager.yaml
+	$(BIN)/labctl round labs/tag-manager.yaml
 
 lint: $(STAMP) ## ruff
 	$(BIN)/ruff check labctl tests scripts benchmarks
