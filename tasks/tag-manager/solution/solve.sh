@@ -42,7 +42,12 @@ commit "Add /api/admin/tags: list, rename/merge (PATCH) and delete" src/app/api/
 
 # 3. The admin page and its nav entry.
 put src/app/admin/tags/page.tsx src/app/admin/tags/TagTable.tsx \
-  src/app/admin/tags/TagTable.module.css src/components/AdminNav.tsx
+  src/app/admin/tags/TagTable.module.css
+# One entry in the nav's items array, after Posts (an edit, not a copy: the base file stays the
+# source of truth).
+sed -i 's|^\(  { href: "/admin/posts", label: "Posts" },\)$|\1\n  { href: "/admin/tags", label: "Tags" },|' \
+  src/components/AdminNav.tsx
+grep -q '"/admin/tags"' src/components/AdminNav.tsx || { echo "solve.sh: AdminNav not patched" >&2; exit 1; }
 commit "Add the admin tag manager page and a Tags entry in AdminNav" \
   src/app/admin/tags src/components/AdminNav.tsx
 
