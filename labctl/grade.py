@@ -16,7 +16,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from labctl.pathology import flags, pathology
+from labctl.pathology import command_results, flags, pathology
 from labctl.rounddir import OutcomeRules
 from labctl.runparts import (
     ORIGIN,
@@ -91,18 +91,45 @@ def checks_summary(reward: Reward | None) -> tuple[int | None, int | None]:
     return sum(1 for v in checks.values() if v is True or (type(v) in (int, float) and v >= 1)), len(checks)
 
 
+def report_columns(task_dir: Path) -> dict[str, str]:
+    """`[labctl.report]` of task.toml: which named checks are the report's Build and Screenshot columns
+    (`build_check`, `screenshot_check`) and the regex of the agent's build command (`build_command`),
+    whose attempts the Build column counts ("pass (attempt 2)")."""
+    data = tomllib.loads((task_dir / "task.toml").read_text(encoding="utf-8"))
+    table = data.get("labctl", {}).get("report", {})
+    return {k: v for k, v in table.items() if isinstance(v, str)} if isinstance(table, dict) else {}
+
+
+def _check(reward: Reward | None, name: str | None) -> bool | None:
+    checks = reward.get("checks") if isinstance(reward, dict) else None
+    value = checks.get(name) if isinstance(checks, dict) and name else None
+    return value if isinstance(value, bool) else None
+
+
 def run_metrics(*, meter_state: dict[str, Any] | None, transcript: Path, ws: Workspace, reward: Reward | None,
-                wall_s: float, needs_model: bool, stopped_by: str | None) -> dict[str, Any]:
+                wall_s: float, needs_model: bool, stopped_by: str | None,
+                columns: dict[str, str] | None = None) -> dict[str, Any]:
     """metrics.json. `tool_calls` is present only for contestants with a model: for oracle and nop it
     would be a fiction, and a 0 would grade them Total failure (`derive_outcome` rule 1). The same goes
-    for "pathology" (`labctl.pathology`) and its "flags": model contestants only."""
+    for "pathology" (`labctl.pathology`) and its "flags": model contestants only. `columns` is
+    `report_columns` of the task: "build" and "screenshot" come from the verifier's checks, the
+    build's attempt number from the agent's own commands in the transcript."""
+    columns = columns or {}
     passed, total = checks_summary(reward)
     m: dict[str, Any] = {"wall_time_s": round(wall_s, 3), "commits_pushed": pushed_commits(ws),
                          "checks_passed": passed, "checks_total": total, "stopped_by": stopped_by}
+    if (shot := _check(reward, columns.get("screenshot_check"))) is not None:
+        m["screenshot"] = shot
+    if (built := _check(reward, columns.get("build_check"))) is not None:
+        m["build"] = {"passed": built}
     if not needs_model:
         return m
     s = meter_state or {}
     recs = transcript_records(transcript)
+    if "build" in m and columns.get("build_command"):
+        runs = command_results(recs, columns["build_command"])
+        m["build"].update({"agent_runs": len(runs),
+                           "attempt": next((i for i, c in enumerate(runs, 1) if c == 0), None)})
     exchanges = [r for r in recs if r.get("kind") == "exchange"]
     requests = [r["request"] for r in exchanges if isinstance(r.get("request"), dict)]
     last_req = requests[-1] if requests else None

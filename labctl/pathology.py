@@ -140,6 +140,23 @@ def failing_command_streak(records: Iterable[Record]) -> int:
     return _longest_run(keys)
 
 
+def command_results(records: Iterable[Record], pattern: str) -> list[int | None]:
+    """Return codes, in order, of the agent's actions that match `pattern` (a regex searched in the
+    action's text: a tool call's arguments, or a bash block), None where the result is unknown. For
+    a build command: how many builds the agent ran, and which attempt first passed."""
+    wanted = re.compile(pattern)
+    steps = answered(records)
+    out: list[int | None] = []
+    for i, r in enumerate(steps):
+        acts = actions(r["response"])
+        nxt = steps[i + 1].get("request") if i + 1 < len(steps) else None
+        codes = observation_codes(nxt)
+        for j, act in enumerate(acts):
+            if wanted.search(act):
+                out.append(codes[j] if j < len(codes) else None)
+    return out
+
+
 def zero_tool_calls(records: Iterable[Record]) -> bool:
     return not any(actions(r["response"]) for r in answered(records))
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from labctl.agents import Invocation, adapter
 from labctl.fetch import model_files
-from labctl.grade import outcome, run_metrics, run_verifier
+from labctl.grade import outcome, report_columns, run_metrics, run_verifier
 from labctl.hub import HubError
 from labctl.llamaserver import classify_failure, server_argv
 from labctl.plan import plan_lab
@@ -289,7 +289,7 @@ class RunSession:
         state = read_json(self.dir / "meter-status.json") if self.adapter.needs_model else None
         metrics = run_metrics(meter_state=state, transcript=self.dir / "transcript.jsonl", ws=self.ws,
                               reward=reward, wall_s=self.agent_wall_s, needs_model=self.adapter.needs_model,
-                              stopped_by=self.stopped_by)
+                              stopped_by=self.stopped_by, columns=report_columns(ctx.loaded.task_dir))
         write_json(self.dir / "metrics.json", metrics)
         result.outcome = outcome(reward, metrics, ctx.sealed.outcome_rules)
         if state and state.get("errored"):

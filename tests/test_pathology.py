@@ -9,6 +9,7 @@ from typing import Any
 from labctl.grade import run_metrics
 from labctl.pathology import (
     actions,
+    command_results,
     context_overflow_rejections,
     failing_command_streak,
     flags,
@@ -200,3 +201,31 @@ def test_metrics_carry_pathology(tmp_path: Path, monkeypatch: Any) -> None:
     m = run_metrics(meter_state=None, transcript=t, ws=_Ws(tmp_path),  # type: ignore[arg-type]
                     reward=None, wall_s=1.0, needs_model=False, stopped_by=None)
     assert "pathology" not in m and "flags" not in m  # oracle and nop: no fiction
+
+
+def test_build_attempts_and_screenshot_from_checks(tmp_path: Path, monkeypatch: Any) -> None:
+    """The report's Build column: the verifier's build check, and which of the agent's own builds
+    first passed (tool calls and text bash alike); Screenshot: the verifier's check."""
+    import labctl.grade as grade
+
+    monkeypatch.setattr(grade, "pushed_commits", lambda ws: 2)
+    columns = grade.report_columns(Path(__file__).resolve().parents[1] / "tasks" / "tag-manager")
+    assert columns == {"build_check": "build", "screenshot_check": "screenshot",
+                       "build_command": r"\b(npm run build|npx next build|next build)\b"}
+    cmds = ["ls", "npm run build", "vim x", "cd /workspace && npm run build 2>&1 | tail", "git push"]
+    codes = [0, 1, 0, 0, 0]
+    assert command_results(tool_transcript(cmds, codes), columns["build_command"]) == [1, 0]
+    assert command_results(text_transcript(cmds, codes), columns["build_command"]) == [1, 0]
+    assert command_results(tool_transcript(["npm run build"], [0])[:1], columns["build_command"]) == [None]
+    t = tmp_path / "transcript.jsonl"
+    t.write_text("".join(json.dumps(r) + "\n" for r in tool_transcript(cmds, codes)))
+    reward = {"reward": 0, "checks": {"build": True, "screenshot": False}}
+    m = run_metrics(meter_state={"tool_calls": 5}, transcript=t, ws=_Ws(tmp_path),  # type: ignore[arg-type]
+                    reward=reward, wall_s=1.0, needs_model=True, stopped_by=None, columns=columns)
+    assert m["build"] == {"passed": True, "agent_runs": 2, "attempt": 2} and m["screenshot"] is False
+    m = run_metrics(meter_state=None, transcript=t, ws=_Ws(tmp_path),  # type: ignore[arg-type]
+                    reward=reward, wall_s=1.0, needs_model=False, stopped_by=None, columns=columns)
+    assert m["build"] == {"passed": True} and m["screenshot"] is False  # the oracle: checks only
+    m = run_metrics(meter_state=None, transcript=t, ws=_Ws(tmp_path),  # type: ignore[arg-type]
+                    reward=reward, wall_s=1.0, needs_model=False, stopped_by=None)
+    assert "build" not in m and "screenshot" not in m  # a task without [labctl.report]
