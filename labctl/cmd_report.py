@@ -31,7 +31,8 @@ FormatOpt = Annotated[ReportFormat, typer.Option("--format", "-f", help="Report 
 
 def report_command(round_dir: RoundArg, fmt: FormatOpt = ReportFormat.md, as_json: JsonOpt = False) -> None:
     """Write report.<format> and report.png into an unsealed round; the manifest is updated."""
-    from labctl.report import ReportError, write_report
+    from labctl.render import write_report
+    from labctl.report import ReportError
 
     try:
         written = write_report(round_dir, fmt.value)

@@ -1,0 +1,120 @@
+"""Rendering a `labctl.report.RoundReport`: Markdown, a self-contained HTML page, JSON, and
+`write_report`, which writes them into the round with the chart. The cells come from
+`labctl.report.tables`, so every format shows the same numbers.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from labctl.report import DASH, Format, RoundReport, load_report, tables
+from labctl.rounddir import write_manifest
+
+
+def _md_cell(s: str) -> str:
+    return s.replace("|", "\\|").replace("\n", " ")
+
+
+def _intro(rep: RoundReport) -> tuple[str, list[str]]:
+    info = rep.lab.lab
+    lines = [f"Round `{rep.round}` of lab `{info.name}`: {len(rep.contestants)} contestants, "
+             f"{rep.repeats} run(s) each."]
+    if info.source:
+        lines.append(f"Published round: {info.source}")
+    if info.notes:
+        lines.append(info.notes)
+    if rep.forced:
+        lines.append("Unsealed with --force: some runs had not finished.")
+    return (info.title or info.name), lines
+
+
+def render_markdown(rep: RoundReport, chart: str | None = "report.png") -> str:
+    title, intro = _intro(rep)
+    parts = [f"# {title}", "", *[f"{line}\n" for line in intro]]
+    if chart:
+        parts += [f"![Total tokens and generation speed]({chart})", ""]
+    for t in tables(rep):
+        parts += [f"## {t.title}", "", "| " + " | ".join(t.headers) + " |",
+                  "|" + "|".join("---" for _ in t.headers) + "|"]
+        parts += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in t.rows]
+        parts += ["", t.note, ""] if t.note else [""]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+_CSS = """body{font:15px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
+table{border-collapse:collapse;margin:.5em 0 .3em;width:100%}th,td{border:1px solid #ccc;padding:4px 8px;
+text-align:left;vertical-align:top}th{background:#f0f0f0}tr:nth-child(even) td{background:#fafafa}
+p.note{color:#666;font-size:13px;margin:0 0 1.2em}img{max-width:100%;border:1px solid #ddd}"""
+
+
+def _code(text: str) -> str:
+    """Escape, then turn Markdown's `code` spans (shared intro and notes) into <code>."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+
+
+def render_html(rep: RoundReport, png: bytes | None) -> str:
+    """A self-contained page: inline CSS, the chart inlined as base64, no script, no fetch."""
+    e = html.escape
+    title, intro = _intro(rep)
+    body = [f"<h1>{e(title)}</h1>", *[f"<p>{_code(line)}</p>" for line in intro]]
+    if png:
+        body.append(f'<img alt="Total tokens and generation speed" '
+                    f'src="data:image/png;base64,{base64.b64encode(png).decode()}">')
+    for t in tables(rep):
+        slug = t.title.lower().replace(" ", "-")
+        head = "".join(f"<th>{e(h)}</th>" for h in t.headers)
+        rows = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in t.rows)
+        note = f'<p class="note">{_code(t.note)}</p>' if t.note else ""
+        body.append(f'<h2>{e(t.title)}</h2><table id="{slug}"><thead><tr>{head}</tr></thead>'
+                    f"<tbody>{rows}</tbody></table>{note}")
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>'
+            f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def render_json(rep: RoundReport) -> dict[str, Any]:
+    """The data behind the tables: per contestant its runs' metrics, pass@k and published figures."""
+    return {
+        "round": rep.round, "lab": rep.lab.lab.name, "title": rep.lab.lab.title, "repeats": rep.repeats,
+        "forced": rep.forced,
+        "contestants": [{
+            "id": cd.contestant.id, "name": cd.name, "kind": cd.contestant.kind, "type": cd.type,
+            "parameters": None if cd.params == DASH else cd.params,
+            "pass_at_1": cd.pass_at(1), f"pass_at_{rep.repeats}": cd.pass_at(rep.repeats),
+            "published": cd.published.model_dump(mode="json", exclude_none=True) if cd.published else None,
+            "runs": [{"run_id": r.run_id, "repeat": r.repeat, "status": r.result.status,
+                      "outcome": r.result.outcome, "attempts": r.result.attempts, "metrics": r.metrics}
+                     for r in cd.runs],
+        } for cd in rep.contestants],
+        "tables": [{"title": t.title, "headers": t.headers, "rows": t.rows} for t in tables(rep)],
+    }
+
+
+def write_report(round_dir: Path, fmt: Format = "md") -> list[Path]:
+    """Write report.<fmt> and report.png into the round, then rewrite the manifest (the round
+    gained files; `labctl verify` lists any file the manifest does not). Returns what was written."""
+    from labctl.charts import render_chart  # matplotlib is slow to import; only the report needs it
+
+    rep = load_report(round_dir)
+    png = render_chart(rep)
+    chart = round_dir / "report.png"
+    chart.write_bytes(png)
+    target = round_dir / f"report.{fmt}"
+    if fmt == "md":
+        text = render_markdown(rep)
+    elif fmt == "html":
+        text = render_html(rep, png)
+    else:
+        text = json.dumps(render_json(rep), indent=2, sort_keys=True) + "\n"
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(target)
+    write_manifest(round_dir)
+    return [target, chart]
+
+
+__all__ = ["render_html", "render_json", "render_markdown", "write_report"]
