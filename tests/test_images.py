@@ -698,3 +698,27 @@ def test_a_failing_dockerfile_says_which_step_and_where_the_log_is(tmp_path: Pat
         DockerEngine().build(BuildRequest(tmp_path, tmp_path / "Dockerfile", "labctl-test/fails:1",
                                           {}, labctl_labels), f)
     assert "RUN exit 3" in str(info.value) and info.value.log == log
+
+
+def test_task_image_context_is_staged_with_the_ca_and_the_npm_mirror(tmp_path: Path) -> None:
+    """The task's environment/ is built from a staged copy (the build never writes into the locked
+    task), which gets the lab's CA bundle as `ca.crt`; an npm mirror reaches the Dockerfile as a build
+    arg outside the hash, like the CA."""
+    loaded = load_lab(smoke_lab(tmp_path))
+    lock = make_lock(loaded)
+    plain = BuildSettings(cache=tmp_path / "cache")
+    mirrored = BuildSettings(cache=tmp_path / "cache", ca_bundle=HOST_CA, npm_registry="http://npm.lan/")
+    task0 = next(s for s in lab_images(loaded, lock, settings=plain) if s.name.startswith("task-"))
+    task = next(s for s in lab_images(loaded, lock, settings=mirrored) if s.name.startswith("task-"))
+    assert task.input_hash() == task0.input_hash() and "NPM_CONFIG_REGISTRY" not in task0.unhashed_args
+    assert task.unhashed_args["NPM_CONFIG_REGISTRY"] == "http://npm.lan/"
+    assert task.context != loaded.task_dir / "environment" and (task.context / "Dockerfile").is_file()
+    assert task.prepare is not None
+    task.prepare(lambda msg: None)
+    assert task.build_dir is not None
+    try:
+        assert (task.build_dir / "ca.crt").read_bytes() == HOST_CA.read_bytes()
+        assert (task.build_dir / "Dockerfile").read_bytes() == (task.context / "Dockerfile").read_bytes()
+    finally:
+        shutil.rmtree(task.build_dir)
+    assert not (loaded.task_dir / "environment" / "ca.crt").exists()
