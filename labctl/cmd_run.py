@@ -77,6 +77,9 @@ def _table(rows: list[dict[str, Any]], title: str) -> None:
 
 
 def run_command(round_dir: RoundArg, lab: LabOpt = None, profile: ProfileOpt = None,
+                retry_errored: Annotated[bool, typer.Option(
+                    "--retry-errored", help="Run the errored runs again too (an upstream outage, "
+                    "a server that would not start): their attempt count goes up")] = False,
                 as_json: JsonOpt = False) -> None:
     """Execute a sealed round's runs in sealed order; finished runs are skipped, interrupted ones redone."""
     from labctl.runner import open_round, run_round
@@ -84,7 +87,7 @@ def run_command(round_dir: RoundArg, lab: LabOpt = None, profile: ProfileOpt = N
 
     try:
         ctx = open_round(round_dir, lab, profile)
-        summaries = run_round(ctx, _say(as_json))
+        summaries = run_round(ctx, _say(as_json), retry_errored=retry_errored)
     except (RunError, LockError, OSError, ValueError) as e:
         msg = "; ".join(e.problems) if isinstance(e, LockError) else str(e)
         raise fail(msg, as_json) from None

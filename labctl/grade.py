@@ -154,6 +154,7 @@ def run_metrics(*, meter_state: dict[str, Any] | None, transcript: Path, ws: Wor
         "interventions": dict(s.get("interventions") or {}),
         "nudges": int(s.get("nudges", 0)),
         "upstream_errors": int(s.get("errors", 0)),
+        "upstream_errored": bool(s.get("errored")),
     })
     m["pathology"] = pathology(recs)
     m["flags"] = flags(m["pathology"])

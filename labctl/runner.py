@@ -11,7 +11,8 @@ Per run, every container, network and volume carries `labctl.round=<round id>` a
 The agent reaches nothing but the meter: not the server (other network), not the internet (both
 its networks are internal), and it never holds an API key (only the meter's environment does).
 
-Resume: a run whose result.json is finished (done, errored, killed) is skipped; one found
+Resume: a run whose result.json is finished (done, errored, killed) is skipped (errored ones run
+again with `labctl run --retry-errored`); one found
 `running` was interrupted: what it left is removed by label, its run directory is emptied (but for
 result.json) and it starts again (attempts + 1). Resume keys on the run ids and the sealed lock hash
 only, never on container ids or ports.
@@ -155,9 +156,10 @@ class RunSummary:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-def run_round(ctx: RoundContext, say: Say = lambda s: None) -> list[RunSummary]:
-    """Every run in sealed order; finished ones are skipped (resume). The manifest is rewritten after
-    each run so the round directory verifies at any point between runs."""
+def run_round(ctx: RoundContext, say: Say = lambda s: None, retry_errored: bool = False) -> list[RunSummary]:
+    """Every run in sealed order; finished ones are skipped (resume), errored ones too unless
+    `retry_errored`. The manifest is rewritten after each run so the round directory verifies at any
+    point between runs."""
     changed = sealed_files_changed(ctx.round_dir)
     if changed:
         # Rewriting the manifest below would bless the change; refuse instead.
@@ -168,13 +170,15 @@ def run_round(ctx: RoundContext, say: Say = lambda s: None) -> list[RunSummary]:
             attempts = 1
             if result_path(ctx.round_dir, rid).is_file():
                 prev = read_result(ctx.round_dir, rid)
-                if prev.status in FINISHED:
+                if prev.status in FINISHED and not (retry_errored and prev.status == "errored"):
                     say(f"{rid}: {prev.status}, skipped")
                     out.append(_summary(ctx, rid, prev, skipped=True))
                     continue
                 attempts = prev.attempts + 1
                 if prev.status == "running":
                     say(f"{rid}: was interrupted; cleaning up and starting again (attempt {attempts})")
+                elif prev.status == "errored":
+                    say(f"{rid}: errored ({prev.reason}); starting again (attempt {attempts})")
             try:
                 res = execute_run(ctx, rid, attempts, say)
             finally:

@@ -244,6 +244,11 @@ class RunSession:
                     if state and state.get("stopped"):
                         self.stopped_by = str(state.get("stopped_reason") or "meter")
                         break
+                    if state and state.get("errored"):
+                        # The run is errored whatever follows (`--retry-errored` runs it again): don't let the
+                        # agent's retries burn the wall-time budget against a failing upstream.
+                        self.stopped_by = "upstream_error"
+                        break
                     time.sleep(0.25)
             finally:
                 if proc.poll() is None:

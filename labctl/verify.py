@@ -51,6 +51,8 @@ def derive_outcome(reward: Reward | None, metrics: dict[str, Any] | None,
                    rules: OutcomeRules | dict[str, Any] | None) -> Outcome | None:
     """The outcome class of a run, from its verifier output and its metrics.
 
+    0. `metrics["upstream_errored"]` ⇒ None: ungraded. The provider or server failed (5xx, a refused
+       key), so the model never had its chance; the run is `errored` and is re-run, not judged.
     1. `metrics["tool_calls"] == 0` ⇒ Total failure: the agent never acted. Contestants without a
        model (oracle, nop) have `tool_calls` absent or null, so this rule never grades them.
     2. No verifier output (`reward` None) ⇒ None: ungraded (the run errored before the verifier).
@@ -61,6 +63,8 @@ def derive_outcome(reward: Reward | None, metrics: dict[str, Any] | None,
        > 0 Partial, else Failed.
     Raises ValueError when the reward has neither checks nor a number.
     """
+    if (metrics or {}).get("upstream_errored") is True:
+        return None
     tool_calls = (metrics or {}).get("tool_calls")
     if type(tool_calls) is int and tool_calls == 0:
         return "Total failure"

@@ -198,6 +198,7 @@ def test_run_refuses_a_round_changed_since_its_seal(tmp_path: Path) -> None:
     from labctl.runparts import RunError
 
     lab = derived_lab(tmp_path, "  - {id: nop, kind: nop}\n")
+    build(lab)  # open_round checks the images first; this test must not depend on another's builds
     round_dir = seal(lab, tmp_path)
     sealed = round_dir / "sealed.json"
     sealed.write_text(sealed.read_text().replace('"repeats": 1', '"repeats": 1 '))

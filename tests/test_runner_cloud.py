@@ -23,6 +23,7 @@ import pytest
 from fake_upstream import MODEL as FAKE_MODEL
 from test_runner import build, derived_lab, labelled_now, runner_env, seal  # noqa: F401 (fixture)
 
+from labctl.rounddir import read_result
 from labctl.runner import RunSession, open_round, run_round
 from labctl.runparts import Docker, label_flags
 
@@ -52,6 +53,9 @@ from fake_upstream import FakeUpstream, Reply, start_fake
 
 class Recording(FakeUpstream):
     async def _receive(self, request, dialect):
+        # /out/fail.json, while it exists: answer every call with its status (an upstream outage)
+        fail = "/out/fail.json"
+        self.fail_status = json.load(open(fail))["status"] if os.path.exists(fail) else None
         got = await super()._receive(request, dialect)
         r = self.received[-1]
         with open("/out/received.jsonl", "a") as f:
@@ -73,13 +77,16 @@ asyncio.run(main())
 
 
 @contextlib.contextmanager
-def upstream(image: str, out: Path, labels: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def upstream(image: str, out: Path, labels: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+             fail_status: int | None = None) -> Iterator[str]:
     """The stand-in upstream's container (its name), healthy, from the labctl `image`; the runner
     patched to put it on each run's egress network as `ALIAS` and take it off before cleanup."""
     out.mkdir()
     out.chmod(0o777)  # the labctl image runs as its own user
     (out / "serve.py").write_text(SERVE)
     (out / "replies.json").write_text(json.dumps(REPLIES))
+    if fail_status is not None:
+        (out / "fail.json").write_text(json.dumps({"status": fail_status}))
     d = Docker.detect()
     suffix = labels["labctl.test"][:12]
     net, name = f"labctl-test-upnet-{suffix}", f"labctl-test-upstream-{suffix}"
@@ -116,15 +123,17 @@ def upstream(image: str, out: Path, labels: dict[str, str], monkeypatch: pytest.
         d("network", "rm", net, check=False)
 
 
+CLOUD = ("  - id: claude\n    kind: cloud\n    provider: anthropic\n    model: claude-sonnet-4-20250514\n"
+         f"    api_key_env: {KEY_ENV}\n    base_url: http://{ALIAS}:{PORT}\n")
+
+
 def test_cloud_contestant_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                      labctl_labels: dict[str, str]) -> None:
     """One anthropic contestant, mini-swe-agent, the real runner: the run is done and Complete, the
     upstream saw only the real key (never the agent's placeholder), and the transcript holds every
     exchange with its usage."""
     t0 = time.monotonic()
-    lab = derived_lab(tmp_path, "  - id: claude\n    kind: cloud\n    provider: anthropic\n"
-                                "    model: claude-sonnet-4-20250514\n"
-                                f"    api_key_env: {KEY_ENV}\n    base_url: http://{ALIAS}:{PORT}\n")
+    lab = derived_lab(tmp_path, CLOUD)
     build(lab)
     key = f"sk-ant-test-{uuid.uuid4().hex}"
     monkeypatch.setenv(KEY_ENV, key)
@@ -163,3 +172,30 @@ def test_cloud_contestant_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert reward["reward"] == 1 and all(reward["checks"].values()), reward
     assert labelled_now(ctx.sealed.round) == {"containers": [], "networks": [], "volumes": []}
     print(f"cloud round took {time.monotonic() - t0:.1f}s")
+
+
+def test_upstream_outage_errors_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                        labctl_labels: dict[str, str]) -> None:
+    """The provider answers 500 to everything: the harness could not get the model's answers, so
+    the run is `errored` and ungraded (not a model that Failed), stopped at once; once the provider
+    is back, `--retry-errored` runs it again to Complete."""
+    lab = derived_lab(tmp_path, CLOUD, wall="2m")
+    build(lab)
+    monkeypatch.setenv(KEY_ENV, f"sk-ant-test-{uuid.uuid4().hex}")
+    rd = seal(lab, tmp_path)
+    ctx = open_round(rd, lab)
+    out = tmp_path / "upstream"
+    with upstream(ctx.images["labctl"], out, labctl_labels, monkeypatch, fail_status=500):
+        [summary] = run_round(ctx)
+        [skipped] = run_round(ctx)  # a plain resume leaves an errored run alone
+        (out / "fail.json").unlink()  # the provider is back
+        [again] = run_round(ctx, retry_errored=True)
+    assert skipped.skipped and skipped.status == "errored"
+    assert again.status == "done" and again.outcome == "Complete", (again.reason, again.metrics)
+    assert read_result(rd, again.run_id).attempts == 2
+    assert summary.status == "errored", (summary.status, summary.reason)
+    assert summary.reason and summary.reason.startswith("upstream error:"), summary.reason
+    assert summary.outcome is None  # ungraded: the model never had its chance
+    assert summary.metrics["upstream_errored"] is True and summary.metrics["stopped_by"] == "upstream_error"
+    assert summary.metrics["wall_time_s"] < 60  # stopped at the outage, not at the 2-minute budget
+    assert labelled_now(ctx.sealed.round) == {"containers": [], "networks": [], "volumes": []}
