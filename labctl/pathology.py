@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 STREAK_THRESHOLD = 3
@@ -126,15 +126,20 @@ def observation_codes(request: Record | None) -> list[int]:
     return codes
 
 
+def steps_with_results(records: Iterable[Record]) -> Iterator[tuple[list[str], list[int]]]:
+    """Each answered step's actions with the return codes its observation reported (read from the
+    next request; empty when unknown, e.g. the last step)."""
+    steps = answered(records)
+    for i, r in enumerate(steps):
+        nxt = steps[i + 1].get("request") if i + 1 < len(steps) else None
+        yield actions(r["response"]), observation_codes(nxt)
+
+
 def failing_command_streak(records: Iterable[Record]) -> int:
     """Longest run of consecutive steps issuing the same command(s) where each one failed (a nonzero
     return code in the next request's observation). A step whose result is unknown ends a run."""
-    steps = answered(records)
     keys: list[str | None] = []
-    for i, r in enumerate(steps):
-        acts = actions(r["response"])
-        nxt = steps[i + 1].get("request") if i + 1 < len(steps) else None
-        codes = observation_codes(nxt)
+    for acts, codes in steps_with_results(records):
         failed = bool(acts) and bool(codes) and any(c != 0 for c in codes)
         keys.append("\n".join(acts) if failed else None)
     return _longest_run(keys)
@@ -145,16 +150,9 @@ def command_results(records: Iterable[Record], pattern: str) -> list[int | None]
     action's text: a tool call's arguments, or a bash block), None where the result is unknown. For
     a build command: how many builds the agent ran, and which attempt first passed."""
     wanted = re.compile(pattern)
-    steps = answered(records)
-    out: list[int | None] = []
-    for i, r in enumerate(steps):
-        acts = actions(r["response"])
-        nxt = steps[i + 1].get("request") if i + 1 < len(steps) else None
-        codes = observation_codes(nxt)
-        for j, act in enumerate(acts):
-            if wanted.search(act):
-                out.append(codes[j] if j < len(codes) else None)
-    return out
+    return [codes[j] if j < len(codes) else None
+            for acts, codes in steps_with_results(records)
+            for j, act in enumerate(acts) if wanted.search(act)]
 
 
 def zero_tool_calls(records: Iterable[Record]) -> bool:
