@@ -15,6 +15,7 @@ import pytest
 
 from labctl.runparts import RunError, repository_setup, task_repository
 from labctl.seal import outcome_rules
+from labctl.verify import derive_outcome
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ROOT / "tasks"
@@ -99,3 +100,23 @@ def test_repository_setup_is_read_from_task_toml(tmp_path: Path) -> None:
     (tmp_path / "task.toml").write_text('[labctl.repository]\npath = "repo"\nsetup = ["npm", "ci"]\n')
     with pytest.raises(RunError, match="setup must be a string"):
         repository_setup(tmp_path)
+
+
+def test_tag_manager_outcome_rules_reproduce_the_published_classes() -> None:
+    """Complete: every requirement. Partial: the tags library shipped (pushed) and the build passes,
+    something else missing (Qwen3-Coder's "pushed working code, but messy"). Failed: built but never
+    committed (Qwen 3.6), or nothing. Total failure: no tool call at all (Devstral)."""
+    rules = outcome_rules(TAG)
+    names = rules.complete
+
+    def grade(passing: set[str], tool_calls: int | None = 12) -> str | None:
+        reward = {"reward": int(passing == set(names)), "checks": {c: c in passing for c in names}}
+        return derive_outcome(reward, {"tool_calls": tool_calls}, rules)
+
+    assert grade(set(names)) == "Complete"
+    assert grade(set(names) - {"screenshot", "client_mutations"}) == "Partial"
+    assert grade({"tags_lib", "build", "commits_pushed", "no_pr"}) == "Partial"
+    assert grade({"tags_lib", "api_route", "build", "no_pr"}) == "Failed"  # never committed
+    assert grade(set(names) - {"build"}) == "Failed"
+    assert grade({"build", "no_pr"}) == "Failed"  # nop
+    assert grade({"build", "no_pr"}, tool_calls=0) == "Total failure"
