@@ -27,6 +27,7 @@ from labctl.runparts import (
     label_flags,
     object_name,
     pushed_commits,
+    resource_flags,
     run_labels,
     transcript_records,
 )
@@ -60,7 +61,7 @@ def run_verifier(docker: Docker, *, task_image: str, task_dir: Path, ws: Workspa
     name = object_name(round_id, run_id, "verifier")
     timeout = verifier_timeout(task_dir)
     labels = label_flags(run_labels(round_id, run_id, "verifier"))
-    argv = ["run", "--name", name, "--network", "none", *labels,
+    argv = ["run", "--name", name, "--network", "none", *labels, *resource_flags(task_dir),
             "-v", f"{copy}:{WORKSPACE}", "-v", f"{ws.origin}:{ORIGIN}:ro",
             "-v", f"{(task_dir / 'tests').resolve()}:/tests:ro", "-v", f"{vdir.resolve()}:/logs/verifier",
             "-w", WORKSPACE, "-e", f"LABCTL_WORKSPACE={WORKSPACE}"]

@@ -158,6 +158,23 @@ def task_repository(task_dir: Path) -> Path | None:
     return None if rel is None else (task_dir / rel)
 
 
+def resource_flags(task_dir: Path) -> list[str]:
+    """`docker run` limits from task.toml's `[environment]` (Harbor's `cpus`, `memory_mb`), for the
+    agent's and the verifier's containers: every contestant gets the same machine, whatever the host."""
+    data = tomllib.loads((task_dir / "task.toml").read_text(encoding="utf-8"))
+    env = data.get("environment", {})
+    flags: list[str] = []
+    cpus, memory = (env.get("cpus"), env.get("memory_mb")) if isinstance(env, dict) else (None, None)
+    for key, value in (("cpus", cpus), ("memory_mb", memory)):
+        if value is not None and (type(value) not in (int, float) or value <= 0):
+            raise RunError(f"{task_dir / 'task.toml'}: [environment] {key} must be a positive number")
+    if cpus:
+        flags += ["--cpus", f"{min(float(cpus), float(os.cpu_count() or 1)):g}"]
+    if memory:
+        flags += ["--memory", f"{int(memory)}m"]
+    return flags
+
+
 def repository_setup(task_dir: Path) -> str | None:
     """`[labctl.repository] setup`: a shell command run in the workspace, as the agent's user, after
     the clone and before the agent starts (e.g. putting the image's installed dependencies in place,

@@ -35,6 +35,7 @@ from labctl.runparts import (
     read_json,
     redact_server_log,
     repository_setup,
+    resource_flags,
     run_labels,
     work_root,
 )
@@ -203,7 +204,7 @@ class RunSession:
             mounts += ["-v", f"{(task / 'solution').resolve()}:/solution:ro"]
         name = self.names["agent"]
         self.docker("create", "--name", name, "--network", agent_net, "--user", self.user,
-                    *label_flags({**self.labels, "labctl.role": "agent"}), *mounts,
+                    *label_flags({**self.labels, "labctl.role": "agent"}), *mounts, *resource_flags(task),
                     "--entrypoint", "sleep", image, "infinity")
         self.docker("start", name)
         # The clone was made by the host's user; the agent must own it to commit and push.

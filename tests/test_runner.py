@@ -204,6 +204,9 @@ def test_agent_network_is_internal_and_keyless(tmp_path: Path, monkeypatch: pyte
         assert grep.stdout.strip() == ""
         meter_env = d("inspect", "--format", "{{json .Config.Env}}", session.names["meter"]).stdout
         assert "LABCTL_TEST_KEY=sk-test-123" in meter_env  # the key went where it belongs
+        # smoke-hello's task.toml: cpus = 1, memory_mb = 1024
+        limits = d("inspect", "--format", "{{.HostConfig.NanoCpus}} {{.HostConfig.Memory}}", agent).stdout
+        assert limits.split() == [str(10**9), str(1024 * 2**20)]
         for name in session.names.values():
             assert "cloudy" not in name
     finally:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from labctl.runparts import RunError, repository_setup, task_repository
+from labctl.runparts import RunError, repository_setup, resource_flags, task_repository
 from labctl.seal import outcome_rules
 from labctl.verify import derive_outcome
 
@@ -120,3 +120,16 @@ def test_tag_manager_outcome_rules_reproduce_the_published_classes() -> None:
     assert grade(set(names) - {"build"}) == "Failed"
     assert grade({"build", "no_pr"}) == "Failed"  # nop
     assert grade({"build", "no_pr"}, tool_calls=0) == "Total failure"
+
+
+def test_resource_limits_come_from_the_environment_table(tmp_path: Path) -> None:
+    import os
+
+    cpus = f"{min(2.0, float(os.cpu_count() or 1)):g}"
+    assert resource_flags(TAG) == ["--cpus", cpus, "--memory", "4096m"]
+    assert resource_flags(TASKS / "smoke-hello") == ["--cpus", "1", "--memory", "1024m"]
+    (tmp_path / "task.toml").write_text("[environment]\n")
+    assert resource_flags(tmp_path) == []
+    (tmp_path / "task.toml").write_text('[environment]\nmemory_mb = "lots"\n')
+    with pytest.raises(RunError, match="memory_mb must be a positive number"):
+        resource_flags(tmp_path)
