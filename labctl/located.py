@@ -178,6 +178,11 @@ def issues_from(err: ValidationError, model: type[BaseModel], doc: Document, pre
             issue = doc.issue(loc, message, key=True)
         elif kind == "missing":
             issue = doc.issue(loc, "required field is missing")
+        elif kind in ("union_tag_invalid", "union_tag_not_found"):
+            # A tagged union's tag (`kind:`): point at the tag itself, not at its whole mapping.
+            field = str(e["ctx"]["discriminator"]).strip("'")
+            issue = doc.issue(loc + (field,), "required field is missing" if kind == "union_tag_not_found"
+                              else _tag_message(e["ctx"]))
         else:
             issue = doc.issue(loc, _message(e))
         if (issue.field, issue.message) not in seen:
@@ -207,6 +212,14 @@ def _message(e: dict[str, Any]) -> str:
     if kind == "string_pattern_mismatch":
         return f"{got!r} does not match the pattern {e['ctx']['pattern']}"
     return e["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+
+
+def _tag_message(ctx: dict[str, Any]) -> str:
+    expected = [t.strip().strip("'") for t in str(ctx["expected_tags"]).split(",")]
+    got = str(ctx["tag"])
+    hint = difflib.get_close_matches(got, expected, n=1, cutoff=0.6)
+    return (f"expected one of {', '.join(map(repr, expected))}, got {got!r}"
+            + (f"; did you mean {hint[0]!r}?" if hint else ""))
 
 
 def _show(value: Any) -> str:

@@ -92,6 +92,10 @@ BROKEN = {
                  "expected one of", "flash_attention: maybe"),
     "bad id": ("  name: model-showdown-round-7", "  name: Round 7!", "lab.name", "not a valid id",
                "name: Round 7!"),
+    "unknown kind": ("    kind: cloud", "    kind: clowd", "contestants[5].kind",
+                     "got 'clowd'; did you mean 'cloud'?", "kind: clowd"),
+    "kind missing": ("  - id: claude-sonnet-4\n    kind: cloud\n", "  - id: claude-sonnet-4\n",
+                     "contestants[5].kind", "required field is missing", "- id: claude-sonnet-4"),
 }
 
 
