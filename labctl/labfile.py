@@ -93,7 +93,29 @@ def _check_task(doc: Document, task: Path) -> list[Issue]:
         return [doc.issue(loc, f"{toml} does not parse: {e}")]
     if not (task / "instruction.md").is_file():
         return [doc.issue(loc, f"not a Harbor task: {task / 'instruction.md'} is missing")]
-    return []
+    return [doc.issue(loc, f"{toml}: {p}") for p in _task_table_problems(task)]
+
+
+def _task_table_problems(task: Path) -> list[str]:
+    """What a run would trip over later, said now: labctl's tables and the resource limits."""
+    from pydantic import ValidationError
+
+    from labctl.runparts import RunError, repository_setup, resource_flags, task_repository
+    from labctl.seal import outcome_rules
+
+    problems: list[str] = []
+    for check in (resource_flags, repository_setup, outcome_rules):
+        try:
+            check(task)
+        except RunError as e:
+            problems.append(str(e).split(": ", 1)[-1])
+        except ValidationError as e:
+            problems += [f"[labctl.outcome] {'.'.join(map(str, err['loc']))}: {err['msg']}"
+                         for err in e.errors()]
+    repo = task_repository(task)
+    if repo is not None and not repo.is_dir():
+        problems.append(f"[labctl.repository] path: no such directory: {repo}")
+    return problems
 
 
 def _profile(lab: Lab, doc: Document, base: Path, override: str | None

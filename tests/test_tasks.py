@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import tomllib
 from pathlib import Path
@@ -133,3 +134,26 @@ def test_resource_limits_come_from_the_environment_table(tmp_path: Path) -> None
     (tmp_path / "task.toml").write_text('[environment]\nmemory_mb = "lots"\n')
     with pytest.raises(RunError, match="memory_mb must be a positive number"):
         resource_flags(tmp_path)
+
+
+def test_validate_reports_a_broken_task_toml_before_any_run(tmp_path: Path) -> None:
+    """Mistakes in labctl's tables or the resource limits of task.toml are found by `labctl validate`
+    (exit 2, located at the lab's task.path), not by an errored run an hour later."""
+    from helpers import run_cli
+
+    task = tmp_path / "task"
+    shutil.copytree(TASKS / "smoke-hello", task)
+    toml = task / "task.toml"
+    toml.write_text(toml.read_text().replace("memory_mb = 1024", 'memory_mb = "1 GB"')
+                    .replace('path = "repo"', 'path = "nope"') + 'setup = ["make"]\n')
+    lab = tmp_path / "lab.yaml"
+    lab.write_text((ROOT / "labs" / "smoke.yaml").read_text().replace("path: ../tasks/smoke-hello",
+                                                                      f"path: {task}"))
+    code, _, err = run_cli("validate", lab)
+    assert code == 2
+    lines = err.strip().splitlines()
+    located = rf"{re.escape(str(lab))}:\d+:\d+: task.path: {re.escape(str(toml))}: "
+    assert lines and all(re.match(located, x) for x in lines), lines
+    assert any("memory_mb must be a positive number" in x for x in lines)
+    assert any("setup must be a string" in x for x in lines)
+    assert any("[labctl.repository] path: no such directory" in x for x in lines)
