@@ -12,10 +12,10 @@ the grade in result.json can only differ from the re-derived one when a file was
 from __future__ import annotations
 
 import shutil
-import tomllib
 from pathlib import Path
 from typing import Any
 
+from labctl.labfile import task_table
 from labctl.pathology import command_results, flags, pathology
 from labctl.rounddir import OutcomeRules
 from labctl.runparts import (
@@ -42,8 +42,7 @@ GIT_CONFIG_COUNT) unless the global config says they are safe; the task image ha
 
 
 def verifier_timeout(task_dir: Path) -> float:
-    data = tomllib.loads((task_dir / "task.toml").read_text(encoding="utf-8"))
-    return float(data.get("verifier", {}).get("timeout_sec", DEFAULT_VERIFIER_TIMEOUT_S))
+    return float(task_table(task_dir, "verifier").get("timeout_sec", DEFAULT_VERIFIER_TIMEOUT_S))
 
 
 def run_verifier(docker: Docker, *, task_image: str, task_dir: Path, ws: Workspace, run_dir: Path,
@@ -96,9 +95,7 @@ def report_columns(task_dir: Path) -> dict[str, str]:
     """`[labctl.report]` of task.toml: which named checks are the report's Build and Screenshot columns
     (`build_check`, `screenshot_check`) and the regex of the agent's build command (`build_command`),
     whose attempts the Build column counts ("pass (attempt 2)")."""
-    data = tomllib.loads((task_dir / "task.toml").read_text(encoding="utf-8"))
-    table = data.get("labctl", {}).get("report", {})
-    return {k: v for k, v in table.items() if isinstance(v, str)} if isinstance(table, dict) else {}
+    return {k: v for k, v in task_table(task_dir, "labctl", "report").items() if isinstance(v, str)}
 
 
 def _check(reward: Reward | None, name: str | None) -> bool | None:

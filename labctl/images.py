@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import re
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ from labctl.agents import adapter as agent_adapter
 from labctl.agents.base import BUILD_DIR
 from labctl.gitref import fetch_source, lock_path_source
 from labctl.imagectx import build_context, dependency_pins, pin_dockerfile, stage_context
-from labctl.labfile import LoadedLab
+from labctl.labfile import LoadedLab, task_table
 from labctl.lockfile import Lock
 from labctl.profiles import Profile
 from labctl.registry import apply_mirrors, dockerfile_bases, images_dir, parse_reference
@@ -335,8 +334,7 @@ def _task_spec(loaded: LoadedLab, lock: Lock, settings: BuildSettings, pin: _Pin
         bases = dockerfile_bases(original)
         text = pin_dockerfile(original.read_text(encoding="utf-8"), {b: pin(b, spec) for b in bases})
     else:
-        env = tomllib.loads((task_dir / "task.toml").read_text(encoding="utf-8")).get("environment", {})
-        image = env.get("docker_image") if isinstance(env, dict) else None
+        image = task_table(task_dir, "environment").get("docker_image")
         if not image:
             raise ImageError(f"task {task_dir} has neither environment/Dockerfile nor a docker_image")
         text = f"FROM {pin(image, spec)}\n"
@@ -351,9 +349,8 @@ def _task_spec(loaded: LoadedLab, lock: Lock, settings: BuildSettings, pin: _Pin
         # A staged copy, so the build never writes into the task directory (its tree hash is locked)
         # and the Dockerfile can COPY the lab's CA bundle as `ca.crt` (empty when none), like
         # labctl's own images: `COPY ca.cr[t] …` keeps it optional for other Harbor builders.
-        env_dir = task_dir / "environment"
         spec.context, spec.context_id = stage_context(settings.cache, f"task-{name}",
-                                                      {p.name: p for p in env_dir.iterdir()})
+                                                      {p.name: p for p in original.parent.iterdir()})
         staged = spec.context
 
         def prepare(log: Log) -> dict[str, str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from labctl.located import Document, Issue, SpecError, load_yaml, validate
 from labctl.profiles import Profile, all_profiles
@@ -79,6 +80,15 @@ def _check(lab: Lab, doc: Document, base: Path) -> list[Issue]:
     return issues
 
 
+def task_table(task_dir: Path, *keys: str) -> dict[str, Any]:
+    """A table of the task's task.toml (`task_table(t, "labctl", "repository")`); {} when absent or
+    not a table. The one place task.toml is read, so every reader sees it the same way."""
+    table: Any = tomllib.loads((task_dir / "task.toml").read_text(encoding="utf-8"))
+    for key in keys:
+        table = table.get(key) if isinstance(table, dict) else None
+    return table if isinstance(table, dict) else {}
+
+
 def _check_task(doc: Document, task: Path) -> list[Issue]:
     """A Harbor task directory: task.toml that parses, and instruction.md."""
     loc = ("task", "path")
@@ -88,12 +98,12 @@ def _check_task(doc: Document, task: Path) -> list[Issue]:
     if not toml.is_file():
         return [doc.issue(loc, f"not a Harbor task: {toml} is missing")]
     try:
-        tomllib.loads(toml.read_text(encoding="utf-8"))
+        task_table(task)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         return [doc.issue(loc, f"{toml} does not parse: {e}")]
     if not (task / "instruction.md").is_file():
         return [doc.issue(loc, f"not a Harbor task: {task / 'instruction.md'} is missing")]
-    return [doc.issue(loc, f"{toml}: {p}") for p in _task_table_problems(task)]
+    return [doc.issue(loc, p) for p in _task_table_problems(task)]
 
 
 def _task_table_problems(task: Path) -> list[str]:
@@ -103,18 +113,19 @@ def _task_table_problems(task: Path) -> list[str]:
     from labctl.runparts import RunError, repository_setup, resource_flags, task_repository
     from labctl.seal import outcome_rules
 
+    toml = task / "task.toml"
     problems: list[str] = []
     for check in (resource_flags, repository_setup, outcome_rules):
         try:
             check(task)
-        except RunError as e:
-            problems.append(str(e).split(": ", 1)[-1])
+        except RunError as e:  # its message already names task.toml
+            problems.append(str(e))
         except ValidationError as e:
-            problems += [f"[labctl.outcome] {'.'.join(map(str, err['loc']))}: {err['msg']}"
+            problems += [f"{toml}: [labctl.outcome] {'.'.join(map(str, err['loc']))}: {err['msg']}"
                          for err in e.errors()]
     repo = task_repository(task)
     if repo is not None and not repo.is_dir():
-        problems.append(f"[labctl.repository] path: no such directory: {repo}")
+        problems.append(f"{toml}: [labctl.repository] path: no such directory: {repo}")
     return problems
 
 

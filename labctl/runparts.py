@@ -17,13 +17,13 @@ import os
 import re
 import shutil
 import subprocess
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from labctl.engine import DockerEngine
+from labctl.labfile import task_table
 
 ROUND_LABEL = "labctl.round"
 RUN_LABEL = "labctl.run"
@@ -146,25 +146,18 @@ def _git(*args: str, cwd: Path | None = None, env: Mapping[str, str] | None = No
     return done.stdout.strip()
 
 
-def _repository_table(task_dir: Path) -> dict[str, Any]:
-    data = tomllib.loads((task_dir / "task.toml").read_text(encoding="utf-8"))
-    table = data.get("labctl", {}).get("repository", {})
-    return table if isinstance(table, dict) else {}
-
-
 def task_repository(task_dir: Path) -> Path | None:
     """`[labctl.repository] path` of task.toml: the directory committed as the base commit."""
-    rel = _repository_table(task_dir).get("path")
+    rel = task_table(task_dir, "labctl", "repository").get("path")
     return None if rel is None else (task_dir / rel)
 
 
 def resource_flags(task_dir: Path) -> list[str]:
     """`docker run` limits from task.toml's `[environment]` (Harbor's `cpus`, `memory_mb`), for the
     agent's and the verifier's containers: every contestant gets the same machine, whatever the host."""
-    data = tomllib.loads((task_dir / "task.toml").read_text(encoding="utf-8"))
-    env = data.get("environment", {})
+    env = task_table(task_dir, "environment")
     flags: list[str] = []
-    cpus, memory = (env.get("cpus"), env.get("memory_mb")) if isinstance(env, dict) else (None, None)
+    cpus, memory = env.get("cpus"), env.get("memory_mb")
     for key, value in (("cpus", cpus), ("memory_mb", memory)):
         if value is not None and (type(value) not in (int, float) or value <= 0):
             raise RunError(f"{task_dir / 'task.toml'}: [environment] {key} must be a positive number")
@@ -179,7 +172,7 @@ def repository_setup(task_dir: Path) -> str | None:
     """`[labctl.repository] setup`: a shell command run in the workspace, as the agent's user, after
     the clone and before the agent starts (e.g. putting the image's installed dependencies in place,
     which a clone cannot carry and an offline agent cannot download)."""
-    cmd = _repository_table(task_dir).get("setup")
+    cmd = task_table(task_dir, "labctl", "repository").get("setup")
     if cmd is not None and not isinstance(cmd, str):
         raise RunError(f"{task_dir / 'task.toml'}: [labctl.repository] setup must be a string")
     return cmd or None

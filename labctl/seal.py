@@ -28,7 +28,7 @@ from typing import Literal
 from pydantic import Field
 
 from labctl import __version__
-from labctl.labfile import LoadedLab
+from labctl.labfile import LoadedLab, task_table
 from labctl.lockfile import Lock, lock_path
 from labctl.rounddir import (
     FINISHED,
@@ -140,9 +140,8 @@ def draw(contestants: list[str], repeats: int, run_ids: list[str], rng: secrets.
 
 def outcome_rules(task_dir: Path) -> OutcomeRules | None:
     """`[labctl.outcome]` from the task's task.toml, or None when the task defines none."""
-    data = tomllib.loads((task_dir / "task.toml").read_text(encoding="utf-8"))
-    table = data.get("labctl", {}).get("outcome")
-    return None if table is None else OutcomeRules.model_validate(table)
+    labctl = task_table(task_dir, "labctl")
+    return OutcomeRules.model_validate(labctl["outcome"]) if "outcome" in labctl else None
 
 
 @dataclass
