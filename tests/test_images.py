@@ -680,7 +680,18 @@ def test_failing_step_names_the_step_and_suggests_mirrors(tmp_path: Path) -> Non
                    "The command '/bin/sh -c make server' returned a non-zero code: 2\n")
     said = failing_step(log)
     assert said.startswith(": at Step 2/3 : RUN make server") and "returned a non-zero code: 2" in said
+    assert "(make: *** No rule to make target; returned a non-zero code: 2)" in said
     assert "image_mirrors" not in said
+    # The cause is the failing step's output (colour codes dropped), never an earlier step's.
+    log.write_text("Step 1/3 : RUN echo preparing\npreparing\nStep 2/3 : RUN sh fetch.sh\n"
+                   " ---> Running in 1\n\x1b[91mfetch: sha512 abc does not match the pinned def\n"
+                   "\x1b[0mRemoving intermediate container 1\n"
+                   "The command '/bin/sh -c sh fetch.sh' returned a non-zero code: 1\n")
+    assert failing_step(log) == (": at Step 2/3 : RUN sh fetch.sh (fetch: sha512 abc does not match the "
+                                 "pinned def; returned a non-zero code: 1)")
+    log.write_text("Step 1/2 : RUN echo preparing\npreparing\nStep 2/2 : RUN exit 3\n"
+                   "The command '/bin/sh -c exit 3' returned a non-zero code: 3\n")
+    assert failing_step(log) == ": at Step 2/2 : RUN exit 3 (returned a non-zero code: 3)"
     log.write_text("Step 1/2 : FROM ubuntu:24.04\nError response from daemon: Get \"https://registry-1."
                    "docker.io/v2/\": dial tcp: lookup registry-1.docker.io: no such host\n")
     said = failing_step(log)
