@@ -10,7 +10,8 @@ curl -fsSL --retry 3 -o "$out" "$url"
 want=$(printf %s "${integrity#sha512-}" | base64 -d | od -An -v -tx1 | tr -d ' \n')
 got=$(sha512sum "$out" | cut -d' ' -f1)
 if [ "$want" != "$got" ]; then
-    echo "fetch-npm-tarball: $url: sha512 $got does not match the pinned $want" >&2
+    # The verdict first: build tools show the start of this line.
+    echo "fetch-npm-tarball: $name@$version does not match the pinned sha512 (got $got, pinned $want, from $url)" >&2
     rm -f "$out"
     exit 1
 fi
