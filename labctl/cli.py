@@ -137,6 +137,7 @@ def profiles(
 
 # The rest of the story lives in modules named after the lab's nouns; wired here in story order.
 from labctl.cmd_build import build_command, images_command  # noqa: E402
+from labctl.cmd_bundle import bundle_command, unbundle_command  # noqa: E402
 from labctl.cmd_lock import lock_command  # noqa: E402
 from labctl.cmd_meter import meter_command  # noqa: E402
 from labctl.cmd_model import model_app  # noqa: E402
@@ -158,6 +159,8 @@ app.command("verify")(verify_command)
 app.command("report")(report_command)
 app.command("round")(round_command)
 app.command("down")(down_command)
+app.command("bundle")(bundle_command)
+app.command("unbundle")(unbundle_command)
 app.command("meter")(meter_command)
 app.add_typer(store_app, name="store")
 app.add_typer(model_app, name="model")

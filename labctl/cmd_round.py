@@ -103,8 +103,14 @@ def _mapping_table(mapping: Mapping) -> None:
 
 
 def verify_command(round_dir: RoundArg, as_json: JsonOpt = False) -> None:
-    """Re-check a round: file hashes, the seal, the lock and every run's grade; exit 1 on a problem."""
-    v = verify_round(round_dir)
+    """Re-check a round (a directory, or a bundle from `labctl bundle ROUND`): file hashes, the seal,
+    the lock and every run's grade; exit 1 on a problem."""
+    if round_dir.is_file():  # a round bundle: unpacked safely, then the same checks (labctl.share)
+        from labctl.share import verify_bundle
+
+        v = verify_bundle(round_dir)
+    else:
+        v = verify_round(round_dir)
     if as_json:
         emit({"ok": v.ok, "round_dir": str(round_dir), "checked": v.checked, "notes": v.notes,
               "problems": [{"where": p.where, "what": p.what, "run": p.run} for p in v.problems]})
