@@ -80,7 +80,8 @@ def test_lab_round_trip_passes_the_offline_lock_check(tmp_path: Path) -> None:
     assert got == tmp_path / "b" / "labs" / "smoke.yaml"
     assert got.read_bytes() == lab.read_bytes()
     assert lock_path(got).read_bytes() == lock_path(lab).read_bytes()
-    assert tree_sha256(tmp_path / "b" / "tasks" / "smoke-hello") == tree_sha256(tmp_path / "a" / "tasks" / "smoke-hello")
+    task = Path("tasks", "smoke-hello")
+    assert tree_sha256(tmp_path / "b" / task) == tree_sha256(tmp_path / "a" / task)
     assert os.access(tmp_path / "b/tasks/smoke-hello/tests/test.sh", os.X_OK)  # the x bit is content
 
     code, stdout, stderr = run_cli("lock", got, "--offline", "--store", tmp_path / "other-store", "--json")
@@ -101,7 +102,8 @@ def test_same_inputs_same_bytes(tmp_path: Path) -> None:
             p.chmod(p.stat().st_mode & 0o700)  # only the owner's bits: group/other are not content
     a = bundle(one, tmp_path / "a.tar")
     b = bundle(two, tmp_path / "b.tar")
-    assert a["sha256"] == b["sha256"] and (tmp_path / "a.tar").read_bytes() == (tmp_path / "b.tar").read_bytes()
+    assert a["sha256"] == b["sha256"]
+    assert (tmp_path / "a.tar").read_bytes() == (tmp_path / "b.tar").read_bytes()
     for m in members(tmp_path / "a.tar"):
         assert (m.mtime, m.uid, m.gid, m.uname, m.gname) == (0, 0, 0, "", "")
         assert m.mode in (0o644, 0o755)
@@ -147,7 +149,8 @@ def test_lab_bundle_carries_local_files(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setenv("LABCTL_PROFILE_PATH", str(elsewhere))
     lab.write_text(text.replace("ca_bundle: certs/ca.pem", f"ca_bundle: {base}/labs/certs/ca.pem"))
     data = bundle(lab, tmp_path / "abs.tar")
-    assert data["notes"] == [f"build.ca_bundle {base}/labs/certs/ca.pem is absolute (this machine's): not carried"]
+    assert data["notes"] == [f"build.ca_bundle {base}/labs/certs/ca.pem is absolute (this machine's): "
+                             "not carried"]
     write_tiny_gguf(base / "models" / "mine.gguf", TinyModelParams(seed=4))  # changed after the lock
     code, _, stderr = run_cli("bundle", lab, "-o", tmp_path / "c.tar")
     assert code == 1 and f"models.{LOCAL}: ../models/mine.gguf does not have the locked sha256" in stderr
@@ -255,13 +258,14 @@ def offline_verify(tar: Path, tmp: Path) -> tuple[int, dict, str]:
            "HF_HUB_OFFLINE": "1", "DOCKER_HOST": "unix:///nonexistent/docker.sock", "COLUMNS": "200"}
     done = subprocess.run([sys.executable, "-m", "labctl", "verify", str(tar), "--json"], cwd=home / "work",
                           env=env, capture_output=True, text=True, timeout=120)
-    assert not any(any((home / d).iterdir()) for d in ("home", "config", "cache", "data")), "verify wrote state"
+    wrote = [p for d in ("home", "config", "cache", "data") for p in (home / d).iterdir()]
+    assert wrote == [], "verify wrote state"
     return done.returncode, json.loads(done.stdout), done.stderr
 
 
 def test_round_bundle_verifies_offline_elsewhere(round_dir: Path, tmp_path: Path) -> None:  # noqa: F811
     made = bundle(round_dir, tmp_path / "round.tar", "--lab", lab_of(round_dir))
-    assert made["kind"] == "round" and made["round"] == round_dir.name and made["lab"] == "lab/labs/smoke.yaml"
+    assert (made["kind"], made["round"], made["lab"]) == ("round", round_dir.name, "lab/labs/smoke.yaml")
     again = bundle(round_dir, tmp_path / "again.tar", "--lab", lab_of(round_dir))
     assert again["sha256"] == made["sha256"]
     names = {m.name for m in members(tmp_path / "round.tar")}
@@ -343,7 +347,8 @@ TAMPERS: dict[str, tuple[Tamper, str, str]] = {  # name → (tamper, where the p
     "deleted run directory": (
         lambda root, rd: shutil.rmtree(run_dir(rd, run_of(rd, NOP))), "", "run directory is missing"),
     "changed lock": (
-        lambda root, rd: (rd / "lab.lock").write_text((rd / "lab.lock").read_text().replace("ab" * 32, "ba" * 32)),
+        lambda root, rd: (rd / "lab.lock").write_text(
+            (rd / "lab.lock").read_text().replace("ab" * 32, "ba" * 32)),
         "lab.lock", "differs from sealed.json's lock_file_sha256"),
     "reformatted lock": (
         lambda root, rd: (rd / "lab.lock").write_text(json.dumps(json.loads((rd / "lab.lock").read_text()))),
