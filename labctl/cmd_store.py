@@ -63,6 +63,10 @@ def fetch_command(
     try:
         report = fetch(lock, st, jobs=jobs, progress=not as_json and err.is_terminal,
                        base_dir=loaded.base_dir, console=err)
+    except KeyboardInterrupt:
+        err.print("interrupted: what each download received is kept in the store's partial/ directory; "
+                  "`labctl fetch` resumes from there", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
     except FetchError as e:
         if as_json:
             emit(e.report.as_dict())

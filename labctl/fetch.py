@@ -1,26 +1,26 @@
 """Bring every model of a lock into the store, proven by sha256, each byte downloaded at most once.
 
-Why this shape: downloads go through the real `hf_hub_download` (pinned to the locked commit; it
-honours HF_ENDPOINT / HF_TOKEN, follows the CDN redirect, and resumes with Range requests when a
-connection drops mid-file) into a Hugging Face cache that lives *inside* the store (`partial/hf`),
-so the finished blob is renamed into `blobs/`, never copied: one copy on disk. The store admits it
-only after hashing it against the lock; a mismatch is quarantined and fails naming contestant and
-file. A blob already in the store is never fetched again, so a second `fetch` downloads 0 bytes.
-Generated models are regenerated into the store; local files are only re-hashed (never copied).
+Why this shape: a Hub file is downloaded into the store's own partial file for its sha256
+(`labctl.download`: huggingface_hub's session, endpoint and token; Range requests), on the store's
+file system, so the finished file is renamed into `blobs/`, never copied: one copy on disk. A
+download cut by Ctrl-C, a killed process or a lost connection keeps what arrived, and the next
+`labctl fetch` continues from there. The store admits a file only after hashing it against the
+lock; a mismatch is quarantined and fails naming contestant and file. A blob already in the store
+is never fetched again, so a second `fetch` downloads 0 bytes. Generated models are regenerated
+into the store; local files are only re-hashed (never copied).
 """
 
 from __future__ import annotations
 
 import shutil
 import threading
-import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from huggingface_hub import hf_hub_download
+from huggingface_hub import hf_hub_url
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -31,9 +31,10 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from labctl.download import Cancelled, Incomplete, download
 from labctl.hub import HubError, describe_error, generate_into, params_from_lock
 from labctl.lockfile import FileLock, Lock, ModelLock
-from labctl.store import HashMismatch, Store, sha256_file
+from labctl.store import HashMismatch, Store, is_no_space, sha256_file
 from labctl.units import format_size
 
 __all__ = ["FetchError", "FetchReport", "FetchedFile", "fetch", "model_files"]
@@ -101,26 +102,10 @@ class _Meter:
             if self.progress is not None and self.task is not None:
                 self.progress.advance(self.task, n)
 
-    def tqdm_class(self) -> type:
-        meter = self
-
-        class _Bar:  # what huggingface_hub's http_get calls on its progress bar
-            def __init__(self, *args: Any, **kwargs: Any) -> None:
-                pass
-
-            def update(self, n: float | None = 1) -> None:
-                meter.add(int(n or 0))
-
-            def __enter__(self) -> _Bar:
-                return self
-
-            def __exit__(self, *exc: object) -> None:
-                return None
-
-            def close(self) -> None:
-                pass
-
-        return _Bar
+    def resume(self, n: int) -> None:
+        """Bytes a previous run already brought: on the bar, not counted as downloaded now."""
+        if self.progress is not None and self.task is not None:
+            self.progress.advance(self.task, n)
 
 
 def _free_bytes(path: Path) -> int | None:
@@ -130,37 +115,49 @@ def _free_bytes(path: Path) -> int | None:
         return None
 
 
-def _fetch_hf(cid: str, model: ModelLock, f: FileLock, store: Store,
-              progress: Progress | None) -> FetchedFile:
+def _fetch_hf(cid: str, model: ModelLock, f: FileLock, store: Store, progress: Progress | None,
+              cancel: threading.Event | None = None) -> FetchedFile:
     assert model.repo is not None and model.commit is not None
     link = Store.hf_link(model.repo, model.commit, f.name)
     if store.has(f.sha256, f.size):
         store.link(link, store.blob_path(f.sha256))
         return FetchedFile(cid, f.name, f.sha256, f.size, "present", path=store.blob_path(f.sha256))
-    staging = store.staging_dir()
-    free = _free_bytes(staging)
-    if free is not None and free < f.size:
-        raise HubError(cid, f.name, f"disk full in {store.root}: needs {format_size(f.size)}, "
-                                    f"{format_size(free)} free")
-    meter = _Meter(progress, f"{cid}: {f.name}", f.size)
-    try:
-        pointer = Path(hf_hub_download(model.repo, f.name, revision=model.commit, cache_dir=staging / "hf",
-                                       tqdm_class=meter.tqdm_class()))
-    except Exception as e:
-        raise HubError(cid, f.name, describe_error(e, repo=model.repo, revision=model.commit,
-                                                   store=store.root)) from e
-    src = pointer.resolve()
-    try:
-        blob = store.admit(src, f.sha256, f.size, label=f"{cid}: {f.name}")
-    except HashMismatch as e:
-        raise HubError(cid, f.name, f"downloaded bytes do not match the lock ({e.reason}); "
-                                    f"quarantined as {e.quarantined}") from e
-    except OSError as e:  # never leave an unverified file behind
-        src.unlink(missing_ok=True)
-        raise HubError(cid, f.name, describe_error(e, store=store.root)) from e
-    finally:
-        if pointer.is_symlink():  # the hub cache's snapshot link: its blob now lives in blobs/
-            pointer.unlink(missing_ok=True)
+    with store.partial_lock(f.sha256):
+        if store.has(f.sha256, f.size):  # another fetch brought it while this one waited
+            store.link(link, store.blob_path(f.sha256))
+            return FetchedFile(cid, f.name, f.sha256, f.size, "present", path=store.blob_path(f.sha256))
+        part = store.partial_path(f.sha256)
+        have = part.stat().st_size if part.is_file() else 0
+        free = _free_bytes(part.parent)
+        if free is not None and free < f.size - have:
+            raise HubError(cid, f.name, f"disk full in {store.root}: needs {format_size(f.size - have)}, "
+                                        f"{format_size(free)} free")
+        meter = _Meter(progress, f"{cid}: {f.name}", f.size)
+        meter.resume(min(have, f.size))
+        url = hf_hub_url(model.repo, f.name, revision=model.commit)
+        try:
+            download(url, part, f.size, on_bytes=meter.add, cancel=cancel)
+        except Cancelled:
+            raise
+        except Incomplete as e:
+            raise HubError(cid, f.name, f"{e}; kept, the next `labctl fetch` resumes from there") from e
+        except Exception as e:
+            full = is_no_space(e)
+            if full:  # nothing to resume on a full disk: give the space back
+                part.unlink(missing_ok=True)
+            why = describe_error(e, repo=model.repo, revision=model.commit, store=store.root)
+            kept = part.stat().st_size if part.is_file() else 0
+            if kept:
+                why += f"; {kept} of {f.size} bytes kept, the next `labctl fetch` resumes from there"
+            raise HubError(cid, f.name, why) from e
+        try:
+            blob = store.admit(part, f.sha256, f.size, label=f"{cid}: {f.name}")
+        except HashMismatch as e:
+            raise HubError(cid, f.name, f"downloaded bytes do not match the lock ({e.reason}); "
+                                        f"quarantined as {e.quarantined}") from e
+        except OSError as e:  # never leave an unverified file behind
+            part.unlink(missing_ok=True)
+            raise HubError(cid, f.name, describe_error(e, store=store.root)) from e
     store.link(link, blob)
     return FetchedFile(cid, f.name, f.sha256, f.size, "downloaded", meter.downloaded, blob)
 
@@ -203,8 +200,7 @@ def fetch(lock: Lock, store: Store, *, jobs: int = 3, progress: bool = True, bas
     directory; default the current one). Progress bars go to `console` (default stderr).
     """
     base_dir = base_dir or Path.cwd()
-    # fetch checks free space itself and fails with a clear error; the client's warning is noise
-    warnings.filterwarnings("ignore", message="Not enough free disk space", category=UserWarning)
+    cancel = threading.Event()  # set on Ctrl-C: every download stops at its next chunk, keeping its bytes
     tasks: list[tuple[str, Callable[[Progress | None], FetchedFile]]] = []
     aliases: dict[str, list[tuple[str, ModelLock, FileLock]]] = {}
     for cid, model in sorted(lock.models.items()):
@@ -217,7 +213,7 @@ def fetch(lock: Lock, store: Store, *, jobs: int = 3, progress: bool = True, bas
                 continue
             aliases[f.sha256] = []
             if model.source == "hf":
-                tasks.append((cid, lambda p, c=cid, m=model, f=f: _fetch_hf(c, m, f, store, p)))
+                tasks.append((cid, lambda p, c=cid, m=model, f=f: _fetch_hf(c, m, f, store, p, cancel)))
             else:
                 tasks.append((cid, lambda _p, c=cid, m=model, f=f: _fetch_generated(c, m, f, store)))
 
@@ -228,13 +224,18 @@ def fetch(lock: Lock, store: Store, *, jobs: int = 3, progress: bool = True, bas
                     transient=False)
     with bars, ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="fetch") as pool:
         futures = [(cid, pool.submit(run, bars if progress else None)) for cid, run in tasks]
-        for cid, fut in futures:
-            try:
-                results.append(fut.result())
-            except HubError as e:
-                errors.append(e)
-            except Exception as e:  # a bug or an unexpected client error: still one line, still named
-                errors.append(HubError(cid, "?", describe_error(e, store=store.root)))
+        try:
+            for cid, fut in futures:
+                try:
+                    results.append(fut.result())
+                except HubError as e:
+                    errors.append(e)
+                except Exception as e:  # a bug or an unexpected client error: still one line, still named
+                    errors.append(HubError(cid, "?", describe_error(e, store=store.root)))
+        except KeyboardInterrupt:  # stop every download now (partial files kept), start no other
+            cancel.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
 
     done = {r.sha256: r for r in results}
     for sha, others in aliases.items():

@@ -111,6 +111,9 @@ def describe_error(e: BaseException, *, repo: str | None = None, revision: str |
             return f"disk full{where}: {x.strerror or x}" if isinstance(x, OSError) else f"disk full{where}"
         if isinstance(x, _http.TimeoutException):
             return f"network failure: timed out talking to {endpoint}"
+        if isinstance(x, (_http.RemoteProtocolError, _http.ReadError)):
+            why = _first_line(str(x)) or type(x).__name__
+            return f"network failure: the connection to {endpoint} was lost ({why})"
         if isinstance(x, _http.TransportError):
             return f"network failure: cannot reach {endpoint} ({_first_line(str(x)) or type(x).__name__})"
         if isinstance(x, OSError) and "Consistency check failed" in str(x):

@@ -11,7 +11,9 @@ Layout under the root (default `$LABCTL_STORE`, else `~/.cache/labctl/models`):
     links/hf/<owner>/<repo>/<commit>/<file> symlinks to blobs, for humans (and llama-server -m)
     links/generated/<name>.gguf             generated tiny models
     links/local/<sha12>/<file>              pointers to local GGUFs (never copied)
-    partial/                                downloads in progress (Hugging Face's staging cache)
+    partial/sha256-<hex>.part               a download in progress, named by the sha256 it must have:
+                                            kept when a fetch is cut, continued by the next one
+    partial/                                also files about to be admitted (generated, copied)
     quarantine/                             files whose hash did not match, each with a .json note
 
 Hugging Face repos go under `links/hf/` so a repo owned by a user called `local` or `generated`
@@ -22,13 +24,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -143,6 +146,26 @@ class Store:
         """A directory on the store's filesystem for files about to be admitted (rename, not copy)."""
         self.partial.mkdir(parents=True, exist_ok=True)
         return self.partial
+
+    def partial_path(self, sha256: str) -> Path:
+        """The partial download of the blob `sha256`: only ever a prefix of those bytes, so any later
+        run may continue it (`labctl.download`); admitted (hashed) when complete."""
+        return self.staging_dir() / f"{self.blob_path(sha256).name}.part"
+
+    @contextlib.contextmanager
+    def partial_lock(self, sha256: str) -> Iterator[None]:
+        """Hold the partial file of `sha256` alone: two fetches of one store (two terminals, two
+        labs sharing a model) take turns instead of appending to the same file. The lock file is
+        removed once the blob is in, never before (a waiter then finds the blob)."""
+        lock = self.partial_path(sha256).with_suffix(".lock")
+        with open(lock, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                if self.has(sha256):
+                    lock.unlink(missing_ok=True)
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     # ---------------------------------------------------------------- admission
 

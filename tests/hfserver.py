@@ -16,7 +16,10 @@ huggingface_hub's file_download.py / hf_api.py / utils/_http.py):
 
 Fault knobs per file (`server.fault(repo, file, ...)`): `truncate_to` (short body, honest length),
 `cut_after` (promise the whole body, drop the connection after N bytes, once), `corrupt` (other bytes
-of the same size). `bytes_served` counts body bytes sent, to prove a second fetch downloads nothing.
+of the same size), `drop_at` (stop at this byte of the file and drop the connection, on every request
+until cleared: a connection lost for longer than the client retries), `stall_at` (send up to this
+byte, then hold the connection until `release()`, then drop it: a download to kill mid-file).
+`bytes_served` counts body bytes sent, to prove a second fetch downloads nothing.
 """
 
 from __future__ import annotations
@@ -78,6 +81,8 @@ class Faults:
     cut_after: int | None = None
     corrupt: bool = False
     cuts_left: int = 0
+    drop_at: int | None = None
+    stall_at: int | None = None
 
 
 @dataclass
@@ -99,6 +104,7 @@ class HubServer:
         self.served: Counter[str] = Counter()
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         self._lock = threading.Lock()
+        self.released = threading.Event()
         self._httpd: ThreadingHTTPServer | None = None
 
     # -------------------------------------------------------------- registry
@@ -124,8 +130,14 @@ class HubServer:
         return commit
 
     def fault(self, repo: str, name: str, *, truncate_to: int | None = None, cut_after: int | None = None,
-              corrupt: bool = False) -> None:
-        self.faults[(repo, name)] = Faults(truncate_to, cut_after, corrupt, 1 if cut_after is not None else 0)
+              corrupt: bool = False, drop_at: int | None = None, stall_at: int | None = None) -> None:
+        self.faults[(repo, name)] = Faults(truncate_to, cut_after, corrupt, 1 if cut_after is not None else 0,
+                                           drop_at, stall_at)
+        self.released.clear()
+
+    def release(self) -> None:
+        """Let every stalled response go on (to drop its connection)."""
+        self.released.set()
 
     def refuse(self, repo: str, status: int = 403) -> None:
         self.refused[repo] = status
@@ -150,6 +162,7 @@ class HubServer:
         return self
 
     def stop(self) -> None:
+        self.release()
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
@@ -331,8 +344,16 @@ def _make_handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
             if not body:
                 return
             pos, sent = start, 0
+            stop = min((s for s in (faults.drop_at, faults.stall_at) if s is not None), default=None)
             while pos < send_end:
+                if stop is not None and pos >= stop:
+                    if faults.stall_at is not None:
+                        self.wfile.flush()
+                        hub.released.wait(60)
+                    return self._drop()
                 n = min(1 << 20, send_end - pos)
+                if stop is not None:
+                    n = min(n, stop - pos)
                 if cut is not None:
                     n = min(n, cut - sent)
                 chunk = f.read(pos, pos + n)
@@ -342,11 +363,14 @@ def _make_handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
                 hub._count(f.path, len(chunk))
                 pos, sent = pos + n, sent + n
                 if cut is not None and sent >= cut:
-                    self.wfile.flush()
-                    self.close_connection = True
-                    with contextlib.suppress(OSError):
-                        self.connection.shutdown(socket.SHUT_RDWR)
-                    return
+                    return self._drop()
+
+        def _drop(self) -> None:
+            """End the response mid-body: the client sees the connection closed early."""
+            self.wfile.flush()
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
 
     return Handler
 

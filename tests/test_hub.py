@@ -6,7 +6,12 @@ The real huggingface_hub client talks to tests/hfserver.py through HF_ENDPOINT; 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import gguf
@@ -297,3 +302,107 @@ def test_server_speaks_the_hub_shapes(hub_server: HubServer, tmp_path: Path) -> 
     assert {f.path for f in HfApi().list_repo_tree("org/m")} == {"Q4", "README.md"}
     meta = get_hf_file_metadata(hf_hub_url("org/m", "Q4/m.gguf"))
     assert (meta.commit_hash, meta.etag, meta.size) == (commit, sha256(p), p.stat().st_size)
+
+
+# ------------------------------------------------------- fetch resumes across commands
+
+RESUME = TinyModelParams(seed=6)  # ≈ 570 KB
+CUT = 300_000
+
+
+def _hub_lab(hub: HubServer, tmp_path: Path) -> tuple[Path, bytes, str]:
+    """A lab with one Hub model, locked against the loopback hub: (lab file, the file's bytes, its sha256)."""
+    from labctl.labfile import load_lab
+    from labctl.lock import spec_sha256
+    from labctl.lockfile import Lock, SourceLock, TaskLock, lock_path, write_lock
+
+    p = tmp_path / "src" / "m.gguf"
+    write_tiny_gguf(p, RESUME)
+    hub.add_repo("org/m", {"m.gguf": p})
+    (tmp_path / "task").mkdir()
+    (tmp_path / "task" / "task.toml").write_text('version = "1.0"\n')
+    (tmp_path / "task" / "instruction.md").write_text("hi\n")
+    lab = tmp_path / "lab.yaml"
+    lab.write_text("version: 1\nlab: {name: resume}\nengine: {llama_cpp: {sdist: llama-cpp-python==0.3.36}}\n"
+                   "agent: {runtime: mini-swe-agent, version: 2.4.6}\ntask: {path: task}\ncontestants:\n"
+                   "  - {id: hf, kind: local, model: {repo: org/m, file: m.gguf}}\n")
+    model = lock_hf("hf", ModelSource(repo="org/m", file="m.gguf"))
+    write_lock(lock_path(lab), Lock(lab="resume", spec_sha256=spec_sha256(load_lab(lab)),
+                                    llama_cpp=SourceLock(sdist="llama-cpp-python==0.3.36"),
+                                    task=TaskLock(path="task", tree_sha256="0" * 64), models={"hf": model}))
+    return lab, p.read_bytes(), model.files[0].sha256
+
+
+def _gets(hub: HubServer) -> list[str | None]:
+    return [h.get("Range") for m, _, h in hub.requests if m == "GET"]
+
+
+def test_fetch_resumes_after_a_lost_connection(hub_server: HubServer, tmp_path: Path) -> None:  # noqa: F811
+    """The connection drops at byte CUT and stays down for every retry: the fetch fails, keeping
+    CUT bytes; the next fetch asks for `bytes=CUT-` only, and the whole file verifies."""
+    from labctl.fetch import FetchError, fetch
+    from labctl.lockfile import lock_path, read_lock
+
+    lab, data, sha = _hub_lab(hub_server, tmp_path)
+    lock = read_lock(lock_path(lab))
+    store = Store(tmp_path / "store")
+    hub_server.fault("org/m", "m.gguf", drop_at=CUT)
+    hub_server.reset_counters()
+    with pytest.raises(FetchError) as e:
+        fetch(lock, store, progress=False)
+    assert str(e.value).startswith("hf: m.gguf: network failure: the connection to http://127.0.0.1:")
+    assert f"; {CUT} of {len(data)} bytes kept, the next `labctl fetch` resumes from there" in str(e.value)
+    assert _gets(hub_server)[0] is None and set(_gets(hub_server)[1:]) == {f"bytes={CUT}-"}
+    assert store.partial_path(sha).read_bytes() == data[:CUT] and not store.has(sha)
+
+    hub_server.faults.clear()
+    hub_server.reset_counters()
+    report = fetch(lock, store, progress=False)
+    assert _gets(hub_server) == [f"bytes={CUT}-"]
+    assert report.files[0].downloaded == hub_server.bytes_served == len(data) - CUT
+    assert store.blob_path(sha).read_bytes() == data and not store.partial_path(sha).exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
+def test_fetch_resumes_after_the_command_is_killed(hub_server: HubServer, tmp_path: Path,  # noqa: F811
+                                                   sig: signal.Signals) -> None:
+    """`labctl fetch` is killed (or Ctrl-C'd) with CUT bytes of the file on disk; the next
+    `labctl fetch` sends `Range: bytes=CUT-` and the result verifies against the lock."""
+    lab, data, sha = _hub_lab(hub_server, tmp_path)
+    store = Store(tmp_path / "store")
+    part = store.partial_path(sha)
+    env = {**os.environ, "HF_ENDPOINT": hub_server.url, "HF_HOME": str(tmp_path / "hf"),
+           "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost",
+           "HF_HUB_DISABLE_TELEMETRY": "1"}
+    cmd = [sys.executable, "-m", "labctl", "fetch", str(lab), "--store", str(store.root), "--json"]
+    hub_server.fault("org/m", "m.gguf", stall_at=CUT)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120  # a hung test fails instead of hanging; no timing is asserted
+        while not (part.is_file() and part.stat().st_size == CUT):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the first fetch never reached the cut"
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        if sig == signal.SIGINT:
+            hub_server.release()  # the stalled connection drops; the interrupted fetch stops there
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == (130 if sig == signal.SIGINT else -signal.SIGKILL)
+    if sig == signal.SIGINT:
+        assert "interrupted:" in stderr and "`labctl fetch` resumes from there" in stderr
+    assert part.read_bytes() == data[:CUT] and not store.has(sha)
+
+    hub_server.release()
+    hub_server.faults.clear()
+    hub_server.reset_counters()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert _gets(hub_server) == [f"bytes={CUT}-"]
+    report = json.loads(done.stdout)
+    assert report["files"][0]["status"] == "downloaded" and report["bytes_downloaded"] == len(data) - CUT
+    assert store.blob_path(sha).read_bytes() == data and hashlib.sha256(data).hexdigest() == sha
+    assert not part.exists()

@@ -172,26 +172,36 @@ def test_hash_mismatch_is_quarantined_never_admitted(hub_server: HubServer, tmp_
     assert_store_clean(store)
 
 
-def test_truncated_download_fails_cleanly(hub_server: HubServer, tmp_path: Path) -> None:  # noqa: F811
+def test_truncated_download_is_kept_for_the_next_fetch(hub_server: HubServer, tmp_path: Path) -> None:  # noqa: F811
+    """A server that keeps stopping short fails the fetch clearly; the bytes it did send are kept
+    (unverified, outside blobs/) and the next fetch asks only for the rest."""
     p, hf = serve_tiny(hub_server, tmp_path)
     hub_server.fault("org/m", "m.gguf", truncate_to=100_000)
     store = Store(tmp_path / "store")
     with pytest.raises(FetchError) as e:
         fetch(make_lock({"c": hf}), store, progress=False)
-    assert str(e.value) == f"c: m.gguf: download incomplete: got 100000 of {p.stat().st_size} bytes"
-    assert store.ls() == [] and staged_data(store) == []
+    assert str(e.value) == (f"c: m.gguf: download incomplete: got 100000 of {p.stat().st_size} bytes; "
+                            "kept, the next `labctl fetch` resumes from there")
+    assert store.ls() == [] and staged_data(store) == [store.partial_path(hf.files[0].sha256)]
+    assert store.partial_path(hf.files[0].sha256).read_bytes() == p.read_bytes()[:100_000]
+    hub_server.faults.clear()
+    hub_server.reset_counters()
+    report = fetch(make_lock({"c": hf}), store, progress=False)
+    assert report.files[0].downloaded == hub_server.bytes_served == p.stat().st_size - 100_000
+    assert [h.get("Range") for m, _, h in hub_server.requests if m == "GET"] == ["bytes=100000-"]
+    assert_store_clean(store)
 
 
 def test_connection_cut_mid_file_resumes(hub_server: HubServer, tmp_path: Path) -> None:  # noqa: F811
     p, hf = serve_tiny(hub_server, tmp_path, BIG)
     size = p.stat().st_size
-    hub_server.fault("org/m", "m.gguf", cut_after=11 << 20)  # once, after the client wrote one 10 MiB chunk
+    hub_server.fault("org/m", "m.gguf", cut_after=11 << 20)  # once, after 11 MiB
     hub_server.reset_counters()
     store = Store(tmp_path / "store")
     report = fetch(make_lock({"c": hf}), store, progress=False)
     assert report.files[0].status == "downloaded" and store.has(hf.files[0].sha256, size)
     ranges = [h.get("Range") for m, _, h in hub_server.requests if m == "GET"]
-    assert ranges == [None, f"bytes={10 << 20}-"]  # the second attempt asked only for the rest
+    assert ranges == [None, f"bytes={11 << 20}-"]  # the second attempt asked only for the rest
     assert hub_server.bytes_served < 2 * size
     assert_store_clean(store)
 
