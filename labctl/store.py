@@ -314,7 +314,8 @@ class Store:
     # ---------------------------------------------------------------------- gc
 
     def gc(self, referenced: set[str], *, dry_run: bool = False) -> int:
-        """Remove blobs whose sha256 is not in `referenced`, then dangling links; returns bytes freed."""
+        """Remove blobs whose sha256 is not in `referenced`, partial downloads of them, then dangling
+        links; returns bytes freed. A partial download of a referenced blob stays: fetch resumes it."""
         freed = 0
         for b in self.ls():
             if b.sha256 in referenced:
@@ -322,6 +323,13 @@ class Store:
             freed += b.size
             if not dry_run:
                 b.path.unlink(missing_ok=True)
+        for part in sorted(self.partial.glob("sha256-*.part")) if self.partial.is_dir() else []:
+            if part.name.removeprefix("sha256-").removesuffix(".part") in referenced:
+                continue
+            freed += part.stat().st_size
+            if not dry_run:
+                part.unlink(missing_ok=True)
+                part.with_suffix(".lock").unlink(missing_ok=True)
         if not dry_run:
             for link in list(self._walk_links()):
                 if not link.exists():  # dangling: its blob was just removed, or a local file is gone

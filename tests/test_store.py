@@ -279,6 +279,19 @@ def _lab(tmp_path: Path) -> Path:
     return lab
 
 
+def test_gc_removes_partial_downloads_of_unreferenced_blobs(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s")
+    keep, drop = "a" * 64, "b" * 64
+    store.partial_path(keep).write_bytes(b"x" * 10)
+    store.partial_path(drop).write_bytes(b"y" * 7)
+    with store.partial_lock(drop):
+        pass
+    assert store.gc({keep}, dry_run=True) == 7 and store.partial_path(drop).exists()
+    assert store.gc({keep}) == 7
+    assert store.partial_path(keep).exists() and not store.partial_path(drop).exists()
+    assert not store.partial_path(drop).with_suffix(".lock").exists()
+
+
 def test_cli_fetch_ls_verify_gc(hub_server: HubServer, tmp_path: Path) -> None:  # noqa: F811
     serve_tiny(hub_server, tmp_path)
     lab = _lab(tmp_path)
