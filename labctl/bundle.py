@@ -20,6 +20,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import stat
 import tarfile
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from labctl.treehash import file_sha256
 
@@ -66,6 +67,20 @@ class Index(BaseModel):
     """The round id (round bundles): the round directory is `round/<id>/`."""
     files: dict[str, IndexEntry]
     """Every entry but the index itself: posix path → kind, sha256, size."""
+
+    @field_validator("lab")
+    @classmethod
+    def _lab_inside(cls, v: str) -> str:
+        if (why := check_name(v)) is not None:  # a bundle names no file outside itself
+            raise ValueError(f"lab path {v!r}: {why}")
+        return v
+
+    @field_validator("round")
+    @classmethod
+    def _round_is_a_name(cls, v: str | None) -> str | None:
+        if v is not None and (v in (".", "..") or not re.fullmatch(r"[A-Za-z0-9._-]+", v)):
+            raise ValueError(f"round id {v!r} is not a plain name")
+        return v
 
     def text(self) -> bytes:
         data = self.model_dump(mode="json", exclude_none=True)
@@ -264,9 +279,11 @@ def read_index(root: Path, bundle: Path | str = "") -> Index:
     """The index of an unpacked bundle; BundleError when it is missing or not an index."""
     try:
         return Index.model_validate_json((root / INDEX).read_bytes())
-    except (OSError, ValueError) as e:
-        raise BundleError([f"{bundle or root}: {INDEX} is not a bundle index: "
-                           f"{str(e).splitlines()[0]}"]) from None
+    except ValidationError as e:
+        why = "; ".join(f"{'.'.join(map(str, x['loc'])) or 'index'}: {x['msg']}" for x in e.errors())
+        raise BundleError([f"{bundle or root}: {INDEX} is not a bundle index: {why}"]) from None
+    except OSError as e:
+        raise BundleError([f"{bundle or root}: {INDEX} is not a bundle index: {e}"]) from None
 
 
 def scan(root: Path) -> dict[str, IndexEntry]:

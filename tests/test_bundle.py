@@ -238,6 +238,20 @@ def test_unbundle_refuses_unsafe_entries(tmp_path: Path, entries: list, why: str
     assert not (tmp_path / "x" / "escaped").exists()
 
 
+def test_an_index_naming_a_lab_outside_is_refused(tmp_path: Path) -> None:
+    bundle(make_lab(tmp_path / "a"), tmp_path / "lab.tar")
+
+    def outside(name: str, data: bytes) -> bytes | None:
+        return data.replace(b'"labs/smoke.yaml"', b'"../../etc/passwd"') if name == INDEX else None
+
+    rewrite(tmp_path / "lab.tar", tmp_path / "bad.tar", outside)
+    code, _, stderr = run_cli("unbundle", tmp_path / "bad.tar", tmp_path / "b")
+    assert code == 1 and "is not a bundle index" in stderr and "'..'" in stderr
+    assert not (tmp_path / "b").exists()
+    code, stdout, _ = run_cli("verify", tmp_path / "bad.tar", "--json")
+    assert code == 1 and "is not a bundle index" in stdout
+
+
 # --- a round -------------------------------------------------------------------------------------
 
 
