@@ -47,7 +47,7 @@ def serve_tiny(hub: HubServer, tmp_path: Path, params: TinyModelParams = TinyMod
 
 
 def staged_data(store: Store) -> list[Path]:
-    """Regular files left in partial/ other than the hub client's lock files and cache tag."""
+    """Regular files left in partial/ other than lock files (and a cache tag)."""
     return [p for p in store.partial.rglob("*") if p.is_file() and not p.is_symlink()
             and p.suffix != ".lock" and p.name != "CACHEDIR.TAG"]
 
