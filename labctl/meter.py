@@ -31,10 +31,10 @@ import aiohttp
 from aiohttp import web
 
 from labctl.meterstate import InterventionPolicy, MeterConfig, MeterState, Recorder
+from labctl.sserelay import StreamRelay
 from labctl.transcript import (
     Dialect,
     Reassembler,
-    SSESplitter,
     downstream_headers,
     dump,
     error_body,
@@ -81,6 +81,7 @@ class Meter:
         self.recorder = Recorder(cfg.transcript, cfg.status_file(), cfg.alias,
                                  secrets=[self.key] if self.key else [])
         self.names = self.recorder.names  # upstream model names seen: redacted wherever they appear
+        self.fingerprints: set[str | None] = set()  # upstream system_fingerprints seen: cut from streams
         up = urlsplit(cfg.upstream)
         self.recorder.hidden = {k: "[upstream]" for k in (cfg.upstream.rstrip("/"), up.netloc) if k}
         if cfg.upstream_model:
@@ -296,36 +297,38 @@ class Meter:
 
     async def relay_stream(self, request: web.Request, rec: Rec, asm: Reassembler, dialect: Dialect,
                            up: aiohttp.ClientResponse, hide_usage: bool) -> web.StreamResponse:
-        """Forward each SSE event as soon as it is whole (never the whole response buffered).
-        A stream that ends without its terminal event was dropped: the agent gets an error event
-        in its dialect and the run is marked errored."""
+        """Forward each upstream chunk as soon as its events are whole (never the whole response
+        buffered; see labctl/sserelay.py), and parse it for the transcript once the agent has its
+        last byte. A stream that ends without its terminal event was dropped: the agent gets an
+        error event in its dialect and the run is marked errored."""
         rec["stream"] = True
         resp = web.StreamResponse(status=up.status,
                                   headers={**downstream_headers(up.headers), "Cache-Control": "no-cache"})
         await resp.prepare(request)
-        split = SSESplitter()
+        relay = StreamRelay(asm, dialect, self.cfg.alias, self.names, self.fingerprints, hide_usage)
         dropped: str | None = None
         try:
             async for chunk in up.content.iter_any():
-                out = b"".join(asm.relay(ev, hide_usage, self.names) for ev in split.feed(chunk))
+                out = relay.feed(chunk)
                 if out:
                     try:
                         await resp.write(out)
                     except ConnectionResetError:
                         rec["error"] = {"type": "agent_disconnected", "message": "the agent left mid-stream"}
+                        relay.finish()
                         return resp
         except (TimeoutError, aiohttp.ClientError) as e:
             dropped = f"upstream stream broke: {type(e).__name__}"
-        finally:
-            self.names |= asm.upstream_models
-        if dropped is None and not asm.done:
+        if dropped is None and not relay.ended:
             dropped = "upstream closed the stream before its end"
         if dropped is not None:
-            self.mark_error(rec, "stream_dropped", dropped, events=asm.events)
             with contextlib.suppress(ConnectionResetError):
                 await resp.write(error_event(dialect, f"labctl meter: {dropped}"))
         with contextlib.suppress(ConnectionResetError):
             await resp.write_eof()
+        relay.finish()  # the agent has everything: now the parsing, off its clock
+        if dropped is not None:
+            self.mark_error(rec, "stream_dropped", dropped, events=asm.events)
         return resp
 
     def finish(self, rec: Rec, asm: Reassembler, m0: float) -> None:

@@ -208,30 +208,6 @@ class Reassembler:
         elif kind == "input_json_delta" and i in self.calls:
             self.calls[i]["arguments"] += d.get("partial_json") or ""
 
-    def relay(self, ev: bytes, hide_usage: bool, names: set[str]) -> bytes:
-        """One whole SSE event in, the bytes the agent gets out (parsed on the side). Events that
-        name no model pass byte for byte; `hide_usage` drops the usage chunk the meter asked for."""
-        name, data = sse_fields(ev)
-        if data is None:
-            return ev
-        if data == b"[DONE]":
-            self.done = True
-            return ev
-        try:
-            obj = json.loads(data)
-        except ValueError:
-            return scrub_bytes(ev, self.alias, names | self.upstream_models)
-        if not isinstance(obj, dict):
-            return ev
-        self.event(name, obj)
-        if hide_usage and obj.get("choices") == [] and "usage" in obj:
-            return b""
-        out = rewrite_identity(ev, obj, self.alias)
-        if out is None:  # not the compact form: edit the object and serialise it again
-            scrub(obj, self.alias)
-            out = (f"event: {name}\n" if name else "").encode() + b"data: " + dump(obj).encode() + b"\n\n"
-        return out
-
     def response(self) -> dict[str, Any]:
         return {"content": "".join(self.text) if self.text else None,
                 "reasoning": "".join(self.reasoning) if self.reasoning else None,
