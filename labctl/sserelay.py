@@ -52,6 +52,19 @@ def last_boundary(buf: bytes) -> int:
     return max(lf + 2 if lf >= 0 else 0, crlf + 3 if crlf >= 0 else 0)
 
 
+def _split_point(part: bytes) -> int:
+    """An event boundary inside `part` near its middle (0: `part` is one event)."""
+    mid = len(part) // 2
+    before = last_boundary(part[:mid])
+    if before:
+        return before
+    after = part.find(b"\n\n", mid)
+    crlf = part.find(b"\n\r\n", mid)
+    ends = [i + 2 for i in (after,) if i >= 0] + [i + 3 for i in (crlf,) if i >= 0]
+    cut = min(ends, default=0)
+    return cut if cut < len(part) else 0
+
+
 class StreamRelay:
     """One streamed answer: `feed` each upstream chunk and forward what it returns; `ended` says
     whether the terminal event passed; `finish()` parses everything into `asm` afterwards.
@@ -86,10 +99,19 @@ class StreamRelay:
         part, self._tail = (buf, b"") if cut == len(buf) else (buf[:cut], buf[cut:])
         if not self.ended and _TERMINAL[self.dialect].search(part):
             self.ended = True
+        return self._relay(part)
+
+    def _relay(self, part: bytes) -> bytes:
+        """Byte edits where they suffice; otherwise halve at an event boundary and try each half,
+        so one event that needs care (the first naming the model, the usage chunk) costs a
+        parse of itself, not of the hundred events that arrived with it."""
         out = self._edit(part)
         if out is not None:
             self._kept.append(part)
             return out
+        cut = _split_point(part)
+        if cut:
+            return self._relay(part[:cut]) + self._relay(part[cut:])
         self.slow_chunks += 1
         return b"".join(self._careful(ev) for ev in SSESplitter().feed(part))
 
@@ -157,7 +179,10 @@ class StreamRelay:
 
 def parse_events(raw: bytes) -> list[tuple[str | None, dict[str, Any]]]:
     """The JSON-object events in `raw` (whole events), `[DONE]` and other non-objects left out.
-    One regex pass and one json.loads for the common shape; event by event otherwise."""
+    One json.loads for the common shape; event by event otherwise."""
+    objs = _data_only(raw)
+    if objs is not None:
+        return [(None, obj) for obj in objs if isinstance(obj, dict)]
     found = _SIMPLE_EVENTS.findall(raw)
     if sum(len(whole) for whole, _, _ in found) == len(raw):
         kept = [(name, data) for _, name, data in found if data != b"[DONE]"]
@@ -180,3 +205,21 @@ def parse_events(raw: bytes) -> list[tuple[str | None, dict[str, Any]]]:
         if isinstance(obj, dict):
             out.append((name, obj))
     return out
+
+
+def _data_only(raw: bytes) -> list[Any] | None:
+    """OpenAI's shape, `data: <one line>` + blank line per event, parsed as one JSON array: the
+    separators become commas. Only when the newline count proves there is no other line."""
+    events = raw.count(b"\n\n")
+    if not raw.startswith(b"data: ") or raw.count(b"\n") != 2 * events or not raw.endswith(b"\n\n"):
+        return None
+    if raw.count(b"\n\ndata: ") != events - 1:
+        return None
+    body = raw[6:-2]
+    if body.endswith(b"[DONE]"):
+        body, events = body[:-6].removesuffix(b"\n\ndata: "), events - 1
+    try:
+        objs = json.loads(b"[" + body.replace(b"\n\ndata: ", b",") + b"]")
+    except ValueError:
+        return None
+    return objs if isinstance(objs, list) and len(objs) == events else None
