@@ -81,7 +81,7 @@ class Meter:
         self.state = MeterState(alias=cfg.alias, dialect=cfg.dialect, started_at=time.time(),
                                 token_budget=cfg.token_budget)
         self.recorder = Recorder(cfg.transcript, cfg.status_file(), cfg.alias,
-                                 secrets=[self.key] if self.key else [])
+                                 secrets=[self.key] if self.key else [], blob_bytes=cfg.blob_bytes)
         self.names = self.recorder.names  # upstream model names seen: redacted wherever they appear
         self.fingerprints: set[str | None] = set()  # upstream system_fingerprints seen: cut from streams
         up = urlsplit(cfg.upstream)
@@ -188,7 +188,14 @@ class Meter:
         rec = new_record(self.seq, t0, dialect, path)
         asm = Reassembler(dialect, self.cfg.alias)
         try:
-            raw = await request.read()
+            size = request.content_length
+            if size is not None and size > self.cfg.max_request_bytes:
+                return await self.too_large(request, rec, dialect, size)
+            try:
+                raw = await request.read()  # a chunked body is cut at the app's client_max_size
+            except web.HTTPRequestEntityTooLarge:
+                return await self.too_large(request, rec, dialect, None)
+            rec["request_bytes"] = len(raw)
             try:
                 body = json.loads(raw)
                 if not isinstance(body, dict):
@@ -236,6 +243,18 @@ class Meter:
         rec["status"], rec["error"] = status, {"type": kind, "message": message}
         return await self.send(request, self.fail(dialect, status, message, kind,
                                                   kind if dialect == "openai" else None))
+
+    async def too_large(self, request: web.Request, rec: Rec, dialect: Dialect, size: int | None
+                        ) -> web.StreamResponse:
+        """413 from the meter itself: nothing that large is forwarded (or kept in memory)."""
+        limit = self.cfg.max_request_bytes
+        rec["request_bytes"] = size
+        what = f"{size} bytes" if size is not None else "larger"
+        msg = f"labctl meter: the request body is {what}, over the limit of {limit} bytes"
+        self.state.refused += 1
+        rec["status"], rec["error"] = 413, {"type": "request_too_large", "message": msg}
+        kind = "request_too_large" if dialect == "anthropic" else "invalid_request_error"
+        return await self.send(request, self.fail(dialect, 413, msg, kind, "request_too_large"))
 
     async def forward(self, request: web.Request, rec: Rec, asm: Reassembler, dialect: Dialect, path: str,
                       data: bytes, hide_usage: bool, m0: float) -> web.StreamResponse:
@@ -411,7 +430,7 @@ async def start_meter(cfg: MeterConfig) -> MeterHandle:
     """Start listening on the running loop; stop with `await handle.stop()`."""
     meter = Meter(cfg)
     await meter.open()
-    app = web.Application(client_max_size=256 << 20)  # long contexts and images exceed aiohttp's 1 MiB
+    app = web.Application(client_max_size=cfg.max_request_bytes)  # long contexts exceed aiohttp's 1 MiB
     app.on_response_prepare.append(_server_header)
     app.router.add_route("*", "/{tail:.*}", meter.handle)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)

@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from labctl import blobs
 from labctl.spec import Intervention, Interventions
 from labctl.transcript import Dialect, call_signature, inject_user_text
 
@@ -53,6 +54,11 @@ class MeterConfig(BaseModel):
     """Longest silence from the upstream (a slow model, not streaming) before the call fails."""
     keepalive_s: float = 4.0
     """Idle upstream connections close before llama-server's own 5 s keep-alive ends them."""
+    max_request_bytes: int = Field(default=32 << 20, ge=1024)
+    """Largest request body forwarded; a larger one is answered 413 by the meter itself (and recorded)."""
+    blob_bytes: int | None = Field(default=1 << 20, ge=0)
+    """Request bodies larger than this go to `transcript.blobs/<sha256>`, referenced from their
+    record (labctl/blobs.py); None keeps every body inline."""
 
     def status_file(self) -> Path:
         return self.status_path or self.transcript.with_name("status.json")
@@ -207,8 +213,11 @@ class Recorder:
     model names become the alias, in whatever field they hid.
     """
 
-    def __init__(self, path: Path, status_path: Path, alias: str, secrets: list[str] | None = None) -> None:
+    def __init__(self, path: Path, status_path: Path, alias: str, secrets: list[str] | None = None,
+                 blob_bytes: int | None = None) -> None:
         self.path, self.status_path, self.alias = Path(path), Path(status_path), alias
+        self.blob_bytes = blob_bytes
+        """A record's `request` whose body (`request_bytes`) is larger goes to a blob."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.status_path.parent.mkdir(parents=True, exist_ok=True)
         self.secrets = [s for s in (secrets or []) if s]
@@ -257,12 +266,22 @@ class Recorder:
         self._thread.join(60)
         self._f.close()
 
+    def _blob(self, record: dict[str, Any], names: frozenset[str]) -> dict[str, Any]:
+        """A request body over `blob_bytes` written as a blob, its record holding the reference."""
+        size = record.get("request_bytes")
+        if self.blob_bytes is None or not isinstance(size, int) or size <= self.blob_bytes \
+                or record.get("request") is None:
+            return record
+        text = self.redact(json.dumps(record["request"], ensure_ascii=False, default=str), names)
+        return {**record, "request": blobs.store(blobs.blob_dir(self.path), text.encode())}
+
     def _run(self) -> None:
         while (item := self._q.get()) is not None:
             try:
                 kind, payload = item
                 if kind == "record":
                     record, names = payload
+                    record = self._blob(record, names)
                     line = json.dumps(record, ensure_ascii=False, default=str)
                     self._f.write(self.redact(line, names) + "\n")
                     if self._q.empty():  # a burst of records: one write, once the burst is queued out

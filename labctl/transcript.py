@@ -74,8 +74,8 @@ def new_record(seq: int, t_start: float, dialect: Dialect, path: str) -> dict[st
     """The skeleton of one exchange record: every key present from the start, filled as it goes."""
     return {"kind": "exchange", "seq": seq, "t_start": t_start, "t_end": None, "latency_ms": None,
             "ttfb_ms": None, "dialect": dialect, "path": path, "stream": False, "request": None,
-            "response": None, "usage": None, "timings": None, "status": None, "error": None,
-            "forwarded": False, "interventions": None}
+            "request_bytes": None, "response": None, "usage": None, "timings": None, "status": None,
+            "error": None, "forwarded": False, "interventions": None}
 
 
 def normalize_usage(dialect: Dialect, usage: dict[str, Any] | None) -> dict[str, Any] | None:
