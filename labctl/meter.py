@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from labctl.meterstate import InterventionPolicy, MeterConfig, MeterState, Recorder
 from labctl.sserelay import StreamRelay
@@ -93,6 +94,7 @@ class Meter:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._status_timer: asyncio.TimerHandle | None = None
         self._published = (False, False)
+        self._urls: dict[str, URL] = {}
         self.seq = 0
         self.publish(now=True)
 
@@ -101,7 +103,10 @@ class Meter:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.cfg.connect_timeout_s,
                                         sock_read=self.cfg.read_timeout_s)
         connector = aiohttp.TCPConnector(limit=64, keepalive_timeout=self.cfg.keepalive_s)
-        self.session = aiohttp.ClientSession(connector=connector, timeout=timeout)
+        # no cookie jar: an upstream's cookies are nothing the next call should carry (and filtering
+        # them cost time on every call)
+        self.session = aiohttp.ClientSession(connector=connector, timeout=timeout,
+                                             cookie_jar=aiohttp.DummyCookieJar())
 
     async def close(self) -> None:
         if self.session is not None:
@@ -132,6 +137,12 @@ class Meter:
         """Publish a state still waiting for its turn (drain, shutdown)."""
         if self._status_timer is not None:
             self.publish(now=True)
+
+    def upstream_url(self, path: str) -> URL:
+        """`url(path)` parsed once per path (the model-call paths are few; parsing cost per call)."""
+        if (parsed := self._urls.get(path)) is None:
+            parsed = self._urls[path] = URL(self.url(path))
+        return parsed
 
     def url(self, path: str, query: str = "") -> str:
         """Upstream URL; a base ending in /v1 (`https://api.openai.com/v1`) is not doubled."""
@@ -264,7 +275,7 @@ class Meter:
         self.state.forwarded += 1
         for attempt in (0, 1):
             try:
-                async with self.session.post(self.url(path), data=data, headers=headers) as up:
+                async with self.session.post(self.upstream_url(path), data=data, headers=headers) as up:
                     rec["ttfb_ms"] = round((time.perf_counter() - m0) * 1000, 3)
                     rec["status"] = up.status
                     if up.status >= 400:
