@@ -30,6 +30,7 @@ from test_meter import (
 )
 
 from labctl import blobs
+from labctl.report import transcript_summary
 from labctl.runparts import transcript_records
 from labctl.sserelay import StreamRelay, parse_events
 from labctl.transcript import Reassembler
@@ -163,6 +164,13 @@ def test_large_request_body_is_a_blob_the_readers_read_back(tmp_path: Path) -> N
     assert json.loads(blob) == body
     assert rec["response"]["content"] and rec["usage"]["total_tokens"] > 0  # the rest stays inline
     assert [r["request"] for r in transcript_records(transcript)] == [body, chat_body("openai")]
+    assert transcript_summary(transcript)["requests"] == 2
+    first_only = tmp_path / "first" / "transcript.jsonl"  # the report counts the last request's messages
+    first_only.parent.mkdir()
+    first_only.write_text(lines[0] + "\n")
+    (first_only.parent / "transcript.blobs").mkdir()
+    (first_only.parent / "transcript.blobs" / digest).write_bytes(blob)
+    assert transcript_summary(first_only)["messages"] == 1
     assert blobs.check(transcript) == []
 
 
