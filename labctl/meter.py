@@ -4,9 +4,11 @@ Why it exists: a blind, comparable round needs every model call recorded the sam
 llama.cpp `timings`, tool calls), budgets enforced outside the agent, real API keys kept out of
 the task container, and nothing that names the model reaching the agent. So the agent gets a base
 URL and a dummy key; this proxy swaps in the real key, rewrites the model's name to a neutral
-alias, streams bytes straight through (parsing on the side), appends one transcript record per
-request, and publishes a `MeterState` (in memory, as `status.json`, at `GET /_labctl/status`) that
-a runner in another process or container polls to stop or mark the run.
+alias, streams bytes straight through (byte edits on the way, parsing once the agent has its
+answer: labctl/sserelay.py), appends one transcript record per request (a large request body as a
+blob beside it: labctl/blobs.py), answers 413 itself above `max_request_bytes`, and publishes a
+`MeterState` (in memory, as `status.json`, at `GET /_labctl/status`) that a runner in another
+process or container polls to stop or mark the run.
 
 API: `MeterConfig` → `await start_meter(cfg)` → `MeterHandle` (url, state, `await stop()`), or
 `with meter_in_thread(cfg) as handle:` from synchronous code. Wire formats live in
