@@ -75,6 +75,11 @@ def meter_command(
     = None,
     status: Annotated[Path | None, typer.Option(help="Status file (default: status.json by the transcript).")]
     = None,
+    max_request_bytes: Annotated[int, typer.Option(
+        help="Largest request body forwarded; larger ones get 413 from the meter.")] = 32 << 20,
+    blob_bytes: Annotated[int, typer.Option(
+        help="Request bodies larger than this are kept as transcript.blobs/<sha256> (-1: never).")]
+    = 1 << 20,
     as_json: Annotated[bool, typer.Option("--json", help="Print the listening line and final state as JSON.")]
     = False,
 ) -> None:
@@ -86,7 +91,8 @@ def meter_command(
         cfg = MeterConfig(upstream=upstream, dialect=dialect, transcript=transcript, host=host, port=port,
                           alias=alias, upstream_model=upstream_model, api_key_env=api_key_env,
                           token_budget=token_budget, interventions=load_interventions(interventions),
-                          status_path=status)
+                          status_path=status, max_request_bytes=max_request_bytes,
+                          blob_bytes=None if blob_bytes < 0 else blob_bytes)
     except (ValueError, ValidationError, OSError) as e:
         raise fail(str(e).splitlines()[0] if not isinstance(e, ValidationError) else _first(e), as_json,
                    code=EXIT_SPEC) from None

@@ -4,9 +4,11 @@ Why it exists: a blind, comparable round needs every model call recorded the sam
 llama.cpp `timings`, tool calls), budgets enforced outside the agent, real API keys kept out of
 the task container, and nothing that names the model reaching the agent. So the agent gets a base
 URL and a dummy key; this proxy swaps in the real key, rewrites the model's name to a neutral
-alias, streams bytes straight through (parsing on the side), appends one transcript record per
-request, and publishes a `MeterState` (in memory, as `status.json`, at `GET /_labctl/status`) that
-a runner in another process or container polls to stop or mark the run.
+alias, streams bytes straight through (byte edits on the way, parsing once the agent has its
+answer: labctl/sserelay.py), appends one transcript record per request (a large request body as a
+blob beside it: labctl/blobs.py), answers 413 itself above `max_request_bytes`, and publishes a
+`MeterState` (in memory, as `status.json`, at `GET /_labctl/status`) that a runner in another
+process or container polls to stop or mark the run.
 
 API: `MeterConfig` → `await start_meter(cfg)` → `MeterHandle` (url, state, `await stop()`), or
 `with meter_in_thread(cfg) as handle:` from synchronous code. Wire formats live in
@@ -29,12 +31,13 @@ from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from labctl.meterstate import InterventionPolicy, MeterConfig, MeterState, Recorder
+from labctl.sserelay import StreamRelay
 from labctl.transcript import (
     Dialect,
     Reassembler,
-    SSESplitter,
     downstream_headers,
     dump,
     error_body,
@@ -57,6 +60,8 @@ PASSTHROUGH = {"/health", "/v1/health", "/v1/messages/count_tokens"}
 """Forwarded as they are (no tokens spent). Introspection such as llama-server's /props, /slots
 or /metrics is refused: it names the model file, its chat template and its size."""
 STATUS_PATH = "/_labctl/status"
+STATUS_INTERVAL_S = 0.1
+"""Longest delay of status.json behind the live state (a stop or an error is written at once)."""
 _INFRA = {401, 403, 404}
 """Upstream answers meaning our side is wrong (key, URL or model id): the run errored."""
 _MODEL_FAULT = re.compile(rb"model produced output that does not match|failed to parse (tool call|input)",
@@ -79,33 +84,67 @@ class Meter:
         self.state = MeterState(alias=cfg.alias, dialect=cfg.dialect, started_at=time.time(),
                                 token_budget=cfg.token_budget)
         self.recorder = Recorder(cfg.transcript, cfg.status_file(), cfg.alias,
-                                 secrets=[self.key] if self.key else [])
+                                 secrets=[self.key] if self.key else [], blob_bytes=cfg.blob_bytes)
         self.names = self.recorder.names  # upstream model names seen: redacted wherever they appear
+        self.fingerprints: set[str | None] = set()  # upstream system_fingerprints seen: cut from streams
         up = urlsplit(cfg.upstream)
         self.recorder.hidden = {k: "[upstream]" for k in (cfg.upstream.rstrip("/"), up.netloc) if k}
         if cfg.upstream_model:
             self.names.add(cfg.upstream_model)
         self.policy = InterventionPolicy(cfg.interventions)
         self.session: aiohttp.ClientSession | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._status_timer: asyncio.TimerHandle | None = None
+        self._published = (False, False)
+        self._urls: dict[str, URL] = {}
         self.seq = 0
-        self.publish()
+        self.publish(now=True)
 
     async def open(self) -> None:
+        self.loop = asyncio.get_running_loop()
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.cfg.connect_timeout_s,
                                         sock_read=self.cfg.read_timeout_s)
         connector = aiohttp.TCPConnector(limit=64, keepalive_timeout=self.cfg.keepalive_s)
-        self.session = aiohttp.ClientSession(connector=connector, timeout=timeout)
+        # no cookie jar: an upstream's cookies are nothing the next call should carry (and filtering
+        # them cost time on every call)
+        self.session = aiohttp.ClientSession(connector=connector, timeout=timeout,
+                                             cookie_jar=aiohttp.DummyCookieJar())
 
     async def close(self) -> None:
         if self.session is not None:
             await self.session.close()
+        await self.flush()
         self.recorder.close()
 
-    def publish(self) -> None:
-        self.state.updated_at = time.time()
-        if self.recorder.failed and not self.state.errored:
-            self.state.errored, self.state.last_error = True, self.recorder.failed
-        self.recorder.publish(self.state)
+    def publish(self, now: bool = False) -> None:
+        """Hand the state to the recorder for status.json: at once when it changes what a runner
+        acts on (stopped, errored), otherwise at most every STATUS_INTERVAL_S. Why: replacing the
+        file on every call cost more CPU than the call itself, and the runner polls at 0.25 s."""
+        st = self.state
+        if self.recorder.failed and not st.errored:
+            st.errored, st.last_error = True, self.recorder.failed
+        if not now and (st.stopped, st.errored) == self._published:
+            if self._status_timer is None and self.loop is not None:
+                self._status_timer = self.loop.call_later(STATUS_INTERVAL_S, self.publish, True)
+            if self._status_timer is not None:
+                return
+        if self._status_timer is not None:
+            self._status_timer.cancel()
+            self._status_timer = None
+        st.updated_at = time.time()
+        self._published = (st.stopped, st.errored)
+        self.recorder.publish(st)
+
+    async def flush(self) -> None:
+        """Publish a state still waiting for its turn (drain, shutdown)."""
+        if self._status_timer is not None:
+            self.publish(now=True)
+
+    def upstream_url(self, path: str) -> URL:
+        """`url(path)` parsed once per path (the model-call paths are few; parsing cost per call)."""
+        if (parsed := self._urls.get(path)) is None:
+            parsed = self._urls[path] = URL(self.url(path))
+        return parsed
 
     def url(self, path: str, query: str = "") -> str:
         """Upstream URL; a base ending in /v1 (`https://api.openai.com/v1`) is not doubled."""
@@ -162,7 +201,14 @@ class Meter:
         rec = new_record(self.seq, t0, dialect, path)
         asm = Reassembler(dialect, self.cfg.alias)
         try:
-            raw = await request.read()
+            size = request.content_length
+            if size is not None and size > self.cfg.max_request_bytes:
+                return await self.too_large(request, rec, dialect, size)
+            try:
+                raw = await request.read()  # a chunked body is cut at the app's client_max_size
+            except web.HTTPRequestEntityTooLarge:
+                return await self.too_large(request, rec, dialect, None)
+            rec["request_bytes"] = len(raw)
             try:
                 body = json.loads(raw)
                 if not isinstance(body, dict):
@@ -211,6 +257,18 @@ class Meter:
         return await self.send(request, self.fail(dialect, status, message, kind,
                                                   kind if dialect == "openai" else None))
 
+    async def too_large(self, request: web.Request, rec: Rec, dialect: Dialect, size: int | None
+                        ) -> web.StreamResponse:
+        """413 from the meter itself: nothing that large is forwarded (or kept in memory)."""
+        limit = self.cfg.max_request_bytes
+        rec["request_bytes"] = size
+        what = f"{size} bytes" if size is not None else "larger"
+        msg = f"labctl meter: the request body is {what}, over the limit of {limit} bytes"
+        self.state.refused += 1
+        rec["status"], rec["error"] = 413, {"type": "request_too_large", "message": msg}
+        kind = "request_too_large" if dialect == "anthropic" else "invalid_request_error"
+        return await self.send(request, self.fail(dialect, 413, msg, kind, "request_too_large"))
+
     async def forward(self, request: web.Request, rec: Rec, asm: Reassembler, dialect: Dialect, path: str,
                       data: bytes, hide_usage: bool, m0: float) -> web.StreamResponse:
         assert self.session is not None
@@ -219,7 +277,7 @@ class Meter:
         self.state.forwarded += 1
         for attempt in (0, 1):
             try:
-                async with self.session.post(self.url(path), data=data, headers=headers) as up:
+                async with self.session.post(self.upstream_url(path), data=data, headers=headers) as up:
                     rec["ttfb_ms"] = round((time.perf_counter() - m0) * 1000, 3)
                     rec["status"] = up.status
                     if up.status >= 400:
@@ -296,36 +354,38 @@ class Meter:
 
     async def relay_stream(self, request: web.Request, rec: Rec, asm: Reassembler, dialect: Dialect,
                            up: aiohttp.ClientResponse, hide_usage: bool) -> web.StreamResponse:
-        """Forward each SSE event as soon as it is whole (never the whole response buffered).
-        A stream that ends without its terminal event was dropped: the agent gets an error event
-        in its dialect and the run is marked errored."""
+        """Forward each upstream chunk as soon as its events are whole (never the whole response
+        buffered; see labctl/sserelay.py), and parse it for the transcript once the agent has its
+        last byte. A stream that ends without its terminal event was dropped: the agent gets an
+        error event in its dialect and the run is marked errored."""
         rec["stream"] = True
         resp = web.StreamResponse(status=up.status,
                                   headers={**downstream_headers(up.headers), "Cache-Control": "no-cache"})
         await resp.prepare(request)
-        split = SSESplitter()
+        relay = StreamRelay(asm, dialect, self.cfg.alias, self.names, self.fingerprints, hide_usage)
         dropped: str | None = None
         try:
             async for chunk in up.content.iter_any():
-                out = b"".join(asm.relay(ev, hide_usage, self.names) for ev in split.feed(chunk))
+                out = relay.feed(chunk)
                 if out:
                     try:
                         await resp.write(out)
                     except ConnectionResetError:
                         rec["error"] = {"type": "agent_disconnected", "message": "the agent left mid-stream"}
+                        relay.finish()
                         return resp
         except (TimeoutError, aiohttp.ClientError) as e:
             dropped = f"upstream stream broke: {type(e).__name__}"
-        finally:
-            self.names |= asm.upstream_models
-        if dropped is None and not asm.done:
+        if dropped is None and not relay.ended:
             dropped = "upstream closed the stream before its end"
         if dropped is not None:
-            self.mark_error(rec, "stream_dropped", dropped, events=asm.events)
             with contextlib.suppress(ConnectionResetError):
                 await resp.write(error_event(dialect, f"labctl meter: {dropped}"))
         with contextlib.suppress(ConnectionResetError):
             await resp.write_eof()
+        relay.finish()  # the agent has everything: now the parsing, off its clock
+        if dropped is not None:
+            self.mark_error(rec, "stream_dropped", dropped, events=asm.events)
         return resp
 
     def finish(self, rec: Rec, asm: Reassembler, m0: float) -> None:
@@ -364,7 +424,10 @@ class MeterHandle:
         return self.meter.state
 
     def drain(self) -> None:
-        """Block until every record and status so far is on disk (from any thread)."""
+        """Block until every record and status so far is on disk (from any thread but the meter's)."""
+        loop = self.meter.loop
+        if loop is not None and loop.is_running():
+            asyncio.run_coroutine_threadsafe(self.meter.flush(), loop).result(30)
         self.meter.recorder.drain()
 
     async def stop(self) -> None:
@@ -380,7 +443,7 @@ async def start_meter(cfg: MeterConfig) -> MeterHandle:
     """Start listening on the running loop; stop with `await handle.stop()`."""
     meter = Meter(cfg)
     await meter.open()
-    app = web.Application(client_max_size=256 << 20)  # long contexts and images exceed aiohttp's 1 MiB
+    app = web.Application(client_max_size=cfg.max_request_bytes)  # long contexts exceed aiohttp's 1 MiB
     app.on_response_prepare.append(_server_header)
     app.router.add_route("*", "/{tail:.*}", meter.handle)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)

@@ -12,6 +12,7 @@ import json
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from labctl import blobs
 from labctl.spec import Intervention, Interventions
 from labctl.transcript import Dialect, call_signature, inject_user_text
 
@@ -53,6 +55,11 @@ class MeterConfig(BaseModel):
     """Longest silence from the upstream (a slow model, not streaming) before the call fails."""
     keepalive_s: float = 4.0
     """Idle upstream connections close before llama-server's own 5 s keep-alive ends them."""
+    max_request_bytes: int = Field(default=32 << 20, ge=1024)
+    """Largest request body forwarded; a larger one is answered 413 by the meter itself (and recorded)."""
+    blob_bytes: int | None = Field(default=1 << 20, ge=0)
+    """Request bodies larger than this go to `transcript.blobs/<sha256>`, referenced from their
+    record (labctl/blobs.py); None keeps every body inline."""
 
     def status_file(self) -> Path:
         return self.status_path or self.transcript.with_name("status.json")
@@ -196,19 +203,29 @@ class InterventionPolicy:
         return None
 
 
+BATCH_S = 0.05
+"""How long the recorder lets records gather before writing them. Why: waking the writer thread for
+each record made it take the GIL (and a CPU) right when the agent's next call arrived; profiled,
+that cost the event loop more than the call itself on a busy 2-core machine."""
+
+
 class Recorder:
-    """Writes transcript.jsonl (append-only, one record per line, flushed per record) and
+    """Writes transcript.jsonl (append-only, one record per line, flushed when the queue empties) and
     status.json (replaced atomically, so a poller never reads half a file) on its own thread.
 
     Why a thread: replacing a file costs 0.2–1 ms on ext4 (the rename forces a data flush) and a
     long conversation's record takes as long to serialise; on the event loop that would be added
-    to the agent's next call. Status writes coalesce: only the newest state is written.
+    to the agent's next call. It writes in batches (`BATCH_S`), and status writes coalesce: only
+    the newest state is written.
     Every line passes through `redact`: secrets (the real API key) become `[REDACTED]` and upstream
     model names become the alias, in whatever field they hid.
     """
 
-    def __init__(self, path: Path, status_path: Path, alias: str, secrets: list[str] | None = None) -> None:
+    def __init__(self, path: Path, status_path: Path, alias: str, secrets: list[str] | None = None,
+                 blob_bytes: int | None = None) -> None:
         self.path, self.status_path, self.alias = Path(path), Path(status_path), alias
+        self.blob_bytes = blob_bytes
+        """A record's `request` whose body (`request_bytes`) is larger goes to a blob."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.status_path.parent.mkdir(parents=True, exist_ok=True)
         self.secrets = [s for s in (secrets or []) if s]
@@ -222,6 +239,7 @@ class Recorder:
         self._status: tuple[str, frozenset[str]] = ("{}", frozenset())
         self._status_queued = False
         self._lock = threading.Lock()
+        self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="labctl-meter-recorder", daemon=True)
         self._thread.start()
 
@@ -238,7 +256,7 @@ class Recorder:
 
     def write(self, record: dict[str, Any]) -> None:
         """Queue a record; the caller must not change it afterwards."""
-        self._q.put(("record", (record, frozenset(self.names))))
+        self._put(("record", (record, frozenset(self.names))))
 
     def publish(self, state: MeterState) -> None:
         with self._lock:
@@ -246,27 +264,60 @@ class Recorder:
             if self._status_queued:
                 return
             self._status_queued = True
-        self._q.put(("status", None))
+        self._put(("status", None))
+
+    def _put(self, item: tuple[str, Any] | None) -> None:
+        self._q.put(item)
+        if not self._wake.is_set():  # the batch's first item wakes the thread; the rest just queue
+            self._wake.set()
 
     def drain(self) -> None:
         """Wait until everything queued is on disk."""
         self._q.join()
 
     def close(self) -> None:
-        self._q.put(None)
+        self._put(None)
         self._thread.join(60)
         self._f.close()
 
+    def _blob(self, record: dict[str, Any], names: frozenset[str]) -> dict[str, Any]:
+        """A request body over `blob_bytes` written as a blob, its record holding the reference."""
+        size = record.get("request_bytes")
+        if self.blob_bytes is None or not isinstance(size, int) or size <= self.blob_bytes \
+                or record.get("request") is None:
+            return record
+        text = self.redact(json.dumps(record["request"], ensure_ascii=False, default=str), names)
+        return {**record, "request": blobs.store(blobs.blob_dir(self.path), text.encode())}
+
     def _run(self) -> None:
-        while (item := self._q.get()) is not None:
+        while True:
+            self._wake.wait()
+            time.sleep(BATCH_S)  # let the batch gather (the GIL is free meanwhile)
+            self._wake.clear()
+            if not self._write_batch():
+                return
+
+    def _write_batch(self) -> bool:
+        """Everything queued so far; False once the closing None was reached."""
+        while True:
+            try:
+                item = self._q.get_nowait()
+            except queue.Empty:
+                return True
+            if item is None:
+                self._q.task_done()
+                return False
             try:
                 kind, payload = item
                 if kind == "record":
                     record, names = payload
+                    record = self._blob(record, names)
                     line = json.dumps(record, ensure_ascii=False, default=str)
                     self._f.write(self.redact(line, names) + "\n")
-                    self._f.flush()
+                    if self._q.empty():  # a burst of records: one write, once the burst is queued out
+                        self._f.flush()
                 else:
+                    self._f.flush()  # the records a state counts are on disk before it
                     with self._lock:
                         text, self._status_queued = self._status, False
                     tmp = self.status_path.with_name(f".{self.status_path.name}.{os.getpid()}.tmp")
@@ -276,4 +327,3 @@ class Recorder:
                 self.failed = f"recording failed: {type(e).__name__}: {e}"
             finally:
                 self._q.task_done()
-        self._q.task_done()

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from labctl import blobs
 from labctl.located import SpecError, load_yaml, validate
 from labctl.lockfile import Lock, read_lock
 from labctl.rounddir import (
@@ -141,7 +142,7 @@ def transcript_summary(path: Path) -> dict[str, Any]:
         for k in keys:
             out[k] += int((rec.get("usage") or {}).get(k) or 0)
         out["tool_calls"] += len((rec.get("response") or {}).get("tool_calls") or [])
-        msgs = (rec.get("request") or {}).get("messages")
+        msgs = (blobs.resolve(rec, path).get("request") or {}).get("messages")  # a blob: read back
         messages = len(msgs) if isinstance(msgs, list) else messages
         for k in speed:
             speed[k] += float((rec.get("timings") or {}).get(k) or 0)

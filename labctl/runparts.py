@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from labctl import blobs
 from labctl.engine import DockerEngine
 from labctl.labfile import task_table
 
@@ -266,13 +267,14 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 
 def transcript_records(path: Path) -> list[dict[str, Any]]:
+    """The transcript's records, a request kept as a blob read back in its place (labctl/blobs.py)."""
     out: list[dict[str, Any]] = []
     with contextlib.suppress(OSError):
         for line in path.read_text(encoding="utf-8").splitlines():
             with contextlib.suppress(ValueError):
                 rec = json.loads(line)
                 if isinstance(rec, dict):
-                    out.append(rec)
+                    out.append(blobs.resolve(rec, path))
     return out
 
 

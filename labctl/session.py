@@ -281,6 +281,8 @@ class RunSession:
                 src = self.work / "meter" / f
                 if src.is_file():
                     shutil.copyfile(src, self.dir / ("meter-status.json" if f == "status.json" else f))
+            if (blobs := self.work / "meter" / "transcript.blobs").is_dir():  # large request bodies
+                shutil.copytree(blobs, self.dir / "transcript.blobs", dirs_exist_ok=True)
             if isinstance(self.contestant, LocalContestant):
                 logs = d("logs", self.names["server"], check=False)
                 (self.dir / "server.log").write_text(redact_server_log(logs.stdout + logs.stderr))

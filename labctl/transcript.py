@@ -74,8 +74,8 @@ def new_record(seq: int, t_start: float, dialect: Dialect, path: str) -> dict[st
     """The skeleton of one exchange record: every key present from the start, filled as it goes."""
     return {"kind": "exchange", "seq": seq, "t_start": t_start, "t_end": None, "latency_ms": None,
             "ttfb_ms": None, "dialect": dialect, "path": path, "stream": False, "request": None,
-            "response": None, "usage": None, "timings": None, "status": None, "error": None,
-            "forwarded": False, "interventions": None}
+            "request_bytes": None, "response": None, "usage": None, "timings": None, "status": None,
+            "error": None, "forwarded": False, "interventions": None}
 
 
 def normalize_usage(dialect: Dialect, usage: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -207,30 +207,6 @@ class Reassembler:
             self.reasoning.append(d.get("thinking") or "")
         elif kind == "input_json_delta" and i in self.calls:
             self.calls[i]["arguments"] += d.get("partial_json") or ""
-
-    def relay(self, ev: bytes, hide_usage: bool, names: set[str]) -> bytes:
-        """One whole SSE event in, the bytes the agent gets out (parsed on the side). Events that
-        name no model pass byte for byte; `hide_usage` drops the usage chunk the meter asked for."""
-        name, data = sse_fields(ev)
-        if data is None:
-            return ev
-        if data == b"[DONE]":
-            self.done = True
-            return ev
-        try:
-            obj = json.loads(data)
-        except ValueError:
-            return scrub_bytes(ev, self.alias, names | self.upstream_models)
-        if not isinstance(obj, dict):
-            return ev
-        self.event(name, obj)
-        if hide_usage and obj.get("choices") == [] and "usage" in obj:
-            return b""
-        out = rewrite_identity(ev, obj, self.alias)
-        if out is None:  # not the compact form: edit the object and serialise it again
-            scrub(obj, self.alias)
-            out = (f"event: {name}\n" if name else "").encode() + b"data: " + dump(obj).encode() + b"\n\n"
-        return out
 
     def response(self) -> dict[str, Any]:
         return {"content": "".join(self.text) if self.text else None,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from labctl import blobs
 from labctl.located import SpecError, load_yaml, validate
 from labctl.lockfile import read_lock
 from labctl.rounddir import (
@@ -133,6 +134,7 @@ def verify_round(round_dir: Path) -> Verification:
         v.problems.append(Problem(str(round_dir), "not a directory"))
         return v
     _check_manifest(v)
+    _check_blobs(v)
     try:
         sealed = read_sealed(round_dir)
     except (OSError, ValueError) as e:
@@ -155,6 +157,15 @@ def _check_manifest(v: Verification) -> None:
         parts = rel.split("/")
         v.add(rel, what, parts[1] if len(parts) > 2 and parts[0] == RUNS_DIR else None)
     v.checked["files"] = len(listed)
+
+
+def _check_blobs(v: Verification) -> None:
+    """Every request blob a transcript references is there and hashes to its name (labctl/blobs.py);
+    the manifest hashes the blob files too, this ties them to the records that name them."""
+    for transcript in sorted((v.round_dir / RUNS_DIR).glob("*/transcript.jsonl")):
+        run = transcript.parent.name
+        for rel, what in blobs.check(transcript):
+            v.add(f"{RUNS_DIR}/{run}/{rel}", what, run)
 
 
 def _check_sealed_shape(v: Verification, sealed: SealedRound) -> None:
