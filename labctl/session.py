@@ -71,7 +71,7 @@ SETUP_TIMEOUT_S = 600
 """The task's workspace setup command (`[labctl.repository] setup`) must finish within this."""
 METER_START_S = 60
 """The meter must answer within this after its start."""
-DEADLINE_GRACE_S = 60
+DEADLINE_GRACE_S = 30
 """Added to every container's own deadline: the seconds labctl itself needs between the steps."""
 Say = Callable[[str], None]
 

@@ -201,3 +201,23 @@ def test_kill9_leaves_nothing_running_and_resume_finds_the_lab(tmp_path: Path,
     assert results[None]["attempts"] == 2 and results[None]["status"] in ("errored", "killed")
     assert labelled_now(round_id) == NOTHING
     assert Docker.detect().labelled_images({"labctl.round": round_id}) == []
+
+
+@pytest.mark.docker
+def test_task_check_gives_the_verdict(tmp_path: Path) -> None:
+    """`labctl task check TASK --lab LAB`: oracle + nop alone in a throw-away round; exit 0 and a
+    verdict for a sound task, exit 1 naming the failing control for a broken one; nothing left."""
+    lab = task_lab(tmp_path, TASKS / "root-owned", contestants="  - id: oracle\n    kind: oracle\n")
+    envelopes = Path(os.environ["LABCTL_ENVELOPES"])
+    before = sorted(envelopes.glob("*.json")) if envelopes.is_dir() else []
+    good = cli("task", "check", TASKS / "root-owned", "--lab", lab, "--json", cwd=tmp_path)
+    assert good.returncode == 0, good.stdout + good.stderr
+    data = json.loads(good.stdout)
+    assert data["ok"] and data["runs"]["oracle"]["outcome"] == "Complete"
+    assert data["runs"]["nop"]["outcome"] == "Failed"
+    broken = tmp_path / "broken"
+    shutil.copytree(TASKS / "root-owned", broken)
+    (broken / "solution" / "solve.sh").write_text("#!/usr/bin/env bash\nexit 3\n")
+    bad = cli("task", "check", broken, "--lab", lab, cwd=tmp_path)
+    assert bad.returncode == 1 and "CONTROLS FAILED" in bad.stderr and "(oracle) is Failed" in bad.stderr
+    assert sorted(envelopes.glob("*.json")) == before  # the throw-away rounds' envelopes are gone
