@@ -146,6 +146,7 @@ from labctl.cmd_report import report_command  # noqa: E402
 from labctl.cmd_round import seal_command, unseal_command, verify_command  # noqa: E402
 from labctl.cmd_run import down_command, round_command, run_command  # noqa: E402
 from labctl.cmd_store import fetch_command, store_app  # noqa: E402
+from labctl.cmd_task import task_app  # noqa: E402
 
 app.command("lock")(lock_command)
 app.command("fetch")(fetch_command)
@@ -163,4 +164,5 @@ app.command("bundle")(bundle_command)
 app.command("unbundle")(unbundle_command)
 app.command("meter")(meter_command)
 app.add_typer(store_app, name="store")
+app.add_typer(task_app, name="task")
 app.add_typer(model_app, name="model")

@@ -76,6 +76,21 @@ def _table(rows: list[dict[str, Any]], title: str) -> None:
             out.print(f"  {r['run']}: {r['reason']}", highlight=False, markup=False)
 
 
+def _controls_alarm(round_dir: Path) -> list[str]:
+    """Print the controls' verdict loud and last (under the table, where the eye lands) when they
+    failed; returns the failures' lines. Naming control runs before unseal is fine: see
+    `labctl.controls`."""
+    from labctl.controls import control_failures
+
+    lines = [str(f) for f in control_failures(round_dir)]
+    if lines:
+        err.print("[bold white on red] CONTROLS FAILED [/] [bold red]this round's grades cannot be trusted: "
+                  "the task or the harness is broken[/]", highlight=False)
+        for line in lines:
+            err.print(f"  [red]✗ {escape(line)}[/]", highlight=False)
+    return lines
+
+
 def run_command(round_dir: RoundArg, lab: LabOpt = None, profile: ProfileOpt = None,
                 retry_errored: Annotated[bool, typer.Option(
                     "--retry-errored", help="Run the errored runs again too (an upstream outage, "
@@ -95,9 +110,13 @@ def run_command(round_dir: RoundArg, lab: LabOpt = None, profile: ProfileOpt = N
         raise _interrupted() from None
     rows = _rows(summaries, None)
     if as_json:
-        emit({"ok": True, "round": ctx.sealed.round, "runs": rows})
+        failed = _controls_alarm(round_dir)
+        emit({"ok": not failed, "round": ctx.sealed.round, "runs": rows, "controls_failed": failed})
     else:
         _table(rows, f"round {ctx.sealed.round} (sealed: contestants revealed by `labctl unseal`)")
+        failed = _controls_alarm(round_dir)
+    if failed:
+        raise typer.Exit(EXIT_FAIL)
 
 
 def round_command(lab: LabArg = DEFAULT_LAB, profile: ProfileOpt = None,
@@ -142,10 +161,13 @@ def round_command(lab: LabArg = DEFAULT_LAB, profile: ProfileOpt = None,
         raise _interrupted() from None
     rows = _rows(summaries, mapping)
     if as_json:
-        emit({"ok": True, "round": made.record.round, "round_dir": str(made.round_dir), "runs": rows})
+        failed = _controls_alarm(made.round_dir)
+        emit({"ok": not failed, "round": made.record.round, "round_dir": str(made.round_dir), "runs": rows,
+              "controls_failed": failed})
     else:
         _table(rows, f"round {made.record.round} ({made.round_dir})")
-    if any(r["status"] == "errored" for r in rows):
+        failed = _controls_alarm(made.round_dir)
+    if failed or any(r["status"] == "errored" for r in rows):
         raise typer.Exit(EXIT_FAIL)
 
 

@@ -1,9 +1,12 @@
 """Grade one run: the task's tests in a fresh container, then metrics, then the outcome.
 
-Why a fresh container from the *task* image (not the agent's): the verifier must see only what the
-agent left — the pushed branch (origin) and a copy of the final workspace — never a process, file
-or tool the agent could have planted in its own container. The tests directory is mounted here and
-nowhere else, so no agent ever reads the checks it is graded by.
+What the verifier sees is what the agent left, as Harbor grades it: the agent's whole filesystem.
+The stopped agent container is committed to a throw-away image (labelled for the run, removed right
+after and by every label cleanup); tests/test.sh runs in a fresh container of it, with no network, as
+the task image's user, /tests mounted read-only (the only place the tests ever are: no agent reads the
+checks it is graded by) and /logs/verifier mounted from the run directory. The agent's processes are
+gone; a process it planted cannot run. Bind mounts are not part of a commit, so a repository task
+gets a copy of its final workspace and its origin (read-only) mounted where the agent had them.
 
 The outcome comes from `labctl.verify.derive_outcome`, the same function `labctl verify` re-runs, so
 the grade in result.json can only differ from the re-derived one when a file was changed.
@@ -32,7 +35,7 @@ from labctl.runparts import (
     transcript_records,
 )
 from labctl.spec import Outcome
-from labctl.verify import Reward, derive_outcome, read_reward
+from labctl.verify import Reward, derive_outcome, named_checks, read_reward
 
 DEFAULT_VERIFIER_TIMEOUT_S = 600.0
 VERIFY_SCRIPT = 'git config --global --add safe.directory "*" 2>/dev/null; exec bash /tests/test.sh'
@@ -45,26 +48,48 @@ def verifier_timeout(task_dir: Path) -> float:
     return float(task_table(task_dir, "verifier").get("timeout_sec", DEFAULT_VERIFIER_TIMEOUT_S))
 
 
-def run_verifier(docker: Docker, *, task_image: str, task_dir: Path, ws: Workspace, run_dir: Path,
-                 round_id: str, run_id: str, scratch: Path) -> tuple[Reward | None, str]:
-    """Run tests/test.sh against a copy of the final workspace and the run's origin (read-only).
+VERIFIER_GRACE_S = 30
+"""The verifier container's own deadline is the task's verifier timeout plus this: it ends by itself
+even when labctl is killed (`timeout` is its first process)."""
+
+
+def commit_agent(docker: Docker, container: str, labels: dict[str, str]) -> str:
+    """`docker commit` of the stopped agent container: its whole filesystem as a throw-away image.
+    The image carries the run's labels (cleanup and `labctl down` find it); returns its id."""
+    changes: list[str] = []
+    for k, v in labels.items():
+        changes += ["--change", f"LABEL {k}={v}"]
+    done = docker("commit", *changes, container, timeout=900)
+    return done.stdout.strip()
+
+
+def run_verifier(docker: Docker, *, image: str, user: str, workdir: str, task_dir: Path,
+                 ws: Workspace | None, run_dir: Path, round_id: str, run_id: str,
+                 scratch: Path) -> tuple[Reward | None, str]:
+    """Run tests/test.sh in a fresh container of `image` (the committed agent filesystem) as `user`,
+    in `workdir`; a repository task (`ws`) also gets a copy of its final workspace and its origin.
 
     Writes verifier/{reward.json|reward.txt, stdout.txt} under `run_dir`; returns (reward, note)
     where note says what went wrong when there is no reward.
     """
     vdir = run_dir / "verifier"
     vdir.mkdir(parents=True, exist_ok=True)
+    vdir.chmod(0o777)  # the task image's user (any uid) writes its reward here
     copy = scratch / "graded-workspace"
-    shutil.rmtree(copy, ignore_errors=True)
-    shutil.copytree(ws.clone, copy, symlinks=True)
+    mounts: list[str] = []
+    if ws is not None:
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(ws.clone, copy, symlinks=True)
+        mounts = ["-v", f"{copy}:{WORKSPACE}", "-v", f"{ws.origin}:{ORIGIN}:ro"]
+        workdir = WORKSPACE
     name = object_name(round_id, run_id, "verifier")
     timeout = verifier_timeout(task_dir)
     labels = label_flags(run_labels(round_id, run_id, "verifier"))
-    argv = ["run", "--name", name, "--network", "none", *labels, *resource_flags(task_dir),
-            "-v", f"{copy}:{WORKSPACE}", "-v", f"{ws.origin}:{ORIGIN}:ro",
-            "-v", f"{(task_dir / 'tests').resolve()}:/tests:ro", "-v", f"{vdir.resolve()}:/logs/verifier",
-            "-w", WORKSPACE, "-e", f"LABCTL_WORKSPACE={WORKSPACE}"]
-    argv += ["--entrypoint", "bash", task_image, "-c", VERIFY_SCRIPT]
+    argv = ["run", "--name", name, "--network", "none", "--user", user, *labels, *resource_flags(task_dir),
+            *mounts, "-v", f"{(task_dir / 'tests').resolve()}:/tests:ro",
+            "-v", f"{vdir.resolve()}:/logs/verifier", "-w", workdir, "-e", f"LABCTL_WORKSPACE={workdir}",
+            "--entrypoint", "timeout", image, f"{timeout + VERIFIER_GRACE_S:.0f}",
+            "bash", "-c", VERIFY_SCRIPT]
     note = ""
     with open(vdir / "stdout.txt", "w", encoding="utf-8") as log:
         try:
@@ -85,8 +110,8 @@ def run_verifier(docker: Docker, *, task_image: str, task_dir: Path, ws: Workspa
 
 
 def checks_summary(reward: Reward | None) -> tuple[int | None, int | None]:
-    checks = reward.get("checks") if isinstance(reward, dict) else None
-    if not isinstance(checks, dict):
+    checks = named_checks(reward)
+    if checks is None:
         return None, None
     return sum(1 for v in checks.values() if v is True or (type(v) in (int, float) and v >= 1)), len(checks)
 
@@ -99,13 +124,15 @@ def report_columns(task_dir: Path) -> dict[str, str]:
 
 
 def _check(reward: Reward | None, name: str | None) -> bool | None:
-    checks = reward.get("checks") if isinstance(reward, dict) else None
-    value = checks.get(name) if isinstance(checks, dict) and name else None
+    checks = named_checks(reward)
+    value = checks.get(name) if checks is not None and name else None
+    if type(value) in (int, float):  # Harbor's flat form writes 0 / 1
+        return bool(value >= 1)
     return value if isinstance(value, bool) else None
 
 
-def run_metrics(*, meter_state: dict[str, Any] | None, transcript: Path, ws: Workspace, reward: Reward | None,
-                wall_s: float, needs_model: bool, stopped_by: str | None,
+def run_metrics(*, meter_state: dict[str, Any] | None, transcript: Path, ws: Workspace | None,
+                reward: Reward | None, wall_s: float, needs_model: bool, stopped_by: str | None,
                 columns: dict[str, str] | None = None) -> dict[str, Any]:
     """metrics.json. `tool_calls` is present only for contestants with a model: for oracle and nop it
     would be a fiction, and a 0 would grade them Total failure (`derive_outcome` rule 1). The same goes
@@ -114,7 +141,8 @@ def run_metrics(*, meter_state: dict[str, Any] | None, transcript: Path, ws: Wor
     build's attempt number from the agent's own commands in the transcript."""
     columns = columns or {}
     passed, total = checks_summary(reward)
-    m: dict[str, Any] = {"wall_time_s": round(wall_s, 3), "commits_pushed": pushed_commits(ws),
+    m: dict[str, Any] = {"wall_time_s": round(wall_s, 3),
+                         "commits_pushed": None if ws is None else pushed_commits(ws),
                          "checks_passed": passed, "checks_total": total, "stopped_by": stopped_by}
     if (shot := _check(reward, columns.get("screenshot_check"))) is not None:
         m["screenshot"] = shot

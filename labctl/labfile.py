@@ -23,6 +23,9 @@ class LoadedLab:
     doc: Document
     profile: Profile
     profile_source: str
+    base: Path | None = None
+    """Where the lab's relative paths start when not beside the file: a round's copy of lab.yaml is
+    read with the directory of the lab it was sealed from."""
 
     @property
     def path(self) -> Path:
@@ -30,7 +33,7 @@ class LoadedLab:
 
     @property
     def base_dir(self) -> Path:
-        return self.doc.path.resolve().parent
+        return self.base or self.doc.path.resolve().parent
 
     def resolve(self, p: Path) -> Path:
         """A path from the lab file, relative to the lab file's directory."""
@@ -41,19 +44,21 @@ class LoadedLab:
         return self.resolve(self.lab.task.path)
 
 
-def load_lab(path: Path | str = DEFAULT_LAB, *, profile: str | None = None) -> LoadedLab:
-    """Parse and check a lab; `profile` (from `--profile`) replaces the lab's own."""
+def load_lab(path: Path | str = DEFAULT_LAB, *, profile: str | None = None,
+             base_dir: Path | None = None) -> LoadedLab:
+    """Parse and check a lab; `profile` (from `--profile`) replaces the lab's own; `base_dir` (a round's
+    copy of a lab) is where its relative paths start instead of the file's directory."""
     path = Path(path)
     doc = load_yaml(path)
     lab: Lab = validate(Lab, doc)
-    base = path.resolve().parent
+    base = base_dir.resolve() if base_dir else path.resolve().parent
     issues = _check(lab, doc, base)
     found, source, profile_issues = _profile(lab, doc, base, profile)
     issues += profile_issues
     if issues:
         raise SpecError(issues)
     assert found is not None
-    return LoadedLab(lab, doc, found, source)
+    return LoadedLab(lab, doc, found, source, base_dir.resolve() if base_dir else None)
 
 
 def _check(lab: Lab, doc: Document, base: Path) -> list[Issue]:

@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from labctl.controls import with_controls
 from labctl.report import DASH, Format, RoundReport, load_report, tables
 from labctl.rounddir import write_manifest
 
@@ -110,6 +111,7 @@ def write_report(round_dir: Path, fmt: Format = "md") -> list[Path]:
         text = render_html(rep, png)
     else:
         text = json.dumps(render_json(rep), indent=2, sort_keys=True) + "\n"
+    text = with_controls(text, fmt, round_dir)  # a failed control goes first on the page
     tmp = target.with_name(target.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(target)

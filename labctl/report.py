@@ -42,7 +42,7 @@ from labctl.rounddir import (
 )
 from labctl.spec import CloudContestant, Contestant, Lab, LocalContestant, Published
 from labctl.units import format_duration
-from labctl.verify import read_reward
+from labctl.verify import named_checks, read_reward
 
 Format = Literal["md", "json", "html"]
 FORMATS: tuple[Format, ...] = ("md", "json", "html")
@@ -161,8 +161,8 @@ def _run_metrics(round_dir: Path, run_id: str) -> dict[str, Any]:
         reward, _ = read_reward(run_dir(round_dir, run_id))
     except (OSError, ValueError):
         reward = None
-    checks = reward.get("checks") if isinstance(reward, dict) else None
-    if isinstance(checks, dict):
+    checks = named_checks(reward)
+    if checks is not None:
         metrics |= {"checks": checks, "checks_total": len(checks),
                     "checks_passed": sum(v is True or v == 1 for v in checks.values())}
     metrics |= transcript_summary(transcript_path(round_dir, run_id))

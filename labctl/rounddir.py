@@ -116,6 +116,9 @@ class SealedRound(Record):
     salt_bits: int = 256
     outcome_rules: OutcomeRules | None = None
     """The task's outcome rules; None: the numeric reward decides (1 Complete, >0 Partial)."""
+    lab_dir: str | None = None
+    """Absolute directory of the lab file at seal time: the round's own lab.yaml keeps its relative
+    paths (task.path, models, profiles), so `labctl run` resolves them from here, wherever it runs."""
 
 
 class Unsealed(Record):
@@ -149,6 +152,10 @@ class RunResult(Record):
     ended: datetime | None = None
     reason: str | None = None
     """Why the run ended as it did when not plainly done (an error, a budget, an interrupt)."""
+    control: Literal["oracle", "nop"] | None = None
+    """Set for the control runs only, so the round's controls can be judged before unseal
+    (`labctl.controls`). Public on purpose: oracle and nop are no model, and a run without a model is
+    already told apart by its metrics (no tool calls); which model ran where stays sealed."""
 
 
 # --- paths ---------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from labctl.lock import require_lock
 from labctl.lockfile import Lock
 from labctl.rounddir import (
     FINISHED,
+    LAB_FILE,
     RunResult,
     SealedRound,
     read_result,
@@ -47,6 +48,7 @@ from labctl.runparts import ROUND_LABEL, RUN_LABEL, Docker, RunError, read_json
 from labctl.seal import check_envelope, load_envelope, sealed_files_changed
 from labctl.session import RunSession, _signals_deferred
 from labctl.store import Store
+from labctl.treehash import tree_sha256
 
 Say = Callable[[str], None]
 
@@ -71,13 +73,19 @@ class RoundContext:
     """run id → contestant id (from the envelope: never print it, never write it into the round)."""
 
 
-def find_lab(round_dir: Path, sealed: SealedRound, lab: Path | None) -> Path:
-    """The lab file the round was sealed from: `lab`, else `lab.yaml` or `labs/<lab name>.yaml` in the
-    working directory (the round's own copy of lab.yaml has paths relative to the original)."""
-    for cand in ([lab] if lab else [Path("lab.yaml"), Path("labs") / f"{sealed.lab}.yaml"]):
-        if cand.is_file():
-            return cand
-    raise RunError(f"cannot find the lab of round {sealed.round}: pass --lab PATH")
+def round_lab(round_dir: Path, sealed: SealedRound, lab: Path | None,
+              profile: str | None = None) -> LoadedLab:
+    """The lab a round runs with: its own lab.yaml and lab.lock copies, whose relative paths start at
+    the lab's directory recorded at seal time (`lab_dir`), wherever labctl is started. `lab` (`--lab`)
+    overrides; `open_round` then checks that its lock is the one sealed."""
+    if lab is not None:
+        return load_lab(lab, profile=profile)
+    base = Path(sealed.lab_dir) if sealed.lab_dir else None
+    if base is None or not base.is_dir():
+        where = f"its lab directory {base} is gone" if base else "it records no lab directory"
+        raise RunError(f"cannot resolve the paths of round {sealed.round}'s lab.yaml ({where}): "
+                       "pass --lab PATH (the lab it was sealed from)")
+    return load_lab(round_dir / LAB_FILE, profile=profile, base_dir=base)
 
 
 def open_round(round_dir: Path, lab: Path | None = None, profile: str | None = None,
@@ -87,10 +95,14 @@ def open_round(round_dir: Path, lab: Path | None = None, profile: str | None = N
     from labctl.images import lab_images, settings_for  # heavy imports only when running
 
     sealed = read_sealed(round_dir)
-    loaded = load_lab(find_lab(round_dir, sealed, lab), profile=profile)
+    loaded = round_lab(round_dir, sealed, lab, profile)
     lock = require_lock(loaded)
     if lock.sha256() != sealed.lock_sha256:
-        raise RunError(f"{loaded.path}'s lock is not the one round {sealed.round} was sealed with")
+        raise RunError(f"{loaded.path}'s lock is not the one round {sealed.round} was sealed with "
+                       "(a different lab, or one locked again since)")
+    if (tree := tree_sha256(loaded.task_dir)) != sealed.task_tree_sha256:
+        raise RunError(f"task {loaded.task_dir} changed since round {sealed.round} was sealed "
+                       f"(tree sha256 {tree[:12]}…, sealed {sealed.task_tree_sha256[:12]}…)")
     env = load_envelope(sealed.round)
     if problems := check_envelope(env, sealed):
         raise RunError("; ".join(problems))
@@ -123,7 +135,9 @@ def now() -> datetime:
 
 def execute_run(ctx: RoundContext, run_id: str, attempts: int, say: Say = lambda s: None) -> RunResult:
     """One run from scratch to result.json; never leaves a labelled object behind."""
-    result = RunResult(run_id=run_id, status="running", attempts=attempts, started=now())
+    kind = next(c.kind for c in ctx.loaded.lab.contestants if c.id == ctx.mapping[run_id])
+    result = RunResult(run_id=run_id, status="running", attempts=attempts, started=now(),
+                       control=kind if kind in ("oracle", "nop") else None)
     write_result(ctx.round_dir, result)
     session = RunSession(ctx, run_id, say)
     try:

@@ -98,6 +98,11 @@ class Docker:
         done = self("image", "inspect", "--format", "{{.Config.User}}", tag)
         return done.stdout.strip()
 
+    def image_workdir(self, tag: str) -> str:
+        """The image's WORKDIR ("/" when it sets none, as `docker run` does)."""
+        done = self("image", "inspect", "--format", "{{.Config.WorkingDir}}", tag)
+        return done.stdout.strip() or "/"
+
     def running(self, name: str) -> bool:
         done = self("container", "inspect", "--format", "{{.State.Running}}", name, check=False)
         return done.stdout.strip() == "true"
@@ -112,6 +117,14 @@ class Docker:
             "networks": self("network", "ls", "--format", "{{.Name}}", *flt).stdout.split(),
             "volumes": self("volume", "ls", "--format", "{{.Name}}", *flt).stdout.split(),
         }
+
+    def labelled_images(self, labels: Mapping[str, str | None]) -> list[str]:
+        """Ids of images carrying all `labels`: only a run's committed agent filesystem (`docker
+        commit` keeps the container's labels), never a built image (those carry no round label)."""
+        flt: list[str] = []
+        for k, v in labels.items():
+            flt += ["--filter", f"label={k}" + ("" if v is None else f"={v}")]
+        return sorted(set(self("image", "ls", "-q", "--no-trunc", *flt).stdout.split()))
 
     def remove_labelled(self, labels: Mapping[str, str | None]) -> dict[str, list[str]]:
         """Remove everything carrying `labels`, containers first (they hold networks and volumes).
@@ -128,6 +141,9 @@ class Docker:
             self("network", "rm", net, check=False)
         if found["volumes"]:
             self("volume", "rm", "-f", *found["volumes"], check=False)
+        if images := self.labelled_images(labels):
+            self("image", "rm", "-f", *images, check=False, timeout=120)
+            found["images"] = images
         return found
 
 

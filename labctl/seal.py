@@ -194,7 +194,7 @@ def seal_round(loaded: LoadedLab, lock: Lock, rounds_dir: Path) -> Sealed:
         lock_sha256=lock.sha256(), lock_file_sha256=hashlib.sha256(lock_bytes).hexdigest(),
         task_tree_sha256=lock.task.tree_sha256, run_ids=run_ids, order=order, repeats=rnd.repeats,
         sealed=rnd.seal, mapping=None if rnd.seal else mapping, commitment=commitment,
-        salt_bits=SALT_BYTES * 8, outcome_rules=rules,
+        salt_bits=SALT_BYTES * 8, outcome_rules=rules, lab_dir=str(loaded.base_dir),
     )
     # Build the round beside its final place and rename it in, after the envelope exists: a round
     # directory is never visible without the envelope that can open it.

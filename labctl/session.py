@@ -1,6 +1,20 @@
 """One run's containers, networks and scratch, created step by step and always removed: the model
 server (local) or an egress network (cloud), the meter, the agent container, then collection and the
 verifier. `labctl.runner` drives a session per run; see its docstring for the network picture.
+
+Two execution models, chosen by the task:
+* a plain Harbor task (no `[labctl.repository]`): the agent works in the task image's WORKDIR, as the
+  task image's user (root unless its Dockerfile says USER), on the files the image holds — what Harbor
+  and Terminal-Bench do, so their tasks run unchanged;
+* a repository task: a fresh clone of the base commit at /workspace, branch `run-NN`, its own origin,
+  as the agent image's non-root user.
+Either way the verifier grades the agent's whole filesystem (`labctl.grade`).
+
+Containers that end on their own: every container's first process carries its own deadline (the
+longest the run may legitimately need it), so a labctl killed with -9 leaves nothing running for
+longer than that: the agent's `sleep`, the meter's and the server's `timeout`, the verifier's
+`timeout` (`labctl.grade`). Removal of the stopped containers waits for the next `labctl run` or
+`labctl down`, which find them by label.
 """
 
 from __future__ import annotations
@@ -17,7 +31,7 @@ from typing import TYPE_CHECKING
 
 from labctl.agents import Invocation, adapter
 from labctl.fetch import model_files
-from labctl.grade import outcome, report_columns, run_metrics, run_verifier
+from labctl.grade import commit_agent, outcome, report_columns, run_metrics, run_verifier
 from labctl.hub import HubError
 from labctl.llamaserver import classify_failure, server_argv
 from labctl.plan import plan_lab
@@ -37,6 +51,7 @@ from labctl.runparts import (
     repository_setup,
     resource_flags,
     run_labels,
+    task_repository,
     work_root,
 )
 from labctl.seal import run_label
@@ -54,6 +69,10 @@ SERVER_HEALTH_TIMEOUT_S = float(os.environ.get("LABCTL_SERVER_TIMEOUT", "600"))
 KILL_GRACE_S = 3
 SETUP_TIMEOUT_S = 600
 """The task's workspace setup command (`[labctl.repository] setup`) must finish within this."""
+METER_START_S = 60
+"""The meter must answer within this after its start."""
+DEADLINE_GRACE_S = 30
+"""Added to every container's own deadline: the seconds labctl itself needs between the steps."""
 Say = Callable[[str], None]
 
 
@@ -80,6 +99,21 @@ class RunSession:
                       for role in ("agent", "meter", "server", "net-agent", "net-model", "net-egress")}
         self.stopped_by: str | None = None
         self.agent_wall_s = 0.0
+        task = ctx.loaded.task_dir
+        self.repository = task_repository(task) is not None
+        self.setup_s = SETUP_TIMEOUT_S if repository_setup(task) else 0
+        self.wall_s = float(ctx.loaded.lab.budgets.wall_time)
+        if self.repository:  # the agent image's own user, in the clone
+            self.user, self.workdir = "", WORKSPACE
+        else:  # Harbor's model: the task image's user and WORKDIR
+            task_image = ctx.images[_task_image(ctx.images)]
+            self.user = self.docker.image_user(task_image) or "0"
+            self.workdir = self.docker.image_workdir(task_image)
+
+    def _lifetime(self, *before_agent: float) -> str:
+        """A container's own deadline in seconds from its start: the phases it must outlive before the
+        agent starts (`before_agent`), the agent's wall time and a grace for labctl's own steps."""
+        return f"{sum(before_agent) + self.wall_s + DEADLINE_GRACE_S:.0f}"
 
     # --- setup -----------------------------------------------------------------------------------
 
@@ -102,7 +136,8 @@ class RunSession:
                 shutil.rmtree(old)
             else:
                 old.unlink()
-        self.ws = make_workspace(self.ctx.loaded.task_dir, self.work, run_label(self.run_id))
+        if self.repository:
+            self.ws = make_workspace(self.ctx.loaded.task_dir, self.work, run_label(self.run_id))
         agent_net = self._net("agent", internal=True)
         if self.adapter.needs_model:
             upstream, extra_nets, extra_args, env_flags = self._start_model()
@@ -138,9 +173,11 @@ class RunSession:
         name = self.names["server"]
         from labctl.engine import DockerEngine
         gpu = DockerEngine().gpu_run_args(self.ctx.loaded.profile)
+        life = self._lifetime(SERVER_HEALTH_TIMEOUT_S, METER_START_S, self.setup_s)
         self.docker("create", "--name", name, "--network", model_net, "--network-alias", "server",
                     *label_flags({**self.labels, "labctl.role": "server"}), *gpu,
-                    "-v", f"{files[0].resolve()}:{MODEL_PATH}:ro", self.ctx.images["llama-server"], *argv)
+                    "-v", f"{files[0].resolve()}:{MODEL_PATH}:ro", "--entrypoint", "timeout",
+                    self.ctx.images["llama-server"], life, "llama-server", *argv)
         self.docker("start", name)
         self.say(f"{self.run_id}: llama-server starting ({' '.join(row.llama_args)})")
         self._wait_server(name)
@@ -175,9 +212,11 @@ class RunSession:
             (mdir / "interventions.json").write_text(lab.interventions.model_dump_json(exclude_none=True))
             args += ["--interventions", "/meter/interventions.json"]
         name = self.names["meter"]
+        # `timeout` passes docker stop's SIGTERM on to the meter, which then flushes its files.
         self.docker("create", "--name", name, "--network", agent_net, "--network-alias", "meter",
                     *label_flags({**self.labels, "labctl.role": "meter"}), *env_flags,
-                    "-v", f"{mdir}:/meter", self.ctx.images["labctl"], *args)
+                    "-v", f"{mdir}:/meter", "--entrypoint", "timeout", self.ctx.images["labctl"],
+                    self._lifetime(METER_START_S, self.setup_s), "labctl", *args)
         for net in extra_nets:
             self.docker("network", "connect", net, name)
         self.docker("start", name)
@@ -194,19 +233,28 @@ class RunSession:
         return self.contestant.provider if isinstance(self.contestant, CloudContestant) else "openai"
 
     def _start_agent(self, agent_net: str) -> None:
-        assert self.ws is not None
         image = self.ctx.images[f"agent-{self.runtime}"]
-        self.user = self.docker.image_user(image) or "agent"
         task = self.ctx.loaded.task_dir
-        mounts = ["-v", f"{self.ws.clone}:{WORKSPACE}", "-v", f"{self.ws.origin}:{ORIGIN}",
-                  "-v", f"{(task / 'instruction.md').resolve()}:{INSTRUCTION}:ro"]
+        mounts = ["-v", f"{(task / 'instruction.md').resolve()}:{INSTRUCTION}:ro"]
+        if self.ws is not None:
+            self.user = self.docker.image_user(image) or "agent"
+            mounts += ["-v", f"{self.ws.clone}:{WORKSPACE}", "-v", f"{self.ws.origin}:{ORIGIN}"]
         if self.runtime == "oracle":  # the solution is the oracle's alone
             mounts += ["-v", f"{(task / 'solution').resolve()}:/solution:ro"]
         name = self.names["agent"]
-        self.docker("create", "--name", name, "--network", agent_net, "--user", self.user,
-                    *label_flags({**self.labels, "labctl.role": "agent"}), *mounts, *resource_flags(task),
-                    "--entrypoint", "sleep", image, "infinity")
+        # The first process is a `sleep` with the run's own deadline, not `sleep infinity`: a labctl
+        # killed with -9 leaves no agent running past it. The hostname is the run id, so nothing the
+        # agent reads (its prompt, `hostname`) names the machine.
+        self.docker("create", "--name", name, "--hostname", self.run_id, "--network", agent_net,
+                    "--user", self.user, *label_flags({**self.labels, "labctl.role": "agent"}), *mounts,
+                    *resource_flags(task), "--entrypoint", "sleep", image, self._lifetime(self.setup_s))
         self.docker("start", name)
+        if self.ws is None:
+            # The agent image's log directories belong to its own user; the task's user writes them.
+            if self.user not in ("0", "root", "0:0"):
+                self.docker("exec", "-u", "0", name, "chown", "-R", self.user, "/logs/agent",
+                            "/logs/artifacts")
+            return
         # The clone was made by the host's user; the agent must own it to commit and push.
         self.docker("exec", "-u", "0", name, "chown", "-R", f"{self.user}:", WORKSPACE, ORIGIN)
         if setup := repository_setup(task):
@@ -221,14 +269,14 @@ class RunSession:
     def run_agent(self) -> None:
         """Run the adapter's command until it exits, the wall-time deadline, or the meter's stop."""
         lab = self.ctx.loaded.lab
-        wall = float(lab.budgets.wall_time)
+        wall = self.wall_s
         deadline_at = datetime.now(UTC) + timedelta(seconds=wall)
         cmd = self.adapter.command(Invocation(
             instruction_file=INSTRUCTION,
             model_base_url=f"http://meter:{PORT}" if self.adapter.needs_model else None,
             model_name=self.run_id if self.adapter.needs_model else None,
             api="anthropic" if self._dialect() == "anthropic" else "openai",
-            step_limit=lab.budgets.steps, deadline=deadline_at, workdir=WORKSPACE))
+            step_limit=lab.budgets.steps, deadline=deadline_at, workdir=self.workdir))
         argv = [*self.docker.cli, "exec", "-u", self.user, "-w", cmd.workdir, *exec_env_flags(cmd.env),
                 self.names["agent"], *cmd.argv]
         t0 = time.monotonic()
@@ -267,7 +315,6 @@ class RunSession:
 
     def collect(self) -> None:
         """Logs, trajectory, transcript and the pushed branch into the run directory."""
-        assert self.ws is not None
         d = self.docker
         d("stop", "-t", str(KILL_GRACE_S), self.names["agent"], check=False)
         art = self.dir / "artifacts" / "agent"
@@ -286,14 +333,22 @@ class RunSession:
             if isinstance(self.contestant, LocalContestant):
                 logs = d("logs", self.names["server"], check=False)
                 (self.dir / "server.log").write_text(redact_server_log(logs.stdout + logs.stderr))
-        bundle(self.ws, self.dir / "workspace.bundle")
+        if self.ws is not None:
+            bundle(self.ws, self.dir / "workspace.bundle")
 
     def grade(self, result: RunResult) -> RunResult:
-        assert self.ws is not None
         ctx = self.ctx
-        reward, note = run_verifier(self.docker, task_image=ctx.images[_task_image(ctx.images)],
-                                    task_dir=ctx.loaded.task_dir, ws=self.ws, run_dir=self.dir,
-                                    round_id=ctx.sealed.round, run_id=self.run_id, scratch=self.work)
+        # The verifier runs as the task image's user (Harbor runs tests/test.sh in the task's own
+        # container, whose user that is), also for repository tasks, whose agent was another user.
+        task_image = ctx.images[_task_image(ctx.images)]
+        user = self.docker.image_user(task_image) or "0"
+        image = commit_agent(self.docker, self.names["agent"], {**self.labels, "labctl.role": "graded"})
+        try:
+            reward, note = run_verifier(self.docker, image=image, user=user, workdir=self.workdir,
+                                        task_dir=ctx.loaded.task_dir, ws=self.ws, run_dir=self.dir,
+                                        round_id=ctx.sealed.round, run_id=self.run_id, scratch=self.work)
+        finally:
+            self.docker("image", "rm", "-f", image, check=False)
         state = read_json(self.dir / "meter-status.json") if self.adapter.needs_model else None
         metrics = run_metrics(meter_state=state, transcript=self.dir / "transcript.jsonl", ws=self.ws,
                               reward=reward, wall_s=self.agent_wall_s, needs_model=self.adapter.needs_model,

@@ -48,6 +48,20 @@ def _passed(value: Any) -> bool:
     return value is True or (type(value) in (int, float) and value >= 1)
 
 
+def named_checks(reward: Reward | None) -> dict[str, Any] | None:
+    """reward.json's named checks, in either form: labctl's `checks` object, and Harbor's flat form
+    where every top-level key but `reward` whose value is a number or a boolean is a named check
+    (`{"reward": 0, "name_argument": 1}`). Both at once are merged; the `checks` object wins a clash.
+    None when there is none (reward.txt, or a reward.json with `reward` only)."""
+    if not isinstance(reward, dict):
+        return None
+    flat = {k: v for k, v in reward.items()
+            if k not in ("reward", "checks") and (isinstance(v, bool) or type(v) in (int, float))}
+    nested = reward.get("checks")
+    found = {**flat, **(nested if isinstance(nested, dict) else {})}
+    return found if found or isinstance(nested, dict) else None
+
+
 def derive_outcome(reward: Reward | None, metrics: dict[str, Any] | None,
                    rules: OutcomeRules | dict[str, Any] | None) -> Outcome | None:
     """The outcome class of a run, from its verifier output and its metrics.
@@ -57,7 +71,8 @@ def derive_outcome(reward: Reward | None, metrics: dict[str, Any] | None,
     1. `metrics["tool_calls"] == 0` ⇒ Total failure: the agent never acted. Contestants without a
        model (oracle, nop) have `tool_calls` absent or null, so this rule never grades them.
     2. No verifier output (`reward` None) ⇒ None: ungraded (the run errored before the verifier).
-    3. With `rules` and named checks in reward.json: Complete when every `complete` check passed,
+    3. With `rules` and named checks in reward.json (`named_checks`: the `checks` object or Harbor's
+       flat numeric keys): Complete when every `complete` check passed,
        Partial when every `partial` check passed (and there are some), else Failed. A check the
        verifier did not write counts as failed.
     4. Otherwise the numeric reward (reward.txt, or reward.json's "reward"): ≥ 1 Complete,
@@ -73,8 +88,8 @@ def derive_outcome(reward: Reward | None, metrics: dict[str, Any] | None,
         return None
     if isinstance(rules, dict):
         rules = OutcomeRules.model_validate(rules)
-    checks = reward.get("checks") if isinstance(reward, dict) else None
-    if rules is not None and isinstance(checks, dict):
+    checks = named_checks(reward)
+    if rules is not None and checks is not None:
         if all(_passed(checks.get(c)) for c in rules.complete):
             return "Complete"
         if rules.partial and all(_passed(checks.get(c)) for c in rules.partial):
@@ -144,7 +159,16 @@ def verify_round(round_dir: Path) -> Verification:
     _check_lock(v, sealed)
     unsealed = _check_seal(v, sealed)
     _check_runs(v, sealed, unsealed)
+    _check_controls(v)
     return v
+
+
+def _check_controls(v: Verification) -> None:
+    """An oracle not Complete or a nop not Failed: the round's grades cannot be trusted."""
+    from labctl.controls import control_failures  # it imports this module's grading rule
+
+    for f in control_failures(v.round_dir):
+        v.add(f"{RUNS_DIR}/{f.run_id}/result.json", f"controls failed: {f}", f.run_id)
 
 
 def _check_manifest(v: Verification) -> None:
@@ -304,4 +328,4 @@ def _check_outcome(v: Verification, sealed: SealedRound, rid: str, recorded: Out
                                     f"{basis or 'no verifier output'}", rid)
 
 
-__all__ = ["Problem", "Verification", "derive_outcome", "read_reward", "verify_round"]
+__all__ = ["Problem", "Verification", "derive_outcome", "named_checks", "read_reward", "verify_round"]

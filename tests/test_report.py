@@ -271,7 +271,8 @@ def test_html_renders_in_chromium(tmp_path: Path, envelopes: Path) -> None:  # n
     keep.mkdir(parents=True, exist_ok=True)
     shutil.copy(shot, keep / "report.png")
     shutil.copy(rd / "report.png", keep / "report-chart.png")
-    assert cli("verify", rd)[0] == 0
+    code, _, stderr = cli("verify", rd)  # the synthetic oracle's 2nd repeat is Partial: controls failed
+    assert code == 1 and "controls failed" in stderr and "(oracle) is Partial" in stderr, stderr
 
 
 def test_runner_metric_names_are_understood() -> None:

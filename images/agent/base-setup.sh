@@ -1,7 +1,8 @@
 #!/bin/sh
 # Harness layer shared by every agent runtime (run as root at build time, in the task image):
 # a non-root user, git configured system-wide, and the Harbor log directories it may write.
-# Env: AGENT_USER, AGENT_UID, WORKDIR (the task image's working directory).
+# Env: AGENT_USER, AGENT_UID. The task image's WORKDIR and its files are left as built: a plain Harbor
+# task's agent runs there as the task image's own user (labctl.session).
 set -eu
 
 pkg_install() {
@@ -21,6 +22,8 @@ pkg_install() {
 
 # git: the agent commits and pushes its work; the verifier reads the pushed branch.
 command -v git >/dev/null 2>&1 || pkg_install git
+# timeout: the verifier's first process (a container that ends on its own, even without labctl).
+command -v timeout >/dev/null 2>&1 || pkg_install coreutils
 
 if ! id -u "$AGENT_USER" >/dev/null 2>&1; then
     uid_flag=""
@@ -47,6 +50,3 @@ git config --system push.autoSetupRemote true
 mkdir -p /logs/agent /logs/artifacts
 owner="$AGENT_USER:$(id -g "$AGENT_USER")"
 chown "$owner" /logs/agent /logs/artifacts
-if [ -n "${WORKDIR:-}" ] && [ "$WORKDIR" != / ] && [ -d "$WORKDIR" ]; then
-    chown "$owner" "$WORKDIR"
-fi

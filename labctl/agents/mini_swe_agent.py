@@ -28,6 +28,13 @@ STATIC_ENV = {
     "LITELLM_LOCAL_MODEL_COST_MAP": "True",  # no network fetch of litellm's price list at import
 }
 
+HOST_NEUTRAL = {"release": "(withheld)", "version": "(withheld)"}
+"""mini's prompt shows `{{system}} {{release}} {{version}} {{machine}}` from `platform.uname()`; in a
+container that is the host's kernel build string. Its template variables take the process environment
+last (`LocalEnvironment.get_template_vars`: uname, then os.environ), so these variables replace the
+kernel's release and version in the prompt. The hostname (uname's node) is the run id: the agent
+container is created with `--hostname <run id>` (labctl.session)."""
+
 # $1 model, $2 api base, $3 steps, $4 instruction file, $5 trajectory, $6 deadline note, $7 extra -c
 _SCRIPT = ('exec mini -y --exit-immediately -m "$1" -c mini.yaml -c "model.model_kwargs.api_base=$2" '
            '-c model.cost_tracking=ignore_errors -c "agent.step_limit=$3" $7 '
@@ -63,7 +70,7 @@ class MiniSweAgent:
         trajectory = f"{inv.log_dir}/trajectory.json"
         argv = ["sh", "-c", _SCRIPT, "mini", model, api_base, str(steps), inv.instruction_file,
                 trajectory, deadline_note(inv.deadline), extra]
-        return AgentCommand(argv=argv, env=dict(STATIC_ENV), workdir=inv.workdir)
+        return AgentCommand(argv=argv, env={**STATIC_ENV, **HOST_NEUTRAL}, workdir=inv.workdir)
 
 
 ADAPTER = MiniSweAgent()
