@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from labctl.agents import Invocation, adapter
+from labctl.fence import Fence, Netfilter
 from labctl.fetch import model_files
 from labctl.grade import outcome, report_columns, run_metrics, run_verifier
 from labctl.hub import HubError
@@ -54,6 +55,10 @@ SERVER_HEALTH_TIMEOUT_S = float(os.environ.get("LABCTL_SERVER_TIMEOUT", "600"))
 KILL_GRACE_S = 3
 SETUP_TIMEOUT_S = 600
 """The task's workspace setup command (`[labctl.repository] setup`) must finish within this."""
+METER_CPUS = 1.0
+METER_MEMORY = "512m"
+"""The meter's limits: a proxy that streams and appends a transcript needs little, and a runaway one
+must not starve the model server or the agent (CPUs capped at the host's count)."""
 Say = Callable[[str], None]
 
 
@@ -80,18 +85,22 @@ class RunSession:
                       for role in ("agent", "meter", "server", "net-agent", "net-model", "net-egress")}
         self.stopped_by: str | None = None
         self.agent_wall_s = 0.0
+        self.fence = Fence(Netfilter(self.docker, ctx.images.get("labctl"), self.labels), rid, run_id)
 
     # --- setup -----------------------------------------------------------------------------------
 
     def _net(self, role: str, internal: bool) -> str:
         name = self.names[f"net-{role}"]
-        self.docker("network", "create", *(["--internal"] if internal else []),
-                    *label_flags({**self.labels, "labctl.role": f"net-{role}"}), name)
+        made = self.docker("network", "create", *(["--internal"] if internal else []),
+                           *label_flags({**self.labels, "labctl.role": f"net-{role}"}), name)
+        if internal:  # before any container joins: nothing on it may reach the host (labctl.fence)
+            self.fence.add(made.stdout.strip())
         return name
 
     def setup(self) -> None:
         """Scratch, workspace, networks, model server, meter and agent container, all running."""
         self.docker.remove_labelled(self.labels)  # leftovers of an interrupted attempt
+        self.fence.clear()
         shutil.rmtree(self.work, ignore_errors=True)
         self.work.mkdir(parents=True)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -177,6 +186,7 @@ class RunSession:
         name = self.names["meter"]
         self.docker("create", "--name", name, "--network", agent_net, "--network-alias", "meter",
                     *label_flags({**self.labels, "labctl.role": "meter"}), *env_flags,
+                    "--cpus", f"{min(METER_CPUS, float(os.cpu_count() or 1)):g}", "--memory", METER_MEMORY,
                     "-v", f"{mdir}:/meter", self.ctx.images["labctl"], *args)
         for net in extra_nets:
             self.docker("network", "connect", net, name)
@@ -309,10 +319,11 @@ class RunSession:
         return result
 
     def cleanup(self) -> None:
-        """Remove every container, network and volume of this run, and its scratch."""
+        """Remove every container, network and volume of this run, its scratch and its firewall rules."""
         with _signals_deferred():
             self.docker.remove_labelled(self.labels)
             shutil.rmtree(self.work, ignore_errors=True)
+            self.fence.clear()
 
 
 def _task_image(images: dict[str, str]) -> str:
