@@ -77,7 +77,7 @@ def mirror_of(reference: str, mirrors: Mapping[str, str] | None) -> tuple[str, s
             raise RegistryError(f"image_mirrors key {key!r} is not an image name or prefix") from None
         for form in forms:
             n = _matched(full, form)
-            if n and (best is None or n > best[0]):
+            if n and (best is None or n >= best[0]):  # equal: the later key (the profile's) wins
                 best = (n, key, n)
     if best is None:
         return None
