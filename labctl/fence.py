@@ -14,6 +14,8 @@ off inside containers of a network created without `--ipv6`, and these rules hol
 
 Containers on the same bridge still talk to each other (bridged, not routed), and each container's
 DNS (docker's resolver at 127.0.0.11) lives in its own network namespace, so neither is affected.
+The host cannot open connections into a fenced network either (the replies are dropped): labctl
+never does, its health probes run inside the containers (`docker exec`).
 Every rule carries `-m comment --comment labctl:<round>:<run>`: a run's cleanup, the start of a
 resumed attempt and `labctl down` find and delete rules by that comment, also after a `kill -9`. Only
 rules with a labctl comment are ever deleted; no chain is ever flushed or created.
@@ -95,9 +97,14 @@ class Netfilter:
     docker: Docker
     helper_image: str | None = None
     labels: dict[str, str] | None = None
+    _direct: bool | None = None
 
     def direct(self) -> bool:
-        return os.geteuid() == 0 and shutil.which("iptables") is not None
+        """Root with a working iptables here; root inside a container without NET_ADMIN is not."""
+        if self._direct is None:
+            self._direct = os.geteuid() == 0 and shutil.which("iptables") is not None and subprocess.run(
+                ["iptables", "-w", "-n", "-L", "INPUT"], capture_output=True, timeout=30).returncode == 0
+        return self._direct
 
     def __call__(self, script: str, what: str) -> str:
         script = "set -eu\n" + _BACKEND + script
