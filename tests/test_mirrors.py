@@ -104,3 +104,29 @@ def test_builds_name_the_locked_mirror_and_refuse_a_changed_map(tmp_path: Path) 
     remote = ImageLock(digest="sha256:" + "2" * 64, source="registry", mirror="mirror.lan/hub/ubuntu:24.04")
     pin = _Pinner(_lock({"ubuntu:24.04": remote}), {"docker.io/library/": "mirror.lan/hub/"})
     assert pin("ubuntu:24.04", spec) == f"mirror.lan/hub/ubuntu@sha256:{'2' * 64}"
+
+
+@pytest.mark.docker
+def test_a_build_that_cannot_pull_its_base_names_image_map_and_fix(tmp_path: Path, docker_engine,
+                                                                   labctl_labels) -> None:
+    """A real build whose pinned base sits on a registry that does not answer (a closed loopback
+    port): the failure names the image as written, the mirror, the map and the line to paste."""
+    from labctl.engine import DockerEngine
+    from labctl.imagebuild import build_all
+
+    mirrors = {"docker.io/": "127.0.0.1:9/"}
+    pinned = ImageLock(digest="sha256:" + "3" * 64, source="registry",
+                       mirror="127.0.0.1:9/library/ubuntu:24.04")
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    spec = ImageSpec(name="task-pull", repository="labctl-test/task-pull", dockerfile=tmp_path / "Dockerfile",
+                     context=ctx, labels=labctl_labels)
+    base = _Pinner(_lock({"ubuntu:24.04": pinned}), mirrors)("ubuntu:24.04", spec)
+    (tmp_path / "Dockerfile").write_text(f"FROM {base}\nRUN true\n")
+    [result] = build_all(DockerEngine(), [spec], log_dir=tmp_path / "logs")
+    assert result.status == "failed"
+    said = result.error or ""
+    assert "a base image could not be pulled" in said, said
+    assert "image ubuntu:24.04 through the mirror 127.0.0.1:9/library/ubuntu:24.04" in said
+    assert '{"docker.io/": "127.0.0.1:9/"}' in said
+    assert 'build: {image_mirrors: {"ubuntu:24.04": "debian:bookworm-slim"}}' in said
