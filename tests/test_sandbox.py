@@ -22,7 +22,9 @@ from pathlib import Path
 import pytest
 from test_runner import build, derived_lab, labelled_now, runner_env, seal  # noqa: F401  (module fixture)
 
+from labctl.engine import detect_engine
 from labctl.fence import Fence, Netfilter
+from labctl.imagebuild import build_all
 from labctl.images import lab_images, settings_for
 from labctl.labfile import load_lab
 from labctl.lock import require_lock
@@ -191,16 +193,18 @@ def test_the_verifier_reaches_nothing(tmp_path: Path, listeners: list[Listener])
     assert labelled_now(ctx.sealed.round) == NOTHING and round_rules(ctx.sealed.round) == []
 
 
-def test_ipv6_is_fenced_too_and_a_non_root_user_gets_the_helper(monkeypatch: pytest.MonkeyPatch,
-                                                                 listeners: list[Listener]) -> None:
+def test_ipv6_is_fenced_too_and_a_non_root_user_gets_the_helper(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, listeners: list[Listener]) -> None:
     """On a network with IPv6 (a daemon with IPv6 on), the host answers over IPv6 until the fence is
     up; the fence here goes through the helper container a user without root gets, and the rules
     it writes are the host's own (same iptables backend as docker's)."""
     smoke = load_lab(Path(__file__).resolve().parents[1] / "labs" / "smoke.yaml")
-    helper = next(s.tag for s in lab_images(smoke, require_lock(smoke), settings=settings_for(smoke))
-                  if s.name == "labctl")
+    spec = next(s for s in lab_images(smoke, require_lock(smoke), settings=settings_for(smoke))
+                if s.name == "labctl")
+    [built] = build_all(detect_engine(), [spec], log_dir=tmp_path / "logs")
+    assert built.status != "failed", built.error
+    helper = spec.tag
     d = Docker.detect()
-    assert d.image_present(helper), "build the smoke lab's labctl image first (test_runner does)"
     rid, run_id = f"fence-{uuid.uuid4().hex[:8]}", "run-1"
     labels = {"labctl.round": rid, "labctl.run": run_id}
     subnet = f"fd42:{uuid.uuid4().hex[:4]}:{uuid.uuid4().hex[:4]}::/64"
