@@ -99,7 +99,8 @@ def _entries(lock: Lock) -> dict[str, str]:
                           f"{src.sdist} sha256:{src.sdist_sha256}" if src.sdist else
                           f"tree sha256:{src.tree_sha256}")}
     for ref, img in lock.images.items():
-        rows[f"images.{ref}"] = f"{img.digest} ({img.source})"
+        via = f", via {img.mirror}" if img.mirror else ""
+        rows[f"images.{ref}"] = f"{img.digest} ({img.source}{via})"
     for cid, m in lock.models.items():
         first = m.files[0]
         more = f" (+{len(m.files) - 1} shards)" if len(m.files) > 1 else ""

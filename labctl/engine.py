@@ -242,6 +242,8 @@ class PodmanEngine(DockerEngine):
         return {"devices": ["nvidia.com/gpu=all"]} if profile.is_gpu else {}
 
 
+PULL_FAILED = "a base image could not be pulled"
+"""How a build failure says a pull failed (the image build adds which image and the fix)."""
 _STEP = re.compile(r"^(Step \d+/\d+ : .*|#\d+ \[[^\]]+\] .*)$")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _CLASSIC_EXIT = re.compile(r"^The command '.*' returned a non-zero code: (\d+)$", re.S)
@@ -271,7 +273,7 @@ def failing_step(log_path: Path) -> str:
         parts.append(f"returned a non-zero code: {code.group(1)}")
     last = f" ({'; '.join(parts)})" if parts else ""
     if any(_PULL.search(ln) for ln in lines):
-        last += ("; a base image could not be pulled: map it to a reachable one with build.image_mirrors "
+        last += (f"; {PULL_FAILED}: map it to a reachable one with build.image_mirrors "
                  "in the lab or image_mirrors in the profile")
     return where + last
 

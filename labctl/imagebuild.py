@@ -20,7 +20,7 @@ from typing import Literal
 
 from rich.console import Console
 
-from labctl.engine import BuildFailed, BuildRequest, ContainerEngine, EngineError
+from labctl.engine import PULL_FAILED, BuildFailed, BuildRequest, ContainerEngine, EngineError
 from labctl.images import L_BUILD_ID, L_INPUT, L_STAGE, ImageError, ImageSpec
 
 Status = Literal["cached", "built", "failed", "missing"]
@@ -83,7 +83,8 @@ def prepare(engine: ContainerEngine, specs: list[ImageSpec], log: Callable[[str]
             if info is None or info.id != digest:
                 now = info.id if info else "absent"
                 raise ImageError(f"local image {ref} is {now}, but lab.lock pins {digest}: "
-                                 "restore it or run `labctl lock`")
+                                 "restore it or run `labctl lock`"
+                                 + (f"; {spec.pull_help[ref]}" if ref in spec.pull_help else ""))
     return late
 
 
@@ -134,7 +135,10 @@ def _build_todo(engine: ContainerEngine, todo: list[ImageSpec], late: dict[str, 
                 say(f"  building {spec.name} (log: {log_path})", highlight=False)
                 result = _build_one(engine, spec, late[spec.name], log_path)
         except (BuildFailed, EngineError) as e:
-            result = ImageResult(spec.name, spec.tag, "failed", spec.input_hash(), log=log_path, error=str(e))
+            error = str(e)
+            if PULL_FAILED in error and spec.pull_help:
+                error += " — " + "; ".join(spec.pull_help.values())
+            result = ImageResult(spec.name, spec.tag, "failed", spec.input_hash(), log=log_path, error=error)
         result.seconds = round(time.monotonic() - started, 1)
         results[spec.name] = result
         if result.status == "built":

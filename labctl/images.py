@@ -26,8 +26,9 @@ from labctl.gitref import fetch_source, lock_path_source
 from labctl.imagectx import build_context, dependency_pins, pin_dockerfile, stage_context
 from labctl.labfile import LoadedLab, task_table
 from labctl.lockfile import Lock
+from labctl.mirrors import describe, how_to_fix, mirror_target, suggestion
 from labctl.profiles import Profile
-from labctl.registry import apply_mirrors, dockerfile_bases, images_dir, parse_reference
+from labctl.registry import RegistryError, dockerfile_bases, images_dir, parse_reference
 from labctl.sdist import cache_root, changelog_commit, fetch_distribution, fetch_sdist, sdist_dir
 from labctl.treehash import tree_sha256
 
@@ -113,6 +114,9 @@ class ImageSpec:
     """Bookkeeping labels (lab, lock hash, test labels): not hashed."""
     local_bases: dict[str, str] = field(default_factory=dict)
     """Local-only base images (lock `source: local`) → their locked image id, checked before a build."""
+    pull_help: dict[str, str] = field(default_factory=dict)
+    """Each base, by the name the build uses → how a build that cannot get it is fixed (the image as
+    written, the mirror, the mirror map, the lab.yaml line): added to a failure to pull or find it."""
     prepare: Callable[[Log], dict[str, str]] | None = None
     """Fetch/verify what the context needs (network, cache); returns derived build args (not hashed:
     they follow from the hashed source, e.g. the commit named in an sdist's changelog)."""
@@ -192,12 +196,24 @@ class _Pinner:
         pinned = self.lock.images.get(ref)
         if pinned is None:
             raise ImageError(f"image {ref} is not in lab.lock: run `labctl lock`")
+        try:
+            target = mirror_target(ref, self.mirrors)
+        except RegistryError as e:
+            raise ImageError(str(e)) from None
+        if pinned.mirror is not None and target != pinned.mirror:
+            raise ImageError(f"image {ref} was locked through the mirror {pinned.mirror}, but the mirror map "
+                             f"now says {target or 'nothing'} ({describe(self.mirrors)}): run `labctl lock`")
         spec.inputs[f"base:{ref}"] = pinned.digest
         if pinned.source == "local":
-            spec.local_bases[ref] = pinned.digest
-            return ref
-        qualified = apply_mirrors(parse_reference(ref), self.mirrors)
-        return f"{qualified.registry}/{qualified.repository}@{pinned.digest}"
+            built = pinned.mirror or ref  # the local image the build names (an id works too)
+            spec.local_bases[built] = pinned.digest
+        else:
+            qualified = parse_reference(target or ref)
+            built = f"{qualified.registry}/{qualified.repository}@{pinned.digest}"
+        via = f" through the mirror {target}" if target else ""
+        fix = how_to_fix(ref, self.mirrors, suggestion(target, True))
+        spec.pull_help[built] = f"image {ref}{via}: {fix}"
+        return built
 
 
 def lab_images(loaded: LoadedLab, lock: Lock, profile: Profile | None = None,

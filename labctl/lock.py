@@ -120,17 +120,21 @@ def _source(loaded: LoadedLab) -> SourceLock:
 
 def _image(ref: str, mirrors: dict[str, str]) -> ImageLock:
     """An image built or imported here (no registry digest) is pinned locally without asking a
-    registry; anything else is pinned by its registry's manifest digest."""
+    registry; anything else is pinned by its registry's manifest digest. Both go through the mirror
+    map: what is looked up is the image the build will use (`labctl.mirrors`)."""
     from python_on_whales import DockerClient, DockerException
 
+    from labctl.mirrors import mirror_target
     from labctl.registry import local_image_id, resolve_image
 
     docker = DockerClient()
+    target = mirror_target(ref, mirrors)
+    name = target or ref
     try:
-        if docker.image.exists(ref) and not docker.image.inspect(ref).repo_digests:
-            local = local_image_id(ref, docker)
+        if docker.image.exists(name) and not docker.image.inspect(name).repo_digests:
+            local = local_image_id(name, docker)
             if local:
-                return ImageLock(digest=local, source="local")
+                return ImageLock(digest=local, source="local", mirror=target)
     except DockerException:
         pass  # no engine here: the registry decides
     return resolve_image(ref, docker=docker, mirrors=mirrors)
@@ -244,7 +248,8 @@ def verify_offline(loaded: LoadedLab, lock: Lock, store: Store) -> OfflineResult
         r.unchecked.append("llama_cpp")
     for ref, img in sorted(lock.images.items()):
         if img.source == "local":
-            check(f"images.{ref}", local_image_id(ref) == img.digest, "local image id differs")
+            check(f"images.{ref}", local_image_id(img.mirror or ref) == img.digest,
+                  f"local image id of {img.mirror or ref} differs")
         else:
             r.unchecked.append(f"images.{ref}")
     for c in loaded.lab.contestants:

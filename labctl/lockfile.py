@@ -57,6 +57,9 @@ class ImageLock(Locked):
     """Manifest digest from the registry, or the local image id (see `source`)."""
     source: Literal["registry", "local"]
     """`registry`: a pullable manifest digest; `local`: the image exists only on this machine (its id)."""
+    mirror: str | None = None
+    """The image it was pinned through, as the build names it, when the mirror map
+    (`build.image_mirrors`, a profile's `image_mirrors`) maps this one; the key is the name as written."""
 
 
 class FileLock(Locked):

@@ -49,7 +49,7 @@ class Profile(BaseModel):
     cpu_threads: int | None = Field(default=None, ge=1)
     """Threads for llama-server on this host; default: what llama.cpp picks."""
     image_mirrors: dict[str, str] = {}
-    """Image reference prefix → mirror for this site (wins over the lab's `build.image_mirrors`)."""
+    """Image → mirror for this site, keyed like `build.image_mirrors` (wins over the lab's, per key)."""
 
     @model_validator(mode="after")
     def _gpu_fields_agree(self) -> Profile:

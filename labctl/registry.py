@@ -87,16 +87,12 @@ def parse_reference(reference: str) -> ImageRef:
 
 
 def apply_mirrors(ref: ImageRef, mirrors: Mapping[str, str] | None) -> ImageRef:
-    """Rewrite through the longest matching prefix of `mirrors` (matched against the qualified form,
-    e.g. `{"docker.io/nvidia/": "mirror.lan:5000/nvidia/"}`); a prefix must end at a name boundary."""
-    full = str(ref)
-    best = ""
-    for prefix in mirrors or {}:
-        if full.startswith(prefix) and len(prefix) > len(best) and (
-            prefix.endswith(("/", ":", "@")) or full[len(prefix):len(prefix) + 1] in ("", "/", ":", "@")
-        ):
-            best = prefix
-    return parse_reference(mirrors[best] + full[len(best):]) if best and mirrors else ref
+    """Rewrite through the longest matching key of `mirrors` (see `labctl.mirrors`: keys are
+    spelled like images, `ubuntu:24.04` or `docker.io/nvidia/`)."""
+    from labctl.mirrors import mirror_target  # mirrors builds on this module
+
+    target = mirror_target(str(ref), mirrors)
+    return parse_reference(target) if target else ref
 
 
 def _is_loopback(host: str) -> bool:
@@ -228,22 +224,35 @@ def resolve_image(reference: str, *, mirrors: Mapping[str, str] | None = None,
     """Pin an image: the registry's manifest digest (through `mirrors`), else the local image id.
 
     `endpoints` maps a registry name (`docker.io`, `ghcr.io`) to its API base URL. Any registry
-    failure — unreachable, unknown tag, denied — falls back to a local image of the same name when
-    `local_fallback`, since a locally built or imported image is what `docker build` would use.
+    failure — unreachable, unknown tag, denied — falls back to a local image of the name the build
+    will use (the mirror's, when one applies) when `local_fallback`, since a locally built or
+    imported image is what `docker build` would use. The lock records the mirror next to the image.
+    A failure names the image, the mirror, the mirror map and the lab.yaml line that would fix it.
     """
+    from labctl.mirrors import IMAGE_ID, SUGGESTED_LOCAL, how_to_fix, mirror_target, suggestion
+
     ref = parse_reference(reference)
     if ref.digest:
         return ImageLock(digest=ref.digest, source="registry")
-    try:
-        return ImageLock(digest=registry_digest(apply_mirrors(ref, mirrors), endpoints=endpoints,
-                                                timeout=timeout, client=client), source="registry")
-    except RegistryError as exc:
-        reason = str(exc)
-    local = local_image_id(reference, docker) if local_fallback else None
+    target = mirror_target(reference, mirrors)
+    name = target or reference
+    if IMAGE_ID.match(name):  # an image id names a local image, never a registry's
+        reason = "an image id is not in any registry"
+    else:
+        try:
+            return ImageLock(digest=registry_digest(parse_reference(name), endpoints=endpoints,
+                                                    timeout=timeout, client=client),
+                             source="registry", mirror=target)
+        except RegistryError as exc:
+            reason = str(exc)
+    local = local_image_id(name, docker) if local_fallback else None
     if local:
-        return ImageLock(digest=local, source="local")
-    where = "and no local image has that name" if local_fallback else "(local fallback off)"
-    raise RegistryError(f"cannot pin image {reference}: {reason}; {where}")
+        return ImageLock(digest=local, source="local", mirror=target)
+    where = f"and no local image is named {name}" if local_fallback else "(local fallback off)"
+    via = f" through its mirror {target}" if target else ""
+    have = bool(local_fallback and local_image_id(SUGGESTED_LOCAL, docker))
+    raise RegistryError(f"cannot pin image {reference}{via}: {reason}; {where}; "
+                        + how_to_fix(reference, mirrors, suggestion(target, have)))
 
 
 _HEREDOC = re.compile(r"(?<!<)<<(?!<)(-?)([\"']?)([A-Za-z_]\w*)\2")

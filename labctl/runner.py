@@ -8,8 +8,9 @@ Per run, every container, network and volume carries `labctl.round=<round id>` a
     model net (internal):                     meter ── llama-server (alias `server`)   local
     egress net (bridge):                      meter ── provider API                    cloud
 
-The agent reaches nothing but the meter: not the server (other network), not the internet (both
-its networks are internal), and it never holds an API key (only the meter's environment does).
+The agent reaches nothing but the meter: not the server (other network), not the internet (its
+network is internal), not the host (the internal networks are fenced, `labctl.fence`), and it never
+holds an API key (only the meter's environment does).
 
 Resume: a run whose result.json is finished (done, errored, killed) is skipped (errored ones run
 again with `labctl run --retry-errored`); one found
@@ -29,6 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from labctl.fence import Fence, Netfilter
 from labctl.labfile import LoadedLab, load_lab
 from labctl.lock import require_lock
 from labctl.lockfile import Lock
@@ -217,7 +219,10 @@ def _summary(ctx: RoundContext, rid: str, res: RunResult, skipped: bool) -> RunS
 def down(docker: Docker, round_id: str | None) -> dict[str, list[str]]:
     """Remove what a round (or every labctl round) left running."""
     labels: dict[str, str | None] = {ROUND_LABEL: round_id}
-    return docker.remove_labelled(labels)
+    removed = docker.remove_labelled(labels)
+    fence = Fence(Netfilter(docker, labels={ROUND_LABEL: round_id or "down"}), round_id)
+    removed["firewall rules"] = fence.clear()
+    return removed
 
 
 __all__ = ["RUN_LABEL", "Interrupted", "RoundContext", "RunError", "RunSession", "RunSummary", "down",

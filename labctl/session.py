@@ -30,6 +30,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from labctl.agents import Invocation, adapter
+from labctl.fence import Fence, Netfilter
 from labctl.fetch import model_files
 from labctl.grade import commit_agent, outcome, report_columns, run_metrics, run_verifier
 from labctl.hub import HubError
@@ -73,6 +74,10 @@ METER_START_S = 60
 """The meter must answer within this after its start."""
 DEADLINE_GRACE_S = 30
 """Added to every container's own deadline: the seconds labctl itself needs between the steps."""
+METER_CPUS = 1.0
+METER_MEMORY = "512m"
+"""The meter's limits: a proxy that streams and appends a transcript needs little, and a runaway one
+must not starve the model server or the agent (CPUs capped at the host's count)."""
 Say = Callable[[str], None]
 
 
@@ -109,6 +114,7 @@ class RunSession:
             task_image = ctx.images[_task_image(ctx.images)]
             self.user = self.docker.image_user(task_image) or "0"
             self.workdir = self.docker.image_workdir(task_image)
+        self.fence = Fence(Netfilter(self.docker, ctx.images.get("labctl"), self.labels), rid, run_id)
 
     def _lifetime(self, *before_agent: float) -> str:
         """A container's own deadline in seconds from its start: the phases it must outlive before the
@@ -119,13 +125,16 @@ class RunSession:
 
     def _net(self, role: str, internal: bool) -> str:
         name = self.names[f"net-{role}"]
-        self.docker("network", "create", *(["--internal"] if internal else []),
-                    *label_flags({**self.labels, "labctl.role": f"net-{role}"}), name)
+        made = self.docker("network", "create", *(["--internal"] if internal else []),
+                           *label_flags({**self.labels, "labctl.role": f"net-{role}"}), name)
+        if internal:  # before any container joins: nothing on it may reach the host (labctl.fence)
+            self.fence.add(made.stdout.strip())
         return name
 
     def setup(self) -> None:
         """Scratch, workspace, networks, model server, meter and agent container, all running."""
         self.docker.remove_labelled(self.labels)  # leftovers of an interrupted attempt
+        self.fence.clear()
         shutil.rmtree(self.work, ignore_errors=True)
         self.work.mkdir(parents=True)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -215,6 +224,7 @@ class RunSession:
         # `timeout` passes docker stop's SIGTERM on to the meter, which then flushes its files.
         self.docker("create", "--name", name, "--network", agent_net, "--network-alias", "meter",
                     *label_flags({**self.labels, "labctl.role": "meter"}), *env_flags,
+                    "--cpus", f"{min(METER_CPUS, float(os.cpu_count() or 1)):g}", "--memory", METER_MEMORY,
                     "-v", f"{mdir}:/meter", "--entrypoint", "timeout", self.ctx.images["labctl"],
                     self._lifetime(METER_START_S, self.setup_s), "labctl", *args)
         for net in extra_nets:
@@ -366,10 +376,11 @@ class RunSession:
         return result
 
     def cleanup(self) -> None:
-        """Remove every container, network and volume of this run, and its scratch."""
+        """Remove every container, network and volume of this run, its scratch and its firewall rules."""
         with _signals_deferred():
             self.docker.remove_labelled(self.labels)
             shutil.rmtree(self.work, ignore_errors=True)
+            self.fence.clear()
 
 
 def _task_image(images: dict[str, str]) -> str:

@@ -47,8 +47,11 @@ class BuildOptions(Spec):
     npm_registry: str | None = None
     """An npm mirror for npm-based agent runtimes."""
     image_mirrors: dict[str, str] = {}
-    """Image reference prefix → replacement, e.g. `docker.io/: registry.lan:5000/hub/` or
-    `ubuntu:24.04: debian:bookworm-slim`; a profile's own mirrors win per prefix."""
+    """Image → the image to build from instead, keyed the way images are written (`ubuntu:24.04`,
+    `library/ubuntu:24.04` and `docker.io/library/ubuntu:24.04` are one key), e.g.
+    `"ubuntu:24.04": "debian:bookworm-slim"` (a local image works: lock pins its image id); a key
+    without a tag maps every tag, one ending in `/` is a prefix (`"docker.io/": "registry.lan:5000/hub/"`).
+    A profile's own mirrors win per key."""
 
 
 class LabInfo(Spec):
