@@ -13,9 +13,11 @@ import io
 import os
 import re
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
+import pytest
 from conftest import ROOT
 from test_images import SDIST_SHA
 
@@ -110,3 +112,20 @@ def test_the_pinned_sdist_builds_and_a_changed_cache_is_refused(tmp_path: Path) 
     changed = run_script(tmp_path, good, LLAMA_CPP_PYTHON_SHA256=sha)
     assert changed.returncode == 1 and changed.stdout == "", changed.stderr
     assert f"is pinned to {sha}" in changed.stderr and "REFUSED" in changed.stderr
+
+
+def test_a_prebuilt_llama_server_is_named_and_refused_in_ci(tmp_path: Path) -> None:
+    """$LABCTL_LLAMA_SERVER may point at any binary: a session says which one it uses, CI refuses it."""
+    fake = tmp_path / "llama-server"
+    fake.write_text('#!/bin/sh\necho "version: 42 (deadbeef)"\n')
+    fake.chmod(0o755)
+    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--collect-only",
+            "tests/test_engine.py::test_remove_labelled_refuses_empty_labels"]  # a light module
+    env = {**os.environ, "LABCTL_LLAMA_SERVER": str(fake)}
+    local = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, env={**env, "CI": ""})
+    assert local.returncode == 0, local.stdout + local.stderr
+    assert f"llama-server: LABCTL_LLAMA_SERVER={fake} (version: 42 (deadbeef)), not the pinned build" \
+        in local.stdout
+    ci = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, env={**env, "CI": "true"})
+    assert ci.returncode == pytest.ExitCode.USAGE_ERROR, ci.stdout + ci.stderr
+    assert f"LABCTL_LLAMA_SERVER={fake} is refused in CI" in ci.stderr
