@@ -88,6 +88,12 @@ stamp_text() {
   printf '%s\n' "${CMAKE_FLAGS[@]}"
 }
 
+# One build at a time per cache: concurrent callers (parallel test sessions) would compile into
+# the same build tree; a waiter finds the finished binary below.
+mkdir -p "$CACHE"
+exec 9>"$CACHE/.build.lock"
+flock 9
+
 SDIST="$CACHE/sdist/llama_cpp_python-$V.tar.gz"
 if [[ -x "$BIN" && -f "$STAMP" && -s "$SDIST" ]] && [[ "$(cat "$STAMP")" == "$(stamp_text)" ]]; then
   verify_sdist "$SDIST" || { log "remove $SDIST and $BIN to download and build again"; exit 1; }
