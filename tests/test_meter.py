@@ -553,3 +553,40 @@ def test_through_real_llama_server(tmp_path: Path) -> None:
     assert recs[1]["stream"] is True and recs[1]["response"]["content"] is not None
     assert recs[2]["usage"]["prompt_tokens"] > 0 and recs[2]["usage"]["completion_tokens"] > 0
     assert "secret-tiny-model" not in (tmp_path / "transcript.jsonl").read_text()
+
+
+@pytest.mark.llama
+def test_real_llama_server_unparseable_tool_call_is_the_models_failure(tmp_path: Path) -> None:
+    """llama-server's own 500 for output that breaks its tool-call format, not one written into a
+    fake. The request ends with an assistant message, which llama-server continues (prefill) and
+    parses as the start of the answer: a `<tool_call>` opened on something that is not JSON, so
+    its final parse fails whatever the tiny model then generates (a cut-off call would not do: the
+    parser is lenient at the end of the text). The meter passes the answer to the agent and records
+    the model's failure; the run is not errored."""
+    from labctl.llamaserver import ServerSettings, find_binary, serve, server_argv
+    from labctl.tinymodel import TinyModelParams, write_tiny_gguf
+
+    model = tmp_path / "tiny.gguf"
+    write_tiny_gguf(model, TinyModelParams())
+    argv = server_argv(find_binary(build=True), model, ServerSettings(context=512),
+                       alias="secret-tiny-model")
+    params = {"type": "object", "properties": {"command": {"type": "string"}}, "required": ["command"]}
+    tools = [{"type": "function", "function": {"name": "bash", "description": "Run a command.",
+                                               "parameters": params}}]
+    messages = [{"role": "user", "content": "List the files."},
+                {"role": "assistant", "content": "<tool_call>ls -la</tool_call>"}]  # a call, but not JSON
+    with serve(argv, tmp_path / "server.log") as base:
+        fake = FakeUpstream()
+        fake.url = base
+        with metered(tmp_path, fake) as meter:
+            body = {"model": ALIAS, "max_tokens": 8, "temperature": 0, "seed": 0, "tools": tools,
+                    "messages": messages}
+            resp = post(meter.url, "openai", body)
+            [rec] = records(tmp_path, 1)
+            meter.drain()
+    server_log = (tmp_path / "server.log").read_text()
+    assert resp.status_code == 500, (resp.text, server_log[-2000:])
+    assert "does not match the expected" in resp.json()["error"]["message"], resp.text
+    assert "secret-tiny-model" not in resp.text
+    assert rec["error"]["type"] == "model_output_invalid" and rec["error"]["upstream_status"] == 500, rec
+    assert not meter.state.errored and meter.state.errors == 0, meter.state.last_error
