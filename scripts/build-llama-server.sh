@@ -8,6 +8,8 @@
 #
 # Environment:
 #   LLAMA_CPP_PYTHON_VERSION  llama-cpp-python sdist to take llama.cpp from (default 0.3.36)
+#   LLAMA_CPP_PYTHON_SHA256   that sdist's sha256, as lab.lock pins it (llama_cpp.sdist_sha256);
+#                             known for the default version, required for any other
 #   LABCTL_LLAMA_CACHE        cache dir (default ${XDG_CACHE_HOME:-$HOME/.cache}/labctl/llama.cpp)
 #   LABCTL_BUILD_JOBS         parallel build jobs (default: nproc)
 #   PIP                       pip command used for the download (default: python3 -m pip)
@@ -19,17 +21,44 @@
 #   bin/llama-server                    the built binary (statically linked llama/ggml)
 #   bin/llama-server.stamp              what the binary was built from; reuse key
 #
-# Idempotent: when bin/llama-server exists and its stamp matches, nothing is done.
+# Idempotent: when bin/llama-server exists and its stamp matches, nothing is built. The sdist is
+# checked against the pinned sha256 on every run (cached or downloaded, before anything is
+# unpacked): a mismatch is refused, and so is a binary built from it.
 # All progress goes to stderr; the last line on stdout is the binary's path.
 set -euo pipefail
 
-V="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
+DEFAULT_V=0.3.36
+# What `labctl lock` pins for llama-cpp-python==0.3.36 (labs/smoke.yaml; tests/test_images.py
+# SDIST_SHA, checked against this line by tests/test_build_script.py).
+DEFAULT_SHA256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
+V="${LLAMA_CPP_PYTHON_VERSION:-$DEFAULT_V}"
 CACHE="${LABCTL_LLAMA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/labctl/llama.cpp}"
 JOBS="${LABCTL_BUILD_JOBS:-$(nproc)}"
 BIN="$CACHE/bin/llama-server"
 STAMP="$BIN.stamp"
 
 log() { printf '[build-llama-server] %s\n' "$*" >&2; }
+
+if [[ -n "${LLAMA_CPP_PYTHON_SHA256:-}" ]]; then
+  SHA256="$LLAMA_CPP_PYTHON_SHA256"
+elif [[ "$V" == "$DEFAULT_V" ]]; then
+  SHA256="$DEFAULT_SHA256"
+else
+  log "llama-cpp-python==$V is not pinned here: set LLAMA_CPP_PYTHON_SHA256 to its sdist's sha256" \
+      "(llama_cpp.sdist_sha256 in the lab's lab.lock)"
+  exit 1
+fi
+[[ "$SHA256" =~ ^[0-9a-f]{64}$ ]] || { log "LLAMA_CPP_PYTHON_SHA256 is not a sha256: $SHA256"; exit 1; }
+
+# verify_sdist FILE: the sdist must be the pinned bytes; nothing is unpacked or reused otherwise.
+verify_sdist() {
+  local got
+  got="$(sha256sum "$1" | cut -d' ' -f1)"
+  if [[ "$got" != "$SHA256" ]]; then
+    log "REFUSED: $1 has sha256 $got, but llama-cpp-python==$V is pinned to $SHA256"
+    return 1
+  fi
+}
 
 CMAKE_FLAGS=(
   -DCMAKE_BUILD_TYPE=Release
@@ -59,8 +88,16 @@ stamp_text() {
   printf '%s\n' "${CMAKE_FLAGS[@]}"
 }
 
-if [[ -x "$BIN" && -f "$STAMP" ]] && [[ "$(cat "$STAMP")" == "$(stamp_text)" ]]; then
-  log "up to date: $BIN (llama-cpp-python==$V)"
+# One build at a time per cache: concurrent callers (parallel test sessions) would compile into
+# the same build tree; a waiter finds the finished binary below.
+mkdir -p "$CACHE"
+exec 9>"$CACHE/.build.lock"
+flock 9
+
+SDIST="$CACHE/sdist/llama_cpp_python-$V.tar.gz"
+if [[ -x "$BIN" && -f "$STAMP" && -s "$SDIST" ]] && [[ "$(cat "$STAMP")" == "$(stamp_text)" ]]; then
+  verify_sdist "$SDIST" || { log "remove $SDIST and $BIN to download and build again"; exit 1; }
+  log "up to date: $BIN (llama-cpp-python==$V, sha256 ${SHA256:0:12})"
   echo "$BIN"
   exit 0
 fi
@@ -85,14 +122,16 @@ command -v ninja >/dev/null 2>&1 && GENERATOR=(-G Ninja)
 
 # --- source ----------------------------------------------------------------------
 mkdir -p "$CACHE/sdist" "$CACHE/src" "$CACHE/build" "$CACHE/bin"
-SDIST="$CACHE/sdist/llama_cpp_python-$V.tar.gz"
-if [[ ! -s "$SDIST" ]]; then
+if [[ -s "$SDIST" ]]; then
+  verify_sdist "$SDIST" || { log "remove $SDIST to download it again"; exit 1; }
+else
   PIP_CMD=(${PIP:-python3 -m pip})
   log "downloading llama-cpp-python==$V sdist from PyPI"
   dl="$(mktemp -d "$CACHE/sdist/.dl.XXXXXX")"
   "${PIP_CMD[@]}" download --quiet --no-deps --no-binary :all: "llama-cpp-python==$V" -d "$dl" >&2
   f="$(find "$dl" -maxdepth 1 -name 'llama_cpp_python-*.tar.gz' | head -n1)"
   [[ -n "$f" ]] || { log "pip download produced no sdist"; exit 1; }
+  verify_sdist "$f" || { rm -rf "$dl"; exit 1; }
   mv -f "$f" "$SDIST"
   rm -rf "$dl"
 fi

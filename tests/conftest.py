@@ -8,6 +8,10 @@
 * ``labctl_labels``: a unique ``{"labctl.test": <uuid>}``; on teardown everything carrying it is
   removed (containers, networks, volumes, images), so tests leave nothing behind.
 * ``remove_labelled(client, labels)`` / ``labelled(client)``: the same cleanup as plain helpers.
+
+``$LABCTL_LLAMA_SERVER`` (a prebuilt llama-server for the `llama` tests instead of the one built
+from the pinned sdist) is named with its version at the start of every session that has it, and
+refused in CI: what CI tests is the pinned build.
 """
 
 from __future__ import annotations
@@ -30,10 +34,36 @@ BASE_IMAGE = "debian:bookworm-slim"
 BASE_IMAGE_ALIAS = "debian:bookworm"
 LABEL_KEY = "labctl.test"
 ENSURE_ENV_TIMEOUT_S = 1800  # a cold machine: apt-get install docker.io + debootstrap
+LLAMA_SERVER_ENV = "LABCTL_LLAMA_SERVER"  # labctl.llamaserver.ENV_BINARY
 
 
 def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get(LLAMA_SERVER_ENV) and in_ci():
+        raise pytest.UsageError(
+            f"{LLAMA_SERVER_ENV}={os.environ[LLAMA_SERVER_ENV]} is refused in CI: the llama tests must run "
+            "the llama-server built from the pinned sdist (scripts/build-llama-server.sh); unset it")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    binary = os.environ.get(LLAMA_SERVER_ENV)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if binary and reporter is not None:  # shown even under -q: a run on a foreign binary must say so
+        reporter.write_line(f"llama-server: {LLAMA_SERVER_ENV}={binary} ({_version(binary)}), "
+                            "not the pinned build", yellow=True, bold=True)
+
+
+def _version(binary: str) -> str:
+    try:
+        done = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30,
+                              stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"--version failed: {e}"
+    lines = [ln.strip() for ln in (done.stdout + done.stderr).splitlines() if ln.startswith("version:")]
+    return lines[0] if lines else f"--version exited {done.returncode}"
 
 
 def _succeeds(cmd: list[str], timeout: float = 30) -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import time
 
 import pytest
 from conftest import (
@@ -97,14 +96,12 @@ def test_ensure_env_rejects_unknown_subcommand() -> None:
 
 
 @pytest.mark.docker
-def test_ensure_env_is_idempotent_and_fast(docker_engine: DockerClient) -> None:
-    started = time.monotonic()
+def test_ensure_env_is_idempotent(docker_engine: DockerClient) -> None:
+    """A second run finds everything in place and does nothing (its speed: benchmarks/ensure_env_noop.py)."""
     done = subprocess.run(["bash", str(ENSURE_ENV), "all"], capture_output=True, text=True, cwd=ROOT)
-    took = time.monotonic() - started
     assert done.returncode == 0, done.stderr
-    assert took < 2.0, f"second run took {took:.1f}s:\n{done.stderr}"
     assert done.stdout == ""
     lines = done.stderr.splitlines()
     assert lines and all(line.startswith("ensure-env: ") for line in lines), done.stderr
-    assert not any(word in done.stderr for word in ("starting", "debootstrap", "import", "pull"))
+    assert not any(word in done.stderr for word in ("starting", "debootstrap", "import", "pull", "apt-get"))
 

@@ -542,9 +542,8 @@ def test_build_twice_second_run_is_all_cached(built_smoke: Built, monkeypatch: p
     first = built_smoke.first
     assert [i["status"] for i in first["images"]] == ["built"] * 6, first
     monkeypatch.setenv(NAMESPACE_ENV, built_smoke.namespace)
-    started = time.monotonic()
-    code, stdout, _ = cli("build", built_smoke.lab, "--json")
-    assert code == 0 and time.monotonic() - started < 60
+    code, stdout, _ = cli("build", built_smoke.lab, "--json")  # its speed: benchmarks/build_cached.py
+    assert code == 0
     second = json.loads(stdout)["images"]
     assert [i["status"] for i in second] == ["cached"] * 6
     assert [i["image_id"] for i in second] == [i["image_id"] for i in first["images"]]
@@ -615,9 +614,10 @@ def test_agent_image_runs_mini_as_a_user_with_git_and_no_secrets(built_smoke: Bu
     assert run(tag, ["git", "config", "user.email"]).stdout.strip() == "agent@labctl.invalid"
     env = run(tag, ["env"]).stdout
     assert not [line for line in env.splitlines() if "KEY" in line.split("=")[0] or "TOKEN" in line]
-    found = run(tag, ["sh", "-c", f"grep -rl --exclude-dir=proc --exclude-dir=sys {built_smoke.canary} / "
-                                   "2>/dev/null; true"], timeout=600)
-    assert found.stdout.strip() == ""
+    # As root, so every file is read; grep exits 1 for "no match", 2 for an error (which must fail).
+    found = run(tag, ["grep", "-rl", "--devices=skip", "--exclude-dir=proc", "--exclude-dir=sys",
+                      "--exclude-dir=dev", built_smoke.canary, "/"], user="0", timeout=600)
+    assert (found.returncode, found.stdout) == (1, ""), (found.returncode, found.stdout, found.stderr[-2000:])
     history = subprocess.run(["docker", "history", "--no-trunc", tag], capture_output=True, text=True).stdout
     inspect = subprocess.run(["docker", "image", "inspect", tag], capture_output=True, text=True).stdout
     assert built_smoke.canary not in history + inspect

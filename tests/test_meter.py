@@ -20,7 +20,7 @@ import pytest
 from fake_upstream import FINGERPRINT, MODEL, FakeUpstream, Reply, serve_fake
 
 from labctl.meter import MeterConfig, MeterHandle, meter_in_thread
-from labctl.meterstate import Recorder
+from labctl.meterstate import InterventionPolicy, MeterState, Recorder
 from labctl.spec import Interventions
 from labctl.transcript import SSESplitter, call_signature, inject_user_text, sse_fields
 
@@ -407,24 +407,47 @@ def test_repeated_tool_call_stop(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("dialect", ["openai", "anthropic"])
 def test_idle_nudge(tmp_path: Path, dialect: str) -> None:
+    """Wired through the meter without waiting: the trigger is an hour, so no request that follows
+    an answer is idle however loaded the machine; backdating the last answer by an hour makes the
+    next one idle. (The threshold itself: test_idle_trigger_uses_the_clock_it_is_given.)"""
     rules = Interventions.model_validate({"rules": [
-        {"name": "wake", "action": "nudge", "trigger": {"idle": "0.3s"}, "message": "Keep going.",
+        {"name": "wake", "action": "nudge", "trigger": {"idle": "1h"}, "message": "Keep going.",
          "max": 1}]})
     with serve_fake() as fake, metered(tmp_path, fake, dialect, interventions=rules) as meter:
         post(meter.url, dialect, chat_body(dialect))
         post(meter.url, dialect, chat_body(dialect))  # not idle: no nudge
-        time.sleep(0.4)
-        post(meter.url, dialect, chat_body(dialect))  # nudged
-        time.sleep(0.4)
-        post(meter.url, dialect, chat_body(dialect))  # max 1: no more
+        for n in (2, 3):
+            records(tmp_path, n)  # recorded after the meter noted the answer's end
+            meter.state.last_response_time -= 3600  # the agent idled an hour
+            post(meter.url, dialect, chat_body(dialect))  # nudged; then max 1: no more
         recs = records(tmp_path, 4)
         ivs = records(tmp_path, 4, kind="intervention")
     sent = [r.body["messages"] for r in fake.received]
     assert sent[0] == sent[1] == sent[3] == chat_body(dialect)["messages"]
     assert sent[2] == [{"role": "user", "content": "List the files.\n\nKeep going."}]
     assert meter.state.nudges == 1 and meter.state.interventions == {"wake": 1}
-    assert [i["seq"] for i in ivs] == [3] and ivs[0]["detail"]["idle_s"] >= 0.3
+    assert [i["seq"] for i in ivs] == [3] and ivs[0]["detail"]["idle_s"] >= 3600
     assert recs[2]["interventions"] == ["wake"] and recs[2]["request"]["messages"] == sent[2]
+
+
+def test_idle_trigger_uses_the_clock_it_is_given() -> None:
+    """The policy decides on the `now` the meter hands it: an idle trigger fires at its threshold
+    and not a moment before, counts from the latest answer, never fires before any answer, and
+    stops at its max."""
+    rules = Interventions.model_validate({"rules": [
+        {"name": "wake", "action": "nudge", "trigger": {"idle": "30s"}, "message": "Go on.", "max": 2}]})
+    policy = InterventionPolicy(rules)
+    state = MeterState(alias=ALIAS, dialect="openai", started_at=1000.0)
+    assert policy.decide(1000.0 + 86400, state) == []  # no answer yet: nothing to be idle after
+    state.last_response_time = 2000.0
+    assert policy.decide(2029.9, state) == []
+    assert [(f.rule.name, f.detail) for f in policy.decide(2030.0, state)] == [("wake", {"idle_s": 30.0})]
+    state.last_response_time = 2100.0  # answered again: the gap starts over
+    assert policy.decide(2129.0, state) == []
+    assert [f.detail for f in policy.decide(2131.5, state)] == [{"idle_s": 31.5}]
+    state.last_response_time = 3000.0
+    assert policy.decide(9999.0, state) == []  # max 2 reached
+    assert policy.nudges == 2 and policy.fired == {"wake": 2}
 
 
 def test_inject_user_text_shapes() -> None:
@@ -530,3 +553,40 @@ def test_through_real_llama_server(tmp_path: Path) -> None:
     assert recs[1]["stream"] is True and recs[1]["response"]["content"] is not None
     assert recs[2]["usage"]["prompt_tokens"] > 0 and recs[2]["usage"]["completion_tokens"] > 0
     assert "secret-tiny-model" not in (tmp_path / "transcript.jsonl").read_text()
+
+
+@pytest.mark.llama
+def test_real_llama_server_unparseable_tool_call_is_the_models_failure(tmp_path: Path) -> None:
+    """llama-server's own 500 for output that breaks its tool-call format, not one written into a
+    fake. The request ends with an assistant message, which llama-server continues (prefill) and
+    parses as the start of the answer: a `<tool_call>` opened on something that is not JSON, so
+    its final parse fails whatever the tiny model then generates (a cut-off call would not do: the
+    parser is lenient at the end of the text). The meter passes the answer to the agent and records
+    the model's failure; the run is not errored."""
+    from labctl.llamaserver import ServerSettings, find_binary, serve, server_argv
+    from labctl.tinymodel import TinyModelParams, write_tiny_gguf
+
+    model = tmp_path / "tiny.gguf"
+    write_tiny_gguf(model, TinyModelParams())
+    argv = server_argv(find_binary(build=True), model, ServerSettings(context=512),
+                       alias="secret-tiny-model")
+    params = {"type": "object", "properties": {"command": {"type": "string"}}, "required": ["command"]}
+    tools = [{"type": "function", "function": {"name": "bash", "description": "Run a command.",
+                                               "parameters": params}}]
+    messages = [{"role": "user", "content": "List the files."},
+                {"role": "assistant", "content": "<tool_call>ls -la</tool_call>"}]  # a call, but not JSON
+    with serve(argv, tmp_path / "server.log") as base:
+        fake = FakeUpstream()
+        fake.url = base
+        with metered(tmp_path, fake) as meter:
+            body = {"model": ALIAS, "max_tokens": 8, "temperature": 0, "seed": 0, "tools": tools,
+                    "messages": messages}
+            resp = post(meter.url, "openai", body)
+            [rec] = records(tmp_path, 1)
+            meter.drain()
+    server_log = (tmp_path / "server.log").read_text()
+    assert resp.status_code == 500, (resp.text, server_log[-2000:])
+    assert "does not match the expected" in resp.json()["error"]["message"], resp.text
+    assert "secret-tiny-model" not in resp.text
+    assert rec["error"]["type"] == "model_output_invalid" and rec["error"]["upstream_status"] == 500, rec
+    assert not meter.state.errored and meter.state.errors == 0, meter.state.last_error

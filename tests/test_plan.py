@@ -22,6 +22,7 @@ from labctl.lockfile import FileLock, Lock, ModelLock, SourceLock, TaskLock
 from labctl.plan import PlanError, plan_lab, tiny_meta
 from labctl.profiles import Profile, find_profile
 from labctl.tinymodel import TinyModelParams, write_tiny_gguf
+from labctl.units import format_size
 from tests.helpers import ROOT, lab_copy
 
 GiB, MiB = 1024**3, 1024**2
@@ -242,10 +243,27 @@ def _mini(tmp: Path, serve: dict, declared: dict | None = _DEVSTRAL, profile: st
     return lab_copy(tmp, _MINI.format(profile=profile, serve=json.dumps(serve), contestants=c))
 
 
+def test_context_too_big_for_the_card_names_the_shortfall(tmp_path: Path) -> None:
+    """The whole model on the GPU at 128K: weights + KV cache + compute buffer exceed the card's
+    budget, and the error says by how much."""
+    serve = {"context": 131072, "gpu_layers": "all", "cache_type_k": "q8_0", "cache_type_v": "q8_0",
+             "flash_attention": "on"}
+    meta = GGUFMeta(**{k: v for k, v in _DEVSTRAL.items() if k != "file_size"})
+    kv = kc.kv_cache(meta, 131072, type_k="q8_0", type_v="q8_0")
+    assert kv.total == 40 * 8 * 128 * 2 * 34 // 32 * 131072  # layers × KV heads × dims × (K + V) × q8_0
+    compute = kc.compute_buffer(meta, kv, flash_attention="on", cuda=True)  # checked in test_buffers
+    card = find_profile("rtx4090-24g")
+    short = _DEVSTRAL["file_size"] + kv.total + compute - (card.total_vram - card.vram_reserve)
+    assert short > 0
+    plan = _plan("rtx4090-24g", _mini(tmp_path, serve))
+    (row,) = plan.contestants
+    want = f"contestant dev: context 131072 needs {format_size(short)} more VRAM than rtx4090-24g has free"
+    assert row.status == "error" and row.error == want, row.error
+    with pytest.raises(PlanError, match="contestant dev"):
+        plan.raise_if_errors()
+
+
 @pytest.mark.parametrize(("serve", "declared", "needle"), [
-    ({"context": 131072, "gpu_layers": "all", "cache_type_k": "q8_0", "cache_type_v": "q8_0",
-      "flash_attention": "on"}, _DEVSTRAL, "contestant dev: context 131072 needs 3.9 GiB more VRAM than "
-                                           "rtx4090-24g has free"),
     ({"context": 262144}, _DEVSTRAL, "context 262144 is larger than the model's training context 131072"),
     ({"cache_type_v": "q8_0", "flash_attention": "off"}, _DEVSTRAL, "quantized V cache (q8_0) needs flash"),
     ({}, None, "contestant dev: no GGUF metadata"),
