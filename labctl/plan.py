@@ -129,6 +129,7 @@ def tiny_meta(params: TinyModelParams) -> tuple[GGUFMeta, int]:
         sliding_window=params.sliding_window,
         sliding_window_pattern=list(pattern) if isinstance(pattern, tuple) else pattern,
         file_type=1 if params.dtype == "f16" else 0, quant=params.dtype.upper(), vocab_size=V,
+        feed_forward_length=F,
         tensor_bytes=total)
     return meta, total
 
