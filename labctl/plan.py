@@ -150,11 +150,23 @@ def resolve_source(c: LocalContestant, lock: Lock | None) -> Source:
         if size is None:
             size, src = (d.file_size, "declared file_size") if d.file_size else (d.tensor_bytes, "declared")
         if not size:
+            size, src = _shape_bytes(d, c.model.file), "declared shape"
+        if not size:
             raise PlanError(f"contestant {c.id}: declared metadata has no file_size or tensor_bytes; "
                             "run `labctl lock` or declare model.declared.file_size")
         return Source(d, "declared", size, src)
     raise PlanError(f"contestant {c.id}: no GGUF metadata (lab.lock has none for it and the lab declares "
                     "none); run `labctl lock` or declare model.declared")
+
+
+def _shape_bytes(meta: GGUFMeta, file: str | None) -> int | None:
+    """Tensor bytes of the model's twin layout (declared shape, quant from the file name), if buildable."""
+    from labctl.twin import TwinError, layout_bytes
+
+    try:
+        return layout_bytes(meta, quant_name(meta, file))
+    except TwinError:
+        return None
 
 
 def _billions(n: int | None) -> str:

@@ -178,6 +178,11 @@ def tensors(meta: GGUFMeta, quant: str | None) -> list[TwinTensor]:
     return [_typed(n, ne, w) for n, ne in out]
 
 
+def layout_bytes(meta: GGUFMeta, quant: str | None) -> int:
+    """Bytes of tensor data the twin of this metadata holds (what llama.cpp will load as weights)."""
+    return sum(t.nbytes for t in tensors(meta, quant))
+
+
 def _swa_layers(meta: GGUFMeta) -> list[bool]:
     pat = meta.sliding_window_pattern
     if isinstance(pat, list):

@@ -17,9 +17,11 @@
 #   src/<V>/                            extracted vendor/llama.cpp (+ CHANGELOG.md)
 #   build/<V>/                          cmake build tree
 #   bin/llama-server                    the built binary (statically linked llama/ggml)
-#   bin/llama-server.stamp              what the binary was built from; reuse key
+#   bin/llama-fit-params                llama.cpp's own fitter, same tree and flags (`labctl plan --measure`)
+#   bin/llama-server.stamp              what the binaries were built from; reuse key
 #
-# Idempotent: when bin/llama-server exists and its stamp matches, nothing is done.
+# Idempotent: when both binaries exist and the stamp matches, nothing is done (a cache from before
+# llama-fit-params was added gets just that target, incrementally, from the kept build tree).
 # All progress goes to stderr; the last line on stdout is the binary's path.
 set -euo pipefail
 
@@ -59,7 +61,14 @@ stamp_text() {
   printf '%s\n' "${CMAKE_FLAGS[@]}"
 }
 
-if [[ -x "$BIN" && -f "$STAMP" ]] && [[ "$(cat "$STAMP")" == "$(stamp_text)" ]]; then
+FIT="$CACHE/bin/llama-fit-params"
+if [[ -x "$BIN" && -f "$STAMP" ]] && [[ "$(cat "$STAMP")" == "$(stamp_text)" ]] && [[ ! -x "$FIT" ]] \
+    && [[ -f "$CACHE/build/$V/CMakeCache.txt" ]]; then
+  log "building llama-fit-params beside the cached llama-server"
+  GIT_CEILING_DIRECTORIES="$CACHE" cmake --build "$CACHE/build/$V" --target llama-fit-params -j "$JOBS" >&2
+  install -m 0755 "$CACHE/build/$V/bin/llama-fit-params" "$FIT.tmp" && mv -f "$FIT.tmp" "$FIT"
+fi
+if [[ -x "$BIN" && -x "$FIT" && -f "$STAMP" ]] && [[ "$(cat "$STAMP")" == "$(stamp_text)" ]]; then
   log "up to date: $BIN (llama-cpp-python==$V)"
   echo "$BIN"
   exit 0
@@ -133,9 +142,10 @@ log "configuring in $BUILD"
 GIT_CEILING_DIRECTORIES="$CACHE" cmake -S "$SRC/llama.cpp" -B "$BUILD" "${GENERATOR[@]}" \
   "${CMAKE_FLAGS[@]}" -DLLAMA_BUILD_COMMIT="$COMMIT" >&2
 log "building llama-server with $JOBS jobs (several minutes on few cores)"
-GIT_CEILING_DIRECTORIES="$CACHE" cmake --build "$BUILD" --target llama-server -j "$JOBS" >&2
+GIT_CEILING_DIRECTORIES="$CACHE" cmake --build "$BUILD" --target llama-server llama-fit-params -j "$JOBS" >&2
 built="$BUILD/bin/llama-server"
 [[ -x "$built" ]] || { log "build finished but $built is missing"; exit 1; }
+install -m 0755 "$BUILD/bin/llama-fit-params" "$FIT.tmp" && mv -f "$FIT.tmp" "$FIT"
 
 # Static llama/ggml; only system libs (libstdc++, libgomp, libc) remain dynamic.
 if ldd "$built" 2>/dev/null | grep -q 'not found'; then
