@@ -87,7 +87,7 @@ def twin(
     contestant: Annotated[str, typer.Argument(help="Contestant id (a local model).")],
     lab: LabArg = DEFAULT_LAB,
     output: Annotated[Path | None, typer.Option("--out", "-o", help="File (default: ./<id>.twin.gguf); "
-                                                "shards of a split model are written beside it.")] = None,
+                                                "a split model: <stem>-0000i-of-0000n.gguf.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Write a shape twin: a sparse GGUF with the model's real layout and no weights.

@@ -100,19 +100,26 @@ def header_bytes(f: FileLock, refetch: Callable[[FileLock], bytes] | None = None
     return raw
 
 
-def twin_from_headers(model: ModelLock, out_dir: Path, refetch: Callable[[FileLock], bytes] | None = None
+def shard_paths(out: Path, n: int) -> list[Path]:
+    """`out` for one file; `<out stem>-0000i-of-0000n.gguf` beside it for a split model (the names
+    llama.cpp derives the other shards' paths from)."""
+    if n == 1:
+        return [out]
+    stem = out.name.removesuffix(".gguf")
+    return [out.with_name(f"{stem}-{i:05d}-of-{n:05d}.gguf") for i in range(1, n + 1)]
+
+
+def twin_from_headers(model: ModelLock, out: Path, refetch: Callable[[FileLock], bytes] | None = None
                       ) -> list[Path] | None:
-    """Write every file of the model as header + holes into `out_dir`; None when a header is missing."""
+    """Write every file of the model as header + holes (`shard_paths(out)`); None when a header is missing."""
     raws = [header_bytes(f, refetch) for f in model.files]
     if any(r is None for r in raws):
         return None
-    paths = []
-    for f, raw in zip(model.files, raws, strict=True):
+    paths = shard_paths(out, len(model.files))
+    for f, raw, p in zip(model.files, raws, paths, strict=True):
         assert raw is not None
         parse_header(raw)  # a damaged cache entry fails here, not inside llama.cpp
-        p = out_dir / Path(f.name).name
         _sparse(p, raw, f.size)
-        paths.append(p)
     return paths
 
 
@@ -370,17 +377,14 @@ def _disk(p: Path) -> int:
 
 def write_twin(model: ModelLock | None, declared: GGUFMeta | None, file_name: str, out: Path, *,
                refetch: Callable[[FileLock], bytes] | None = None) -> Twin:
-    """The twin of one model at `out` (a file; shards of a split model sit beside it under their names).
+    """The twin of one model at `out` (a split model's shards: `shard_paths(out, n)`).
 
     The locked header wins; else the lock's header metadata; else the declared metadata.
     """
     out = Path(out)
     if model is not None and all(f.header_sha256 for f in model.files):
-        paths = twin_from_headers(model, out.parent, refetch)
+        paths = twin_from_headers(model, out, refetch)
         if paths is not None:
-            if len(paths) == 1 and paths[0] != out:
-                os.replace(paths[0], out)
-                paths = [out]
             return _done(paths, "lock header")
     meta, source = (declared, "declared")
     if model is not None and model.gguf:
