@@ -222,3 +222,11 @@ def test_a_plan_that_does_not_fit_fails_as_oom(tmp_path: Path, llama_server: Pat
         pass
     assert e.value.kind == "oom", e.value.log_tail
     assert os.path.exists(tmp_path / "s.log")
+
+
+def test_ballast_without_a_gpu_is_a_clear_error() -> None:
+    """No CUDA runtime here: the ballast says so and --measure stops before measuring anything."""
+    from labctl.measure import ballast
+
+    with pytest.raises(RuntimeError, match="GPU ballast did not start: error: "), ballast(1 << 30):
+        pass
