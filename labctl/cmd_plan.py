@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -144,7 +145,9 @@ def plan_command(lab: LabArg = DEFAULT_LAB, profile: ProfileOpt = None, as_json:
 
         try:
             server = llama_server or llamaserver.find_binary(build=True)
-            got = measure_plan(loaded, lock, result, server, fit_params_binary(server))
+            work = os.environ.get("LABCTL_MEASURE_WORK")  # keep twins and server logs there
+            got = measure_plan(loaded, lock, result, server, fit_params_binary(server),
+                               work=Path(work) if work else None)
         except (OSError, RuntimeError) as e:
             raise fail(f"--measure: {e}", as_json) from None
         write_measured(mp, got)
