@@ -10,21 +10,24 @@ import shutil
 from pathlib import Path
 
 import pytest
+from hfserver import HubServer, hub_server  # noqa: F401
 from typer.testing import CliRunner
 
 from labctl import ggufheaders
 from labctl import llamaserver as ls
 from labctl.cli import app
+from labctl.cmd_model import hub_refetch
 from labctl.ggufread import meta_from_headers, read_header_local
-from labctl.hub import lock_local
+from labctl.hub import lock_hf, lock_local
 from labctl.labfile import load_lab
 from labctl.measure import fit_params_binary, measure_plan
 from labctl.measured import Measurement, parse_breakdown, read_measured
 from labctl.plan import plan_lab
-from labctl.spec import LocalContestant
+from labctl.spec import LocalContestant, ModelSource
 from labctl.tinymodel import TinyModelParams, write_tiny_gguf
 from labctl.twin import TwinError, layout_bytes, tensors, write_twin
 from tests.helpers import ROOT
+from tests.test_hub import write_moe
 
 TWINS = ROOT / "labs" / "twins.yaml"
 MiB = 1 << 20
@@ -119,6 +122,25 @@ def test_lock_keeps_the_raw_header_and_the_twin_is_it_plus_holes(tmp_path: Path)
     # Without the cache and a way to fetch, the lock's header numbers still make a twin.
     t = write_twin(model, None, "real.gguf", tmp_path / "meta.gguf")
     assert t.source == "lock metadata"
+
+
+def test_split_model_on_the_hub_twins_shard_by_shard(hub_server: HubServer, tmp_path: Path) -> None:  # noqa: F811
+    """`labctl lock` reads each shard's header over HTTP ranges; the twin keeps the split, and a header
+    missing from the cache is fetched again (a range request) from the pinned commit."""
+    shards = write_moe(tmp_path / "m.gguf", split_max_tensors=2)
+    hub_server.add_repo("org/moe", {f"Q4_K_M/{s.name}": s for s in shards})
+    lock = lock_hf("moe", ModelSource(repo="org/moe", file="Q4_K_M/m-00001-of-00002.gguf"))
+    assert all(f.header_sha256 for f in lock.files)
+    for f in lock.files:
+        assert f.header_sha256
+        ggufheaders.header_path(f.header_sha256).unlink()
+    t = write_twin(lock, None, "m-00001-of-00002.gguf", tmp_path / "tw" / "moe.gguf",
+                   refetch=hub_refetch(lock))
+    assert t.source == "lock header"
+    assert [p.name for p in t.files] == ["moe-00001-of-00002.gguf", "moe-00002-of-00002.gguf"]
+    for real, twin in zip(shards, t.files, strict=True):
+        assert twin.stat().st_size == real.stat().st_size
+        assert read_header_local(twin).tensors == read_header_local(real).tensors
 
 
 def test_model_twin_command(tmp_path: Path) -> None:
