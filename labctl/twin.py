@@ -329,6 +329,8 @@ def _metadata(w: gguf.GGUFWriter, meta: GGUFMeta, name: str) -> None:
         w.add_uint32(k(Keys.Attention.KEY_LENGTH_SWA), meta.key_length_swa or hk)
         w.add_uint32(k(Keys.Attention.VALUE_LENGTH_SWA), meta.value_length_swa or meta.key_length_swa or hk)
         w.add_uint32(k(Keys.LLM.EMBD_LENGTH_PER_LAYER_INP), 0)
+        # Sliding layers rotate their own (smaller) heads; unset, llama.cpp would take the global n_rot.
+        w.add_uint32(k("{arch}.rope.dimension_count_swa"), meta.key_length_swa or hk)
         w.add_rope_freq_base_swa(1e4)
     tokens, scores, types = build_vocab(meta.vocab_size or 0)
     w.add_tokenizer_model("llama")

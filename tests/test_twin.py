@@ -232,11 +232,13 @@ def test_measure_every_architecture_on_the_cpu_server(tmp_path: Path, llama_serv
 
 @pytest.mark.llama
 def test_a_plan_that_does_not_fit_fails_as_oom(tmp_path: Path, llama_server: Path) -> None:
-    """A real out-of-memory start: a KV cache far beyond this machine's memory."""
+    """A real out-of-memory start: a 128 TiB KV cache (past any machine's memory and past the 47-bit
+    address space, so even an overcommitting kernel refuses it)."""
     (c,) = [c for c in _locals(TWINS) if c.id == "twin-llama"]
     d = c.model.declared
     assert d is not None
-    big = d.model_copy(update={"context_length": 1 << 30, "head_count_kv": 4, "block_count": 64})
+    big = d.model_copy(update={"context_length": 1 << 30, "head_count_kv": 4, "block_count": 64,
+                               "key_length": 128, "value_length": 128})
     t = write_twin(None, big, "big.gguf", tmp_path / "big.gguf")
     settings = ls.ServerSettings(context=1 << 30)
     with pytest.raises(ls.ServerStartError) as e, ls.serve(ls.server_argv(llama_server, t.path, settings),
