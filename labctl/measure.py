@@ -102,6 +102,24 @@ def run_fitter(fit_binary: Path | None, twin: Path, plan: ContestantPlan, margin
                   args=done.stdout.strip().splitlines()[-1])
 
 
+def fit_print(fit_binary: Path, twin: Path, settings: ls.ServerSettings) -> dict[str, dict[str, int]]:
+    """llama.cpp's own estimate (`llama-fit-params --fit-print on`, no memory allocated) for the planned
+    context and cache flags: MiB of model / context / compute per device and host."""
+    argv = [str(fit_binary), "-m", str(twin), "-c", str(settings.context), "-fa", settings.flash_attention,
+            "-ctk", settings.cache_type_k, "-ctv", settings.cache_type_v, "-np", str(settings.parallel),
+            "-ngl", str(settings.gpu_layers), "--fit-print", "on"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=FIT_TIMEOUT_S)
+    rows = {}
+    for line in done.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 4 and all(p.isdigit() for p in parts[1:]):
+            rows[parts[0]] = dict(zip(("model", "context", "compute"), map(int, parts[1:]), strict=True))
+    if done.returncode != 0 or not rows:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"llama-fit-params --fit-print failed (exit {done.returncode}): {tail}")
+    return rows
+
+
 def _speed(url: str) -> Speed | None:
     body = {"prompt": "hello " * PROMPT_WORDS, "n_predict": GEN_TOKENS, "ignore_eos": True,
             "cache_prompt": False, "temperature": 0}

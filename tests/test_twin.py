@@ -200,6 +200,29 @@ def llama_server() -> Path:
 
 
 @pytest.mark.llama
+@pytest.mark.parametrize("cid", ["qwen3.6-35b-a3b", "gemma-4-12b", "hermes-4-14b", "qwen3-coder-30b-a3b",
+                                 "devstral-24b"])
+def test_round7_twins_load_in_the_pinned_llama_cpp_and_kv_matches_the_plan(tmp_path: Path, cid: str) -> None:
+    """Each full-size Round 7 twin goes through the pinned llama.cpp's loader (every tensor created) and
+    llama.cpp's own estimate of its KV cache + recurrent state equals the planner's, at the plan's
+    context on the RTX 5090 (`--fit-print`: nothing is allocated, so it runs on any CPU)."""
+    from labctl.measure import fit_print
+
+    env = os.environ.get("LABCTL_LLAMA_FIT_PARAMS")
+    fit = Path(env or fit_params_binary(ls.find_binary(build=True)) or "")
+    assert fit.is_file(), "llama-fit-params is built beside llama-server by scripts/build-llama-server.sh"
+    loaded = load_lab(ROOT / "lab.yaml")
+    (p,) = [p for p in plan_lab(loaded, None).contestants if p.id == cid]
+    (c,) = [c for c in _locals(ROOT / "lab.yaml") if c.id == cid]
+    assert p.server is not None and c.model.declared is not None and c.model.file
+    t = write_twin(None, c.model.declared, c.model.file, tmp_path / "t.gguf")
+    cpu = p.server.model_copy(update={"gpu_layers": 0})  # same context and cache types, on the host
+    got = fit_print(fit, t.path, cpu)
+    context_mib = sum(r["context"] for r in got.values())
+    assert context_mib == (p.kv_bytes or 0) // MiB, (got, p.kv_bytes)
+
+
+@pytest.mark.llama
 def test_measure_every_architecture_on_the_cpu_server(tmp_path: Path, llama_server: Path) -> None:
     """`plan --measure` on CPU: every twin loads with the planned flags; KV and state exact to llama.cpp's
     log; the breakdown, the fitter's answer and the speed recorded; `labctl plan` shows them."""
