@@ -40,7 +40,7 @@ FREE_ENV = "LABCTL_MEASURE_FREE_MIB"
 FIT_TIMEOUT_S = 600
 PROMPT_WORDS = 400
 GEN_TOKENS = 64
-_VERSION = re.compile(r"version: (\d+) \(([0-9a-f]+|unknown)\)")
+_VERSION = re.compile(r"version: (\S+) \((?:build \S+, commit )?([0-9a-f]+|unknown)\)")
 
 
 def gpu_info() -> dict[str, Any] | None:
