@@ -8,7 +8,7 @@ PYTHON ?= python3
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: help install env test test-fast demo controls lint schema bench clean
+.PHONY: help install env test test-fast demo controls lint schema bench gpu-bundle clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -50,6 +50,9 @@ schema: $(STAMP) ## Regenerate lab.schema.json from the spec
 
 bench: $(STAMP) ## Benchmarks (ratios against a baseline measured in the same run)
 	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+gpu-bundle: $(STAMP) ## Stage .gpu-bundle/ (pinned llama.cpp source + wheels) for scripts/gpu-measure.sh
+	bash scripts/gpu-bundle.sh
 
 clean: ## Remove the venv and caches (not the model store)
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -10,9 +12,19 @@ from rich.table import Table
 
 from labctl.console import DEFAULT_LAB, EXIT_FAIL, JsonOpt, LabArg, ProfileOpt, emit, err, fail, open_lab, out
 from labctl.lockfile import Lock, lock_path, read_lock
+from labctl.measured import Measurement, measured_path, read_measured
 from labctl.plan import ContestantPlan, Plan, plan_lab
 from labctl.units import format_size
 
+MeasureOpt = Annotated[
+    bool, typer.Option("--measure", help="Run llama.cpp on every shape twin (fitter, then "
+                       "the planned flags with -fit off); write <lab>.measured.<profile>.json by the lock.")
+]
+ServerOpt = Annotated[
+    Path | None, typer.Option("--llama-server", help="llama-server binary for --measure (default: "
+                              "$LABCTL_LLAMA_SERVER, else labctl's cached CPU build); llama-fit-params is "
+                              "taken from beside it.")
+]
 UnknownArchOpt = Annotated[
     bool, typer.Option("--allow-unknown-arch",
                        help="Plan unknown architectures conservatively (every layer full attention).")
@@ -71,8 +83,47 @@ def render(plan: Plan) -> None:
         err.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True, emoji=False)
 
 
+def _mib(n: float | int | None) -> str:
+    return "—" if n is None else format_size(int(n * (1 << 20)))
+
+
+def _pct(planned: int | None, got_mib: float | None) -> str:
+    if not planned or not got_mib:
+        return ""
+    return f" ({(planned / (got_mib * (1 << 20)) - 1) * 100:+.1f}%)"
+
+
+def render_measured(plan: Plan, m: Measurement) -> None:
+    """Planned next to measured, one row per measured contestant."""
+    host = m.host.get("gpu") or m.host.get("cpu") or "?"
+    t = Table(title=f"Measured on {host} ({m.date}, llama.cpp {m.llama_cpp.get('build')} "
+                    f"{m.llama_cpp.get('commit')}), shape twins", caption_justify="left",
+              caption="Planned (measured, planned vs measured). Context: the plan's / llama-fit-params' "
+                      "choice on the same budget. Total: model + context + compute on the "
+                      + ("GPU." if plan.gpu else "host."))
+    for col in ("Model", "Loaded", "Context plan / fitter", "KV + state", "Compute", "Total", "pp t/s",
+                "tg t/s"):
+        t.add_column(col, overflow="fold")
+    rows = {c.id: c for c in plan.contestants}
+    for r in m.contestants:
+        p = rows.get(r.id)
+        if p is None:
+            continue
+        ctx = f"{_tokens(p.context)} / {_tokens(r.fitter.context) if r.fitter and r.fitter.ok else '—'}"
+        ok = "[green]yes[/]" if r.loaded else f"[red]no ({r.error_kind})[/]"
+        ctx_mib, comp_mib, total_mib = r.totals(plan.gpu)
+        planned_total = p.vram_used if plan.gpu else p.ram_used
+        t.add_row(p.name, ok, ctx, f"{_size(p.kv_bytes)} ({_mib(ctx_mib)}){_pct(p.kv_bytes, ctx_mib)}",
+                  f"{_size(p.compute_bytes)} ({_mib(comp_mib)}){_pct(p.compute_bytes, comp_mib)}",
+                  f"{_size(planned_total)} ({_mib(total_mib)}){_pct(planned_total, total_mib)}",
+                  f"{r.speed.prompt_per_second:,.0f}" if r.speed else "—",
+                  f"{r.speed.generated_per_second:,.1f}" if r.speed else "—")
+    out.print(t, emoji=False)
+
+
 def plan_command(lab: LabArg = DEFAULT_LAB, profile: ProfileOpt = None, as_json: JsonOpt = False,
-                 allow_unknown_arch: UnknownArchOpt = False) -> None:
+                 allow_unknown_arch: UnknownArchOpt = False, measure: MeasureOpt = False,
+                 llama_server: ServerOpt = None) -> None:
     """Plan every contestant for a hardware profile: context, KV cache, VRAM, offload, llama-server flags.
 
     Works before anything is downloaded: metadata comes from lab.lock, else from model.declared.
@@ -87,9 +138,28 @@ def plan_command(lab: LabArg = DEFAULT_LAB, profile: ProfileOpt = None, as_json:
         except (ValidationError, ValueError) as e:
             raise fail(f"{lp} does not parse: {e}", as_json) from None
     result = plan_lab(loaded, lock, allow_unknown_arch=allow_unknown_arch)
+    mp = measured_path(lab, result.profile)
+    if measure:
+        from labctl import llamaserver
+        from labctl.measure import fit_params_binary, measure_plan, write_measured
+
+        try:
+            server = llama_server or llamaserver.find_binary(build=True)
+            work = os.environ.get("LABCTL_MEASURE_WORK")  # keep twins and server logs there
+            got = measure_plan(loaded, lock, result, server, fit_params_binary(server),
+                               work=Path(work) if work else None)
+        except (OSError, RuntimeError) as e:
+            raise fail(f"--measure: {e}", as_json) from None
+        write_measured(mp, got)
+        if not as_json:
+            err.print(f"wrote {mp}", highlight=False)
+    measured = read_measured(lab, result.profile)
     if as_json:
-        emit({"ok": not result.errors, "lock": str(lp) if lock else None, **result.model_dump(mode="json")})
+        emit({"ok": not result.errors, "lock": str(lp) if lock else None, **result.model_dump(mode="json"),
+              "measured": measured.model_dump(mode="json") if measured else None})
     else:
         render(result)
+        if measured is not None:
+            render_measured(result, measured)
     if result.errors:
         raise typer.Exit(EXIT_FAIL)

@@ -82,6 +82,12 @@ class GGUFMeta(BaseModel):
     """Bytes of all tensor data (≈ the weights' memory)."""
     vocab_size: int | None = None
     """Tokens in the vocabulary (sizes the output buffer)."""
+    feed_forward_length: PerLayer | None = None
+    """Dense FFN size (`{arch}.feed_forward_length`); shapes a twin's FFN tensors and the compute buffer."""
+    expert_feed_forward_length: int | None = None
+    """FFN size of one routed expert (`{arch}.expert_feed_forward_length`, MoE)."""
+    expert_shared_feed_forward_length: int | None = None
+    """FFN size of the shared expert (`{arch}.expert_shared_feed_forward_length`, e.g. `qwen35moe`)."""
 
     def per_layer(self, value: PerLayer) -> list[int]:
         """A per-layer list for a scalar-or-array field."""

@@ -85,6 +85,8 @@ class Header:
     tensors: list[TensorInfo] = field(default_factory=list)
     size: int = 0
     """Bytes from the start of the file to the end of the tensor infos."""
+    raw: bytes | None = None
+    """The header's own bytes (`size` of them), when read by `read_prefix`: what a shape twin copies."""
 
 
 # --------------------------------------------------------------------------- parser
@@ -182,7 +184,9 @@ def read_prefix(fetch_range: Callable[[int, int], bytes], *, total_size: int | N
         else:
             eof = True
         try:
-            return parse_header(buf)
+            header = parse_header(buf)
+            header.raw = bytes(buf[:header.size])
+            return header
         except Truncated:
             if eof or (total_size is not None and len(buf) >= total_size):
                 raise GGUFError(f"file ends inside its GGUF header ({len(buf)} bytes)") from None
@@ -334,6 +338,10 @@ def meta_from_headers(headers: Sequence[Header], name_hint: str | None = None) -
             sliding_window=opt(Keys.Attention.SLIDING_WINDOW), sliding_window_pattern=pattern,
             full_attention_interval=opt(Keys.LLM.FULL_ATTENTION_INTERVAL), ssm=ssm,
             expert_count=expert_count, expert_used_count=expert_used,
+            feed_forward_length=None if get(Keys.LLM.FEED_FORWARD_LENGTH) is None else _per_layer(
+                get(Keys.LLM.FEED_FORWARD_LENGTH), "feed_forward_length"),
+            expert_feed_forward_length=opt(Keys.LLM.EXPERT_FEED_FORWARD_LENGTH),
+            expert_shared_feed_forward_length=opt(Keys.LLM.EXPERT_SHARED_FEED_FORWARD_LENGTH),
             file_type=file_type, quant=_quant(file_type, name_hint),
             n_params=n_params, n_params_active=n_active, tensor_bytes=tensor_bytes, vocab_size=vocab,
         )

@@ -28,6 +28,7 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
+from labctl import ggufheaders
 from labctl.ggufread import GGUFError, Header, meta_from_headers, read_local, read_prefix
 from labctl.lockfile import FileLock, ModelLock
 from labctl.spec import LocalContestant, ModelSource
@@ -157,6 +158,22 @@ def _remote_header(repo: str, name: str, commit: str, size: int, token: str | bo
     return read_prefix(range_fetcher(hf_hub_url(repo, name, revision=commit), token=token), total_size=size)
 
 
+def _with_header(f: FileLock, header: Header) -> FileLock:
+    """The file's lock entry naming its raw header, which goes to the header cache."""
+    if header.raw is None:
+        return f
+    return f.model_copy(update={"header_sha256": ggufheaders.put(header.raw), "header_size": len(header.raw)})
+
+
+def local_header(path: Path) -> Header:
+    """A local file's header parsed from its first bytes (so its raw bytes are kept, as for a remote one)."""
+    with open(path, "rb") as fh:
+        def fetch(start: int, end: int) -> bytes:
+            fh.seek(start)
+            return fh.read(end - start)
+        return read_prefix(fetch, total_size=path.stat().st_size)
+
+
 def lock_hf(contestant: str, source: ModelSource, *, read_header: bool = True,
             token: str | bool | None = None) -> ModelLock:
     """Pin a Hugging Face source: commit, every shard's LFS sha256 and size, and the GGUF header."""
@@ -195,9 +212,10 @@ def lock_hf(contestant: str, source: ModelSource, *, read_header: bool = True,
     meta = None
     if read_header:
         headers = []
-        for f in files:
+        for i, f in enumerate(files):
             try:
                 headers.append(_remote_header(repo, f.name, commit, f.size, token))
+                files[i] = _with_header(f, headers[-1])
             except GGUFError as e:
                 raise HubError(contestant, f.name, f"bad GGUF header: {e}") from e
             except Exception as e:
@@ -227,7 +245,12 @@ def lock_local(path: Path, *, contestant: str = "", as_written: str | None = Non
     for p in paths:
         if not p.is_file():
             raise HubError(contestant, p.name, f"no such file: {p}")
-        files.append(FileLock(name=p.name, sha256=sha256_file(p), size=p.stat().st_size))
+        f = FileLock(name=p.name, sha256=sha256_file(p), size=p.stat().st_size)
+        try:
+            f = _with_header(f, local_header(p))
+        except GGUFError as e:
+            raise HubError(contestant, p.name, f"bad GGUF header: {e}") from e
+        files.append(f)
     try:
         meta = read_local(paths)
     except GGUFError as e:

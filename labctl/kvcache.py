@@ -340,10 +340,12 @@ def kv_bytes_per_token(meta: GGUFMeta, type_k: str = "f16", type_v: str = "f16",
 
 
 def ffn_width(meta: GGUFMeta, n_ff: int | None = None) -> int:
-    """Widest per-token FFN activation. GGUFMeta carries no feed_forward_length, so without `n_ff`
-    it is estimated: 4·n_embd for dense models, 3·n_embd for MoE (expert_used × expert width)."""
+    """Widest per-token FFN activation: `n_ff`, else a dense model's feed_forward_length (the header's,
+    or declared), else an estimate: 4·n_embd for dense models, 3·n_embd for MoE (expert_used × width)."""
     if n_ff:
         return n_ff
+    if meta.feed_forward_length and not meta.expert_count:
+        return max(meta.per_layer(meta.feed_forward_length))
     return meta.embedding_length * (3 if meta.expert_count else 4)
 
 

@@ -56,13 +56,17 @@ class ServerSettings(BaseModel):
     """`-n`: most tokens per response (-1: until the context is full)."""
     parallel: int = Field(default=1, ge=1)
     """`-np`: slots; passed explicitly so the cache is not the server's 4-slot unified default."""
+    fit: Literal["on", "off"] = "off"
+    """`-fit`: off, so llama-server runs exactly the planned flags; with `on` it would quietly offload
+    layers or shrink the context when memory is short, and a plan that does not fit would look like a
+    slow model instead of a clear out-of-memory error."""
     extra_args: tuple[str, ...] = ()
     """Passed after the planned flags, as they are."""
 
     def args(self) -> list[str]:
         return ["-c", str(self.context), "-ngl", str(self.gpu_layers), "-fa", self.flash_attention,
                 "-ctk", self.cache_type_k, "-ctv", self.cache_type_v, "-n", str(self.max_output),
-                "-np", str(self.parallel), *self.extra_args]
+                "-np", str(self.parallel), "-fit", self.fit, *self.extra_args]
 
 
 def find_binary(build: bool = True) -> Path:

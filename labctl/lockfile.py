@@ -71,6 +71,12 @@ class FileLock(Locked):
     """Content hash (the LFS oid on Hugging Face)."""
     size: int = Field(ge=0)
     """Bytes."""
+    header_sha256: str | None = Field(default=None, pattern=SHA256)
+    """sha256 of the file's GGUF header (its first `header_size` bytes: key/values, tokenizer and every
+    tensor's name, type, shape and offset), kept in labctl's header cache (`labctl.ggufheaders`), not
+    here: a vocabulary is megabytes. A shape twin is that header plus holes."""
+    header_size: int | None = Field(default=None, ge=0)
+    """Bytes of that header."""
 
 
 class ModelLock(Locked):

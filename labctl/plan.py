@@ -129,6 +129,7 @@ def tiny_meta(params: TinyModelParams) -> tuple[GGUFMeta, int]:
         sliding_window=params.sliding_window,
         sliding_window_pattern=list(pattern) if isinstance(pattern, tuple) else pattern,
         file_type=1 if params.dtype == "f16" else 0, quant=params.dtype.upper(), vocab_size=V,
+        feed_forward_length=F,
         tensor_bytes=total)
     return meta, total
 
@@ -149,11 +150,23 @@ def resolve_source(c: LocalContestant, lock: Lock | None) -> Source:
         if size is None:
             size, src = (d.file_size, "declared file_size") if d.file_size else (d.tensor_bytes, "declared")
         if not size:
+            size, src = _shape_bytes(d, c.model.file), "declared shape"
+        if not size:
             raise PlanError(f"contestant {c.id}: declared metadata has no file_size or tensor_bytes; "
                             "run `labctl lock` or declare model.declared.file_size")
         return Source(d, "declared", size, src)
     raise PlanError(f"contestant {c.id}: no GGUF metadata (lab.lock has none for it and the lab declares "
                     "none); run `labctl lock` or declare model.declared")
+
+
+def _shape_bytes(meta: GGUFMeta, file: str | None) -> int | None:
+    """Tensor bytes of the model's twin layout (declared shape, quant from the file name), if buildable."""
+    from labctl.twin import TwinError, layout_bytes
+
+    try:
+        return layout_bytes(meta, quant_name(meta, file))
+    except TwinError:
+        return None
 
 
 def _billions(n: int | None) -> str:

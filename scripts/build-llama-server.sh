@@ -19,11 +19,14 @@
 #   src/<V>/                            extracted vendor/llama.cpp (+ CHANGELOG.md)
 #   build/<V>/                          cmake build tree
 #   bin/llama-server                    the built binary (statically linked llama/ggml)
-#   bin/llama-server.stamp              what the binary was built from; reuse key
+#   bin/llama-fit-params                llama.cpp's own fitter, same tree and flags (`labctl plan --measure`)
+#   bin/llama-server.stamp              what the binaries were built from; reuse key
 #
 # Idempotent: when bin/llama-server exists and its stamp matches, nothing is built. The sdist is
 # checked against the pinned sha256 on every run (cached or downloaded, before anything is
 # unpacked): a mismatch is refused, and so is a binary built from it.
+# When both binaries exist and the stamp matches, nothing is built (a cache from before
+# llama-fit-params was added gets just that target, incrementally, from the kept build tree).
 # All progress goes to stderr; the last line on stdout is the binary's path.
 set -euo pipefail
 
@@ -89,14 +92,22 @@ stamp_text() {
 }
 
 # One build at a time per cache: concurrent callers (parallel test sessions) would compile into
-# the same build tree; a waiter finds the finished binary below.
+# the same build tree; a waiter finds the finished binaries below.
 mkdir -p "$CACHE"
 exec 9>"$CACHE/.build.lock"
 flock 9
 
 SDIST="$CACHE/sdist/llama_cpp_python-$V.tar.gz"
+FIT="$CACHE/bin/llama-fit-params"
 if [[ -x "$BIN" && -f "$STAMP" && -s "$SDIST" ]] && [[ "$(cat "$STAMP")" == "$(stamp_text)" ]]; then
   verify_sdist "$SDIST" || { log "remove $SDIST and $BIN to download and build again"; exit 1; }
+  if [[ ! -x "$FIT" && -f "$CACHE/build/$V/CMakeCache.txt" ]]; then
+    log "building llama-fit-params beside the cached llama-server"
+    GIT_CEILING_DIRECTORIES="$CACHE" cmake --build "$CACHE/build/$V" --target llama-fit-params -j "$JOBS" >&2
+    install -m 0755 "$CACHE/build/$V/bin/llama-fit-params" "$FIT.tmp" && mv -f "$FIT.tmp" "$FIT"
+  fi
+fi
+if [[ -x "$BIN" && -x "$FIT" && -f "$STAMP" && -s "$SDIST" ]] && [[ "$(cat "$STAMP")" == "$(stamp_text)" ]]; then
   log "up to date: $BIN (llama-cpp-python==$V, sha256 ${SHA256:0:12})"
   echo "$BIN"
   exit 0
@@ -172,9 +183,10 @@ log "configuring in $BUILD"
 GIT_CEILING_DIRECTORIES="$CACHE" cmake -S "$SRC/llama.cpp" -B "$BUILD" "${GENERATOR[@]}" \
   "${CMAKE_FLAGS[@]}" -DLLAMA_BUILD_COMMIT="$COMMIT" >&2
 log "building llama-server with $JOBS jobs (several minutes on few cores)"
-GIT_CEILING_DIRECTORIES="$CACHE" cmake --build "$BUILD" --target llama-server -j "$JOBS" >&2
+GIT_CEILING_DIRECTORIES="$CACHE" cmake --build "$BUILD" --target llama-server llama-fit-params -j "$JOBS" >&2
 built="$BUILD/bin/llama-server"
 [[ -x "$built" ]] || { log "build finished but $built is missing"; exit 1; }
+install -m 0755 "$BUILD/bin/llama-fit-params" "$FIT.tmp" && mv -f "$FIT.tmp" "$FIT"
 
 # Static llama/ggml; only system libs (libstdc++, libgomp, libc) remain dynamic.
 if ldd "$built" 2>/dev/null | grep -q 'not found'; then

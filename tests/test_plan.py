@@ -170,7 +170,7 @@ def test_round7_rows_are_complete(profile: str) -> None:
         assert c.context <= c.training_context and c.context % 1024 == 0
         args = dict(zip(c.llama_args[::2], c.llama_args[1::2], strict=True))
         assert args == {"-c": str(c.context), "-ngl": str(c.gpu_layers), "-fa": "on", "-ctk": "q8_0",
-                        "-ctv": "q8_0", "-n": str(c.max_output), "-np": "1"}
+                        "-ctv": "q8_0", "-n": str(c.max_output), "-np": "1", "-fit": "off"}
     by = {c.id: c for c in plan.contestants}
     assert by["qwen3-coder-30b-a3b"].kv_bytes_per_token == 52_224
     assert by["qwen3-coder-30b-a3b"].type == "MoE 128 experts / 8 active"  # params come with the lock
