@@ -104,7 +104,8 @@ if [[ -x "$BIN" && -f "$STAMP" && -s "$SDIST" ]] && [[ "$(cat "$STAMP")" == "$(s
   if [[ ! -x "$FIT" && -f "$CACHE/build/$V/CMakeCache.txt" ]]; then
     log "building llama-fit-params beside the cached llama-server"
     GIT_CEILING_DIRECTORIES="$CACHE" cmake --build "$CACHE/build/$V" --target llama-fit-params -j "$JOBS" >&2
-    install -m 0755 "$CACHE/build/$V/bin/llama-fit-params" "$FIT.tmp" && mv -f "$FIT.tmp" "$FIT"
+    install -m 0755 "$CACHE/build/$V/bin/llama-fit-params" "$FIT.tmp"
+    mv -f "$FIT.tmp" "$FIT"
   fi
 fi
 if [[ -x "$BIN" && -x "$FIT" && -f "$STAMP" && -s "$SDIST" ]] && [[ "$(cat "$STAMP")" == "$(stamp_text)" ]]; then
@@ -185,8 +186,11 @@ GIT_CEILING_DIRECTORIES="$CACHE" cmake -S "$SRC/llama.cpp" -B "$BUILD" "${GENERA
 log "building llama-server with $JOBS jobs (several minutes on few cores)"
 GIT_CEILING_DIRECTORIES="$CACHE" cmake --build "$BUILD" --target llama-server llama-fit-params -j "$JOBS" >&2
 built="$BUILD/bin/llama-server"
-[[ -x "$built" ]] || { log "build finished but $built is missing"; exit 1; }
-install -m 0755 "$BUILD/bin/llama-fit-params" "$FIT.tmp" && mv -f "$FIT.tmp" "$FIT"
+for b in "$built" "$BUILD/bin/llama-fit-params"; do
+  [[ -x "$b" ]] || { log "build finished but $b is missing"; exit 1; }
+done
+install -m 0755 "$BUILD/bin/llama-fit-params" "$FIT.tmp"
+mv -f "$FIT.tmp" "$FIT"
 
 # Static llama/ggml; only system libs (libstdc++, libgomp, libc) remain dynamic.
 if ldd "$built" 2>/dev/null | grep -q 'not found'; then

@@ -30,11 +30,14 @@ while [[ $# -gt 0 ]]; do [[ $1 == -d ]] && dest=$2; shift; done
 cp "$FAKE_SDIST" "$dest/llama_cpp_python-$FAKE_VERSION.tar.gz"
 """
 FAKE_CMAKE = """#!/usr/bin/env bash
-# `cmake --build DIR ...` writes DIR/bin/llama-server; configuring does nothing
+# `cmake --build DIR ...` writes DIR/bin/llama-server and DIR/bin/llama-fit-params; configuring
+# does nothing
 if [[ $1 == --build ]]; then
   mkdir -p "$2/bin"
-  printf '#!/bin/sh\\necho "version: 1 (0c1e57098)"\\n' > "$2/bin/llama-server"
-  chmod +x "$2/bin/llama-server"
+  for b in llama-server llama-fit-params; do
+    printf '#!/bin/sh\\necho "version: 1 (0c1e57098)"\\n' > "$2/bin/$b"
+    chmod +x "$2/bin/$b"
+  done
 fi
 """
 
