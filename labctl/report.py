@@ -125,6 +125,7 @@ def transcript_summary(path: Path) -> dict[str, Any]:
         return {}
     keys = ("prompt_tokens", "completion_tokens", "cached_tokens", "total_tokens")
     out: dict[str, Any] = dict.fromkeys(keys, 0) | {"requests": 0, "tool_calls": 0, "interventions": 0}
+    by_rule: Counter[str] = Counter()
     speed = {"prompt_n": 0.0, "prompt_ms": 0.0, "predicted_n": 0.0, "predicted_ms": 0.0}
     messages = None
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
@@ -136,6 +137,7 @@ def transcript_summary(path: Path) -> dict[str, Any]:
             continue
         if rec.get("kind") == "intervention":
             out["interventions"] += 1
+            by_rule[str(rec.get("name") or "(unnamed)")] += 1
             continue
         out["requests"] += 1
         for k in keys:
@@ -148,13 +150,15 @@ def transcript_summary(path: Path) -> dict[str, Any]:
     if not out["requests"]:
         return {}  # no exchange: no model behind the run (oracle, nop), nothing to count as zero
     out["messages"] = messages
+    out["interventions_by_rule"] = dict(by_rule)
     out["prompt_tps"] = speed["prompt_n"] / speed["prompt_ms"] * 1000 if speed["prompt_ms"] else None
     out["gen_tps"] = speed["predicted_n"] / speed["predicted_ms"] * 1000 if speed["predicted_ms"] else None
     return out
 
 
-def _run_metrics(round_dir: Path, run_id: str) -> dict[str, Any]:
-    """metrics.json over transcript-derived values over reward.json's checks (best source wins)."""
+def _run_metrics(round_dir: Path, run_id: str, result: RunResult | None = None) -> dict[str, Any]:
+    """metrics.json over transcript-derived values over reward.json's checks and notes (best source
+    wins); the run's total wall time from result.json (started → ended: setup, agent, verifier)."""
     metrics: dict[str, Any] = {}
     try:
         reward, _ = read_reward(run_dir(round_dir, run_id))
@@ -164,6 +168,11 @@ def _run_metrics(round_dir: Path, run_id: str) -> dict[str, Any]:
     if isinstance(checks, dict):
         metrics |= {"checks": checks, "checks_total": len(checks),
                     "checks_passed": sum(v is True or v == 1 for v in checks.values())}
+        notes = reward.get("notes") if isinstance(reward, dict) else None
+        if isinstance(notes, dict):
+            metrics["notes"] = {str(k): str(v) for k, v in notes.items()}
+    if result is not None and result.started and result.ended:
+        metrics["total_wall_s"] = (result.ended - result.started).total_seconds()
     metrics |= transcript_summary(transcript_path(round_dir, run_id))
     try:
         own = json.loads(metrics_path(round_dir, run_id).read_text(encoding="utf-8"))
@@ -183,6 +192,7 @@ def _runner_names(own: dict[str, Any]) -> dict[str, Any]:
     """The runner's metrics.json keys under the report's names; interventions per rule → a count."""
     out = {_RUNNER_KEYS.get(k, k): v for k, v in own.items()}
     if isinstance(out.get("interventions"), dict):
+        out["interventions_by_rule"] = out["interventions"]
         out["interventions"] = sum(out["interventions"].values())
     return out
 
@@ -241,7 +251,7 @@ def load_report(round_dir: Path) -> RoundReport:
         except ValueError as e:
             raise ReportError(f"{result_path(round_dir, rid)}: {str(e).splitlines()[0]}") from e
         run = RunData(rid, slot.contestant, slot.repeat, result or RunResult(run_id=rid),
-                      _run_metrics(round_dir, rid))
+                      _run_metrics(round_dir, rid, result))
         by_id[slot.contestant].runs.append(run)
     for cd in by_id.values():
         cd.runs.sort(key=lambda r: r.repeat)
@@ -332,6 +342,11 @@ def _pct(v: float | None) -> str:
     return DASH if v is None else f"{v:.0%}"
 
 
+def run_sort_key(run_id: str) -> list[int | str]:
+    """run-9 before run-10."""
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", run_id)]
+
+
 # --- tables ----------------------------------------------------------------------------------------
 
 
@@ -362,7 +377,8 @@ def tables(rep: RoundReport) -> list[Table]:
                         _stat(cd.values("messages"), _int), commits, build, shot,
                         _pub(_stat(cd.values("interventions"), _int), p.nudges), outcome])
         speed.append([cd.name, _stat(cd.values("prompt_tps"), _rate), _stat(cd.values("gen_tps"), _rate),
-                      _pub(_stat(cd.values("wall_time_s"), _wall), p.wall_time, _wall)])
+                      _pub(_stat(cd.values("wall_time_s"), _wall), p.wall_time, _wall),
+                      _stat(cd.values("verifier_wall_s"), _wall), _stat(cd.values("total_wall_s"), _wall)])
         n_complete = sum(r.result.outcome == "Complete" for r in cd.runs)
         repeats.append([cd.name, str(len(cd.runs)), str(n_complete), _pct(cd.pass_at(1)),
                         _pct(cd.pass_at(rep.repeats))])
@@ -381,16 +397,19 @@ def tables(rep: RoundReport) -> list[Table]:
                               "Commits", "Build", "Screenshot", "Interventions", "Outcome"], numbers,
               "Type and parameters from the round's lab.lock (GGUF header), else the lab's declared "
               "numbers."),
-        Table("Speed", ["Model", "Prompt tok/s", "Generation tok/s", "Wall time"], speed,
-              "llama.cpp's own timings (prompt processing and generation), token-weighted over the run."),
+        Table("Speed", ["Model", "Prompt tok/s", "Generation tok/s", "Agent time", "Verifier time",
+                        "Total time"], speed,
+              "llama.cpp's own timings (prompt processing and generation), token-weighted over the run. "
+              "Agent time: the agent's session; verifier time: the task's tests; total: the whole run "
+              "(setup, agent, collection, verifier)."),
     ]
     if rep.repeats > 1:
         out.append(Table("Repeats", ["Model", "Runs", "Complete", "pass@1", f"pass@{rep.repeats}"], repeats,
                          "pass@k: chance that at least one of k runs drawn from these reaches Complete."))
-    runs.sort(key=lambda row: [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", row[0])])
+    runs.sort(key=lambda row: run_sort_key(row[0]))
     out.append(Table("Runs", ["Run", "Model", "Repeat", "Status", "Outcome", "Attempts"], runs))
     return out
 
 
 __all__ = ["FORMATS", "ContestantData", "Format", "ReportError", "RoundReport", "RunData", "Table",
-           "load_report", "tables", "transcript_summary"]
+           "load_report", "run_sort_key", "tables", "transcript_summary"]

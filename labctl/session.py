@@ -289,13 +289,16 @@ class RunSession:
     def grade(self, result: RunResult) -> RunResult:
         assert self.ws is not None
         ctx = self.ctx
+        t0 = time.monotonic()
         reward, note = run_verifier(self.docker, task_image=ctx.images[_task_image(ctx.images)],
                                     task_dir=ctx.loaded.task_dir, ws=self.ws, run_dir=self.dir,
                                     round_id=ctx.sealed.round, run_id=self.run_id, scratch=self.work)
+        verifier_s = time.monotonic() - t0
         state = read_json(self.dir / "meter-status.json") if self.adapter.needs_model else None
         metrics = run_metrics(meter_state=state, transcript=self.dir / "transcript.jsonl", ws=self.ws,
                               reward=reward, wall_s=self.agent_wall_s, needs_model=self.adapter.needs_model,
-                              stopped_by=self.stopped_by, columns=report_columns(ctx.loaded.task_dir))
+                              stopped_by=self.stopped_by, columns=report_columns(ctx.loaded.task_dir),
+                              verifier_s=verifier_s)
         write_json(self.dir / "metrics.json", metrics)
         result.outcome = outcome(reward, metrics, ctx.sealed.outcome_rules)
         if state and state.get("errored"):
