@@ -1,6 +1,6 @@
 """Rendering a `labctl.report.RoundReport`: Markdown, a self-contained HTML page, JSON, and
 `write_report`, which writes them into the round with the chart. The cells come from
-`labctl.report.tables`, so every format shows the same numbers.
+`labctl.report_tables.tables`, so every format shows the same numbers.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from labctl.report import DASH, Format, RoundReport, load_report, tables
+from labctl.report import DASH, Format, RoundReport, load_report
+from labctl.report_tables import tables
 from labctl.report_why import RunStory, plural, stories
 from labctl.rounddir import write_manifest
 

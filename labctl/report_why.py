@@ -2,7 +2,7 @@
 build (the verifier's verdict and the agent's attempts), the pathology flags and interventions that
 fired, and where the time went (agent, verifier, total).
 
-Why a module of its own: the tables (`labctl.report.tables`) compare contestants cell by cell; this
+Why a module of its own: the tables (`labctl.report_tables.tables`) compare contestants cell by cell; this
 tells one run's story, in the same words in Markdown and HTML (`labctl.render`). Everything comes from
 the run's metrics as `labctl.report` gathered them (metrics.json, transcript.jsonl, reward.json's
 "checks" and "notes"), so a round that predates notes simply shows none.
@@ -117,7 +117,7 @@ def story(run: RunData, contestant: str) -> RunStory:
 
 def stories(rep: RoundReport) -> list[RunStory]:
     """Every run, in run-id order (as the Runs table)."""
-    from labctl.report import run_sort_key
+    from labctl.report_tables import run_sort_key
 
     told = [story(r, cd.name) for cd in rep.contestants for r in cd.runs]
     return sorted(told, key=lambda s: run_sort_key(s.run_id))

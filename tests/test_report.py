@@ -143,11 +143,13 @@ def make_round(tmp: Path, *, repeats: int = 1, published: bool = False, unseal: 
     return rd
 
 
-def table(md: str, title: str) -> dict[str, list[str]]:
-    """{model: cells after the model} of one Markdown table."""
+def table(md: str, title: str, run_column: bool = False) -> dict[str, list[str]]:
+    """{model: cells after the model} of one Markdown table; its Run column (run ids are shuffled
+    by the seal) left out unless `run_column`."""
     lines = md.split(f"## {title}\n\n", 1)[1].split("\n\n", 1)[0].splitlines()
-    rows = [[c.strip() for c in line.strip("|").split(" | ")] for line in lines[2:]]
-    return {r[0]: r[1:] for r in rows}
+    rows = [[c.strip() for c in line.strip("|").split(" | ")] for line in lines]
+    skip = rows[0].index("Run") if "Run" in rows[0] and not run_column and rows[0][0] != "Run" else None
+    return {r[0]: [c for i, c in enumerate(r[1:], 1) if i != skip] for r in rows[2:]}
 
 
 NAMES = {ORACLE: "Reference solution", NOP: "Does nothing", LOCAL: "Tiny llama (random weights)"}
@@ -173,9 +175,9 @@ def test_report_tables(one: Path) -> None:
         o: ["0", "Complete", "3/3", "0"], n: ["0", "Failed", "0/3", "—"],
         t: ["1,800", "Total failure", "0/3", "—"]}
     assert table(md, "The Numbers") == {
-        o: ["Oracle", "—", "0", "—", "0", "1", "pass (attempt 1)", "yes", "0", "Complete"],
-        n: ["Nop", "—", "0", "—", "—", "0", "fail", "no", "0", "Failed"],
-        t: ["Local dense", "140K", "1,800", "0", "5", "0", "—", "—", "1", "Total failure"],
+        o: ["Oracle", "—", "0", "—", "0", "1", "pass (attempt 1)", "yes", "0", "5s", "Complete"],
+        n: ["Nop", "—", "0", "—", "—", "0", "fail", "no", "0", "1s", "Failed"],
+        t: ["Local dense", "140K", "1,800", "0", "5", "0", "—", "—", "1", "1m35s", "Total failure"],
     }
     # Speeds come from the transcript's llama.cpp timings (metrics.json lacks them).
     # Agent / verifier / total time: metrics.json and result.json (the oracle's run has no verifier time).
@@ -198,7 +200,7 @@ def test_report_with_repeats(tmp_path: Path, envelopes: Path) -> None:  # noqa: 
     assert table(md, "Repeats") == {o: ["2", "1", "50%", "100%"], NAMES[NOP]: ["2", "0", "0%", "0%"],
                                     t: ["2", "0", "0%", "0%"]}
     assert "mean (min–max)" in md
-    assert md.count("| run-") == 6
+    assert len(table(md, "Runs")) == 6
 
 
 def test_published_figures_side_by_side(tmp_path: Path, envelopes: Path) -> None:  # noqa: F811
@@ -207,15 +209,45 @@ def test_published_figures_side_by_side(tmp_path: Path, envelopes: Path) -> None
     md = (rd / "report.md").read_text()
     o, n, t = NAMES[ORACLE], NAMES[NOP], NAMES[LOCAL]
     results = table(md, "Results")
-    # Claude Sonnet 4 published 4 commits, 19k tokens, Complete; Devstral Total failure; Qwen3-Coder 1 commit.
-    assert results[o] == ["—", "0 / pub 19,000", "1 / pub 4", "pass (attempt 1)", "yes",
+    # Every figure lab.yaml carries: Claude Sonnet 4 (run-14) 88 tool calls, 19,237 tokens, 4 commits,
+    # built on the 1st try, a screenshot, Complete; Devstral (run-10) 0 tool calls, Total failure;
+    # Qwen3-Coder (run-15) 60 tool calls, 1 commit, 3rd try, Partial.
+    built = "pass (attempt 1) / pub pass (attempt 1)"
+    assert results[o] == ["— / pub 88", "0 / pub 19,237", "1 / pub 4", built, "yes / pub yes",
                           "Complete / pub Complete"]
-    assert results[n] == ["—", "0", "0", "fail", "no", "Failed / pub Total failure"]
-    assert results[t] == ["0", "1,800", "0 / pub 1", "—", "—", "Total failure / pub Partial"]
+    assert results[n] == ["— / pub 0", "0 / pub 14,447", "0 / pub 0", "fail", "no / pub no",
+                          "Failed / pub Total failure"]
+    assert results[t] == ["0 / pub 60", "1,800 / pub 2,059,519", "0 / pub 1", "— / pub pass (attempt 3)",
+                          "— / pub no", "Total failure / pub Partial"]
+    for title in ("Results", "Token efficiency", "The Numbers"):
+        runs = table(md, title, run_column=True)
+        for who, pub_run in ((o, "run-14"), (n, "run-10"), (t, "run-15")):
+            assert re.fullmatch(rf"run-\d+ / pub {pub_run}", runs[who][0]), (title, runs[who])
+    efficiency = table(md, "Token efficiency")
+    assert efficiency[t][:2] == ["1,800 / pub 2,059,519", "Total failure / pub Partial"]
     numbers = table(md, "The Numbers")
-    assert numbers[o][0] == "Oracle / pub Cloud (control)" and numbers[o][8] == "0 / pub 0"
-    assert numbers[t][0] == "Local dense / pub Local MoE"
+    assert numbers[o][:2] == ["Oracle / pub Cloud (control)", "— / pub Unknown"]
+    assert numbers[o][4:] == ["0 / pub 183", "1 / pub 4", "pass (attempt 1) / pub pass (attempt 1)",
+                              "yes / pub yes", "0 / pub 0", "5s / pub 10m", "Complete / pub Complete"]
+    assert numbers[n][-1] == "Failed / pub Failed"  # Devstral is Failed in the article's Numbers table
+    assert numbers[t][:2] == ["Local dense / pub Local MoE", "140K / pub 30B (3B active)"]
+    assert numbers[t][4] == "5 / pub 127" and numbers[t][8] == "1 / pub 0"
     assert table(md, "Speed")[o][2] == "5s / pub 10m"
+
+
+def test_published_notation() -> None:
+    """The publication's own terms for builds and human help, from lab.yaml's facts."""
+    from labctl.published import BuildResult
+    from labctl.report_published import pub_build, pub_nudges
+
+    assert pub_build(BuildResult(passed=True, attempt=3)) == "pass (attempt 3)"
+    assert pub_build(BuildResult(passed=False, attempts=13)) == "fail (0/13)"
+    r7 = {c.id: c.published for c in validate(Lab, load_yaml(ROOT / "lab.yaml")).contestants}
+    assert {k: pub_nudges(p) for k, p in r7.items() if p} == {
+        "qwen3.6-35b-a3b": "3", "gemma-4-12b": "2 + stop", "hermes-4-14b": "stop", "qwen3-coder-30b-a3b": "0",
+        "devstral-24b": "1", "claude-sonnet-4": "0"}
+    with pytest.raises(ValueError, match="never passed has no passing `attempt`"):
+        BuildResult(passed=False, attempt=2)
 
 
 def test_report_refuses_a_sealed_round(tmp_path: Path, envelopes: Path) -> None:  # noqa: F811
@@ -355,3 +387,42 @@ def test_chart_says_plainly_when_no_run_used_a_model(one: Path) -> None:
     tokens_only = chart_figure(rep)
     assert [ax.axison for ax in tokens_only.axes] == [True, False]
     assert NO_TIMINGS in [t.get_text() for t in tokens_only.axes[1].texts]
+
+
+def round7_as_published() -> Any:
+    """A RoundReport of lab.yaml whose measured runs are the published figures (its own data: the
+    report reads them as measured)."""
+    from labctl.report import ContestantData, RoundReport, RunData
+
+    lab = validate(Lab, load_yaml(ROOT / "lab.yaml"))
+    cds = []
+    for c in lab.contestants:
+        p = c.published
+        assert p is not None and p.run and p.outcome
+        run = RunData(p.run, c.id, 1, RunResult(run_id=p.run, status="done", outcome=p.outcome),
+                      {"total_tokens": p.total_tokens, "tool_calls": p.tool_calls})
+        cds.append(ContestantData(c, "", "", [run]))
+    return RoundReport("r7", lab, 1, False, cds)
+
+
+def test_token_gap_line_reproduces_the_headline_from_measured_data() -> None:
+    """The article: Sonnet 19K tokens (Complete) vs 1–4M for the local models that tried (Devstral's
+    14K without a tool call does not count): "100-200x"."""
+    from dataclasses import replace
+
+    from labctl.report_published import token_gap_line
+
+    rep = round7_as_published()
+    assert token_gap_line(rep) == (
+        "Token efficiency gap (measured): the cloud model used 19.2K tokens per Complete run; the local "
+        "models that tried reached no Complete and used 1.14M–3.89M tokens per run: 59–202×. "
+        "Published: 100–200×.")
+    # A local Complete: compared per Complete run on both sides.
+    coder = next(cd for cd in rep.contestants if cd.contestant.id == "qwen3-coder-30b-a3b")
+    coder.runs[0].result.outcome = "Complete"
+    assert token_gap_line(rep) == (
+        "Token efficiency gap (measured): the cloud model used 19.2K tokens per Complete run, the local "
+        "models 8.27M: 430×. Published: 100–200×.")
+    # No cloud contestant (or no cloud Complete): no line rather than a made-up ratio.
+    assert token_gap_line(replace(rep, contestants=[c for c in rep.contestants
+                                                    if c.contestant.kind == "local"])) is None
