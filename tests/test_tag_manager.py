@@ -28,6 +28,9 @@ from labctl.labfile import load_lab
 from labctl.located import load_yaml, validate
 from labctl.lock import LockError, require_lock, spec_sha256
 from labctl.lockfile import TaskLock, lock_path, read_lock, write_lock
+from labctl.report import RunData, _run_metrics
+from labctl.report_why import story
+from labctl.rounddir import RunResult
 from labctl.runparts import Docker, make_workspace, run_labels
 from labctl.seal import outcome_rules
 from labctl.spec import Lab
@@ -190,4 +193,11 @@ def test_published_results_table_reproduced(task_image: str, tmp_path: Path, end
     elif ending.contestant == "devstral-24b":  # as cloned: the base builds, nothing else
         assert {c for c, ok in checks.items() if ok} == {"build", "no_pr"}
         assert notes["admin_page"] == "src/app/admin/tags/page.tsx does not exist"
+    # The report's "why" for this run, from the run directory as the runner leaves it.
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    result = RunResult(run_id=ending.run, status="done", outcome=got)
+    gathered = _run_metrics(tmp_path, ending.run, result)
+    told = story(RunData(ending.run, ending.contestant, 1, result, gathered), ending.contestant)
+    assert told.failed == [(c, notes[c]) for c in CHECKS if not checks[c]]
+    assert dict(told.lines)["Build"].startswith("passes" if checks["build"] else "fails")
     assert labelled_now(round_id) == {"containers": [], "networks": [], "volumes": []}
