@@ -16,6 +16,7 @@ import json
 import re
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -148,7 +149,7 @@ def test_published_results_table_reproduced(task_image: str, tmp_path: Path, end
     work = tmp_path / "work"
     ws = make_workspace(task, work, ending.run)
     ending.leave(ws)
-    round_id = f"table-{tmp_path.name[-8:].lower()}"
+    round_id = f"table-{uuid.uuid4().hex[:8]}"  # unique: an interrupted session's container may linger
     run_dir = tmp_path / "runs" / ending.run
     docker = Docker.detect()
     try:
