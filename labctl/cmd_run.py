@@ -25,6 +25,7 @@ from labctl.console import (
     emit,
     err,
     fail,
+    open_lab,
     open_locked,
     out,
 )
@@ -32,6 +33,8 @@ from labctl.lock import LockError
 from labctl.rounddir import read_unsealed
 
 if TYPE_CHECKING:
+    from labctl.labfile import LoadedLab
+    from labctl.lockfile import Lock
     from labctl.runner import RunSummary
 
 RoundArg = Annotated[Path, typer.Argument(help="Round directory, e.g. rounds/<round-id>.")]
@@ -119,10 +122,35 @@ def run_command(round_dir: RoundArg, lab: LabOpt = None, profile: ProfileOpt = N
         raise typer.Exit(EXIT_FAIL)
 
 
+def lock_first_run(lab: Path, profile: str | None, as_json: bool, say: Any) -> tuple[LoadedLab, Lock]:
+    """The lab and its lock. A lab that has no lock yet is locked now, as `labctl lock` would, and
+    what was pinned is said; an existing lock is only checked, and a lab that drifted from it stops
+    the round: what changed is for a person to look at (`labctl lock --check`), not to paper over."""
+    from labctl.cmd_lock import _entries
+    from labctl.lock import resolve
+    from labctl.lockfile import lock_path, write_lock
+    from labctl.store import Store
+
+    path = lock_path(lab)
+    if not path.exists():
+        loaded = open_lab(lab, as_json=as_json)  # the lab's own profile, as `labctl lock` locks it
+        say(f"no {path.name} yet: locking {lab} (first run)")
+        try:
+            new = resolve(loaded, Store())
+        except LockError as e:
+            raise fail(f"cannot lock {lab}: " + "; ".join(e.problems), as_json) from None
+        write_lock(path, new)
+        for entry, pin in _entries(new).items():
+            say(f"pinned {entry}: {pin}")
+        say(f"wrote {path} (sha256 {new.sha256()[:12]}); later rounds check against it")
+    return open_locked(lab, profile, as_json)
+
+
 def round_command(lab: LabArg = DEFAULT_LAB, profile: ProfileOpt = None,
                   rounds_dir: Annotated[Path, typer.Option("--rounds-dir")] = Path("rounds"),
                   as_json: JsonOpt = False) -> None:
-    """Lock check → fetch → build (missing images only) → seal → run → unseal → results table."""
+    """Lock (a first run) or check the lock → fetch → build (missing images only) → seal → run →
+    unseal → results table. Drift against an existing lock stops the round."""
     from labctl.engine import EngineError, detect_engine
     from labctl.fetch import FetchError, fetch
     from labctl.imagebuild import build_all
@@ -135,7 +163,7 @@ def round_command(lab: LabArg = DEFAULT_LAB, profile: ProfileOpt = None,
 
     say = _say(as_json)
     console = err if as_json else out
-    loaded, lock = open_locked(lab, profile, as_json)
+    loaded, lock = lock_first_run(lab, profile, as_json, say)
     try:
         say("fetch")
         fetch(lock, Store(), progress=False, base_dir=loaded.base_dir)
@@ -187,7 +215,7 @@ def down_command(round_dir: Annotated[Path | None, typer.Argument(
         emit({"ok": True, "round": round_id, "removed": removed})
         return
     n = sum(len(v) for v in removed.values())
-    out.print(f"removed {n} object(s) of {round_id or 'all labctl rounds'}: "
+    out.print(f"removed {n} object{'' if n == 1 else 's'} of {round_id or 'all labctl rounds'}: "
               + ", ".join(f"{len(v)} {k}" for k, v in removed.items()), highlight=False)
 
 

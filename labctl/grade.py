@@ -133,17 +133,20 @@ def _check(reward: Reward | None, name: str | None) -> bool | None:
 
 def run_metrics(*, meter_state: dict[str, Any] | None, transcript: Path, ws: Workspace | None,
                 reward: Reward | None, wall_s: float, needs_model: bool, stopped_by: str | None,
-                columns: dict[str, str] | None = None) -> dict[str, Any]:
+                columns: dict[str, str] | None = None, verifier_s: float | None = None) -> dict[str, Any]:
     """metrics.json. `tool_calls` is present only for contestants with a model: for oracle and nop it
     would be a fiction, and a 0 would grade them Total failure (`derive_outcome` rule 1). The same goes
     for "pathology" (`labctl.pathology`) and its "flags": model contestants only. `columns` is
     `report_columns` of the task: "build" and "screenshot" come from the verifier's checks, the
-    build's attempt number from the agent's own commands in the transcript."""
+    build's attempt number from the agent's own commands in the transcript. `wall_s` is the agent's
+    phase, `verifier_s` the verifier's (the run's total is result.json's started → ended)."""
     columns = columns or {}
     passed, total = checks_summary(reward)
     m: dict[str, Any] = {"wall_time_s": round(wall_s, 3),
                          "commits_pushed": None if ws is None else pushed_commits(ws),
                          "checks_passed": passed, "checks_total": total, "stopped_by": stopped_by}
+    if verifier_s is not None:
+        m["verifier_wall_s"] = round(verifier_s, 3)
     if (shot := _check(reward, columns.get("screenshot_check"))) is not None:
         m["screenshot"] = shot
     if (built := _check(reward, columns.get("build_check"))) is not None:

@@ -7,19 +7,17 @@ anyone holding a verified round can regenerate the same report.
 
 Data flow: `load_report` gathers one `RunData` per run (metrics.json, with gaps filled from
 transcript.jsonl and verifier/reward.json, since metrics.json keys may be missing), groups them
-into `ContestantData` in lab order, and `tables` turns them into `Table`s that the Markdown and
-HTML renderers (`labctl.render`) share, so all formats show the same cells. Cells show `measured / pub X`
-when the lab carries that published figure; with repeats, `mean (min–max)`. `render.write_report`
-writes report.<fmt> and report.png and rewrites the manifest so `labctl verify` still passes.
+into `ContestantData` in lab order, and `labctl.report_tables.tables` turns them into `Table`s that
+the Markdown and HTML renderers (`labctl.render`) share, so all formats show the same cells;
+`labctl.report_why` tells each run's story. `render.write_report` writes report.<fmt> and report.png
+and rewrites the manifest so `labctl verify` still passes.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
 from collections import Counter
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -41,7 +39,6 @@ from labctl.rounddir import (
     transcript_path,
 )
 from labctl.spec import CloudContestant, Contestant, Lab, LocalContestant, Published
-from labctl.units import format_duration
 from labctl.verify import named_checks, read_reward
 
 Format = Literal["md", "json", "html"]
@@ -126,6 +123,7 @@ def transcript_summary(path: Path) -> dict[str, Any]:
         return {}
     keys = ("prompt_tokens", "completion_tokens", "cached_tokens", "total_tokens")
     out: dict[str, Any] = dict.fromkeys(keys, 0) | {"requests": 0, "tool_calls": 0, "interventions": 0}
+    by_rule: Counter[str] = Counter()
     speed = {"prompt_n": 0.0, "prompt_ms": 0.0, "predicted_n": 0.0, "predicted_ms": 0.0}
     messages = None
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
@@ -137,6 +135,7 @@ def transcript_summary(path: Path) -> dict[str, Any]:
             continue
         if rec.get("kind") == "intervention":
             out["interventions"] += 1
+            by_rule[str(rec.get("name") or "(unnamed)")] += 1
             continue
         out["requests"] += 1
         for k in keys:
@@ -149,13 +148,15 @@ def transcript_summary(path: Path) -> dict[str, Any]:
     if not out["requests"]:
         return {}  # no exchange: no model behind the run (oracle, nop), nothing to count as zero
     out["messages"] = messages
+    out["interventions_by_rule"] = dict(by_rule)
     out["prompt_tps"] = speed["prompt_n"] / speed["prompt_ms"] * 1000 if speed["prompt_ms"] else None
     out["gen_tps"] = speed["predicted_n"] / speed["predicted_ms"] * 1000 if speed["predicted_ms"] else None
     return out
 
 
-def _run_metrics(round_dir: Path, run_id: str) -> dict[str, Any]:
-    """metrics.json over transcript-derived values over reward.json's checks (best source wins)."""
+def _run_metrics(round_dir: Path, run_id: str, result: RunResult | None = None) -> dict[str, Any]:
+    """metrics.json over transcript-derived values over reward.json's checks and notes (best source
+    wins); the run's total wall time from result.json (started → ended: setup, agent, verifier)."""
     metrics: dict[str, Any] = {}
     try:
         reward, _ = read_reward(run_dir(round_dir, run_id))
@@ -165,6 +166,11 @@ def _run_metrics(round_dir: Path, run_id: str) -> dict[str, Any]:
     if checks is not None:
         metrics |= {"checks": checks, "checks_total": len(checks),
                     "checks_passed": sum(v is True or v == 1 for v in checks.values())}
+        notes = reward.get("notes") if isinstance(reward, dict) else None
+        if isinstance(notes, dict):
+            metrics["notes"] = {str(k): str(v) for k, v in notes.items()}
+    if result is not None and result.started and result.ended:
+        metrics["total_wall_s"] = (result.ended - result.started).total_seconds()
     metrics |= transcript_summary(transcript_path(round_dir, run_id))
     try:
         own = json.loads(metrics_path(round_dir, run_id).read_text(encoding="utf-8"))
@@ -184,6 +190,7 @@ def _runner_names(own: dict[str, Any]) -> dict[str, Any]:
     """The runner's metrics.json keys under the report's names; interventions per rule → a count."""
     out = {_RUNNER_KEYS.get(k, k): v for k, v in own.items()}
     if isinstance(out.get("interventions"), dict):
+        out["interventions_by_rule"] = out["interventions"]
         out["interventions"] = sum(out["interventions"].values())
     return out
 
@@ -242,156 +249,12 @@ def load_report(round_dir: Path) -> RoundReport:
         except ValueError as e:
             raise ReportError(f"{result_path(round_dir, rid)}: {str(e).splitlines()[0]}") from e
         run = RunData(rid, slot.contestant, slot.repeat, result or RunResult(run_id=rid),
-                      _run_metrics(round_dir, rid))
+                      _run_metrics(round_dir, rid, result))
         by_id[slot.contestant].runs.append(run)
     for cd in by_id.values():
         cd.runs.sort(key=lambda r: r.repeat)
     return RoundReport(sealed.round, lab, sealed.repeats, unsealed.forced, list(by_id.values()))
 
 
-# --- cells -----------------------------------------------------------------------------------------
-
-
-def _int(v: float) -> str:
-    """Counts; a mean that is not whole keeps one decimal (0.5 commits must not read as 0)."""
-    return f"{v:,.0f}" if abs(v - round(v)) < 0.05 else f"{v:,.1f}"
-
-
-def _rate(v: float) -> str:
-    return f"{v:,.1f}"
-
-
-def _wall(v: float) -> str:
-    return f"{v:.0f}s" if v < 60 else format_duration(round(v))
-
-
-def _stat(values: Sequence[float], fmt: Callable[[float], str]) -> str:
-    """One value as is; several as `mean (min–max)`; none as a dash."""
-    if not values:
-        return DASH
-    if len(values) == 1:
-        return fmt(values[0])
-    lo, hi = min(values), max(values)
-    mean = fmt(sum(values) / len(values))
-    return mean if lo == hi else f"{mean} ({fmt(lo)}–{fmt(hi)})"
-
-
-def _pub(cell: str, published: Any, fmt: Callable[[Any], str] = str) -> str:
-    """`measured / pub X` when the figure was published; the measured cell alone when it was not."""
-    return cell if published is None else f"{cell} / pub {fmt(published)}"
-
-
-def _yes(flags: list[bool]) -> str:
-    if not flags:
-        return DASH
-    if len(flags) == 1:
-        return "yes" if flags[0] else "no"
-    return f"{sum(flags)}/{len(flags)} yes"
-
-
-def _build(cd: ContestantData) -> str:
-    """`pass (attempt 2)`, `fail`; with repeats `1/2 pass (attempt 1–3)`."""
-    builds = [b for r in cd.runs if isinstance(b := r.metrics.get("build"), dict) and "passed" in b]
-    if not builds:
-        return DASH
-    passed = [b for b in builds if b["passed"]]
-    attempts = sorted(a for b in passed if type(a := b.get("attempt")) is int)
-    span = "" if not attempts else (f" (attempt {attempts[0]})" if attempts[0] == attempts[-1]
-                                    else f" (attempt {attempts[0]}–{attempts[-1]})")
-    if len(builds) == 1:
-        return f"pass{span}" if passed else "fail"
-    return f"{len(passed)}/{len(builds)} pass{span}"
-
-
-def _pub_build(b: Any) -> str:
-    return ("pass" + (f" (attempt {b.attempt})" if b.attempt else "")) if b.passed else "fail"
-
-
-def _outcome(cd: ContestantData) -> str:
-    """The outcome; with repeats each outcome with its count, best first."""
-    labels = [r.outcome_label for r in cd.runs]
-    if len(labels) == 1:
-        return labels[0]
-    counts = sorted(Counter(labels).items(), key=lambda kv: OUTCOME_RANK.get(kv[0], 9))
-    return ", ".join(f"{n}× {o}" for o, n in counts)
-
-
-def _tokens_per_check(cd: ContestantData) -> str:
-    per = [float(r.metrics["total_tokens"]) / r.metrics["checks_passed"] for r in cd.runs
-           if type(r.metrics.get("total_tokens")) in (int, float)
-           and type(r.metrics.get("checks_passed")) is int and r.metrics["checks_passed"] > 0]
-    return _stat(per, _int)
-
-
-def _checks(cd: ContestantData) -> str:
-    cells = [f"{r.metrics['checks_passed']}/{r.metrics['checks_total']}" for r in cd.runs
-             if type(r.metrics.get("checks_passed")) is int and type(r.metrics.get("checks_total")) is int]
-    return ", ".join(cells) or DASH
-
-
-def _pct(v: float | None) -> str:
-    return DASH if v is None else f"{v:.0%}"
-
-
-# --- tables ----------------------------------------------------------------------------------------
-
-
-@dataclass
-class Table:
-    title: str
-    headers: list[str]
-    rows: list[list[str]]
-    note: str = ""
-
-
-def tables(rep: RoundReport) -> list[Table]:
-    """The published round's tables (Results, Token efficiency, The Numbers) plus speed, repeats
-    and the run list, as plain strings so Markdown and HTML render identical cells."""
-    results, efficiency, numbers, speed, repeats, runs = [], [], [], [], [], []
-    for cd in rep.contestants:
-        p = cd.published or Published()
-        tool_calls = _pub(_stat(cd.values("tool_calls"), _int), p.tool_calls)
-        tokens = _pub(_stat(cd.values("total_tokens"), _int), p.total_tokens, _int)
-        commits = _pub(_stat(cd.values("commits"), _int), p.commits)
-        build = _pub(_build(cd), p.build, _pub_build)
-        shot = _pub(_yes([v for r in cd.runs if type(v := r.metrics.get("screenshot")) is bool]),
-                    p.screenshot, lambda b: "yes" if b else "no")
-        outcome = _pub(_outcome(cd), p.outcome)
-        results.append([cd.name, tool_calls, tokens, commits, build, shot, outcome])
-        efficiency.append([cd.name, tokens, outcome, _checks(cd), _tokens_per_check(cd)])
-        numbers.append([cd.name, _pub(cd.type, p.type), cd.params, tokens, tool_calls,
-                        _stat(cd.values("messages"), _int), commits, build, shot,
-                        _pub(_stat(cd.values("interventions"), _int), p.nudges), outcome])
-        speed.append([cd.name, _stat(cd.values("prompt_tps"), _rate), _stat(cd.values("gen_tps"), _rate),
-                      _pub(_stat(cd.values("wall_time_s"), _wall), p.wall_time, _wall)])
-        n_complete = sum(r.result.outcome == "Complete" for r in cd.runs)
-        repeats.append([cd.name, str(len(cd.runs)), str(n_complete), _pct(cd.pass_at(1)),
-                        _pct(cd.pass_at(rep.repeats))])
-        runs += [[r.run_id, cd.name, str(r.repeat), r.result.status, r.outcome_label, str(r.result.attempts)]
-                 for r in cd.runs]
-    pub_note = " Cells read `measured / pub published` where the lab carries the published figure." \
-        if rep.has_published else ""
-    rep_note = f" {rep.repeats} runs per contestant: `mean (min–max)`." if rep.repeats > 1 else ""
-    out = [
-        Table("Results", ["Model", "Tool calls", "Total tokens", "Commits", "Build", "Screenshot", "Outcome"],
-              results, (pub_note + rep_note).strip()),
-        Table("Token efficiency",
-              ["Model", "Total tokens", "Outcome", "Checks passed", "Tokens / passed check"], efficiency,
-              "Tokens per passed check: total tokens over the verifier checks that passed."),
-        Table("The Numbers", ["Model", "Type", "Parameters", "Total tokens", "Tool calls", "Messages",
-                              "Commits", "Build", "Screenshot", "Interventions", "Outcome"], numbers,
-              "Type and parameters from the round's lab.lock (GGUF header), else the lab's declared "
-              "numbers."),
-        Table("Speed", ["Model", "Prompt tok/s", "Generation tok/s", "Wall time"], speed,
-              "llama.cpp's own timings (prompt processing and generation), token-weighted over the run."),
-    ]
-    if rep.repeats > 1:
-        out.append(Table("Repeats", ["Model", "Runs", "Complete", "pass@1", f"pass@{rep.repeats}"], repeats,
-                         "pass@k: chance that at least one of k runs drawn from these reaches Complete."))
-    runs.sort(key=lambda row: [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", row[0])])
-    out.append(Table("Runs", ["Run", "Model", "Repeat", "Status", "Outcome", "Attempts"], runs))
-    return out
-
-
-__all__ = ["FORMATS", "ContestantData", "Format", "ReportError", "RoundReport", "RunData", "Table",
-           "load_report", "tables", "transcript_summary"]
+__all__ = ["DASH", "FORMATS", "OUTCOME_RANK", "ContestantData", "Format", "ReportError", "RoundReport",
+           "RunData", "load_report", "transcript_summary"]

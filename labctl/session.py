@@ -353,16 +353,19 @@ class RunSession:
         task_image = ctx.images[_task_image(ctx.images)]
         user = self.docker.image_user(task_image) or "0"
         image = commit_agent(self.docker, self.names["agent"], {**self.labels, "labctl.role": "graded"})
+        t0 = time.monotonic()
         try:
             reward, note = run_verifier(self.docker, image=image, user=user, workdir=self.workdir,
                                         task_dir=ctx.loaded.task_dir, ws=self.ws, run_dir=self.dir,
                                         round_id=ctx.sealed.round, run_id=self.run_id, scratch=self.work)
         finally:
             self.docker("image", "rm", "-f", image, check=False)
+        verifier_s = time.monotonic() - t0
         state = read_json(self.dir / "meter-status.json") if self.adapter.needs_model else None
         metrics = run_metrics(meter_state=state, transcript=self.dir / "transcript.jsonl", ws=self.ws,
                               reward=reward, wall_s=self.agent_wall_s, needs_model=self.adapter.needs_model,
-                              stopped_by=self.stopped_by, columns=report_columns(ctx.loaded.task_dir))
+                              stopped_by=self.stopped_by, columns=report_columns(ctx.loaded.task_dir),
+                              verifier_s=verifier_s)
         write_json(self.dir / "metrics.json", metrics)
         result.outcome = outcome(reward, metrics, ctx.sealed.outcome_rules)
         if state and state.get("errored"):

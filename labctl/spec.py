@@ -23,6 +23,9 @@ from pydantic import (
 
 from labctl.ggufmeta import GGUFMeta
 from labctl.profiles import Profile
+from labctl.published import BuildResult as BuildResult  # re-exported: labctl.spec is where records look
+from labctl.published import Outcome as Outcome
+from labctl.published import Published, PublishedSetup, TokenGap
 from labctl.tinyparams import TinyModelParams
 from labctl.units import COUNT_PATTERN, Count, Duration, Size, parse_count
 
@@ -67,6 +70,10 @@ class LabInfo(Spec):
     """Publication date of that round (YYYY-MM-DD)."""
     notes: str = ""
     """Anything a reader of the results should know (deviations from the published setup)."""
+    setup: PublishedSetup | None = None
+    """The published round's setup (machine, server, agent platform, method), as data."""
+    token_gap: TokenGap | None = None
+    """The published headline ratio of tokens, local models that tried over the cloud model."""
 
 
 class LlamaCppSource(Spec):
@@ -193,44 +200,6 @@ SERVE_DEFAULTS = Serve(
     gpu_layers="auto", allow_rope_scaling=False, extra_args=[],
 )
 """What an unset serve field means (llama.cpp's own defaults, except context = max)."""
-
-Outcome = Literal["Complete", "Partial", "Failed", "Total failure"]
-
-
-class BuildResult(Spec):
-    """Did `npm run build` (or the task's build) pass, and on which attempt."""
-
-    passed: bool
-    """True when the build passed at some point."""
-    attempt: int | None = Field(default=None, ge=1)
-    """Attempt on which it first passed."""
-
-
-class Published(Spec):
-    """A contestant's figures as published, shown beside the measured ones in the report."""
-
-    type: str | None = None
-    """As the publication labels it, e.g. `Local MoE`."""
-    quant: str | None = None
-    """Quantization and size as published, e.g. `UD-Q4_K_XL (21GB)`."""
-    vram: str | None = None
-    """VRAM use as published, e.g. `~21GB`."""
-    context: int | None = None
-    """Context window used."""
-    max_output: int | None = None
-    """Max output tokens used."""
-    tool_calls: int | None = None
-    total_tokens: Count | None = None
-    commits: int | None = None
-    build: BuildResult | None = None
-    screenshot: bool | None = None
-    nudges: int | None = None
-    """Human nudges (labctl calls these interventions)."""
-    wall_time: Duration | None = None
-    outcome: Outcome | None = None
-    notes: str = ""
-    """The publication's one-line verdict."""
-
 
 class ContestantBase(Spec):
     id: ID

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,8 @@ def play(contestant: str, repeat: int) -> tuple[tuple[str, ...], dict[str, Any],
 
     oracle: Complete (repeat 2 forgets to commit: Partial); nop: Failed; tiny model: Total failure
     (answered 3 requests, never called a tool). The tiny model's metrics.json lacks build,
-    screenshot and speeds: the report must fill speeds from the transcript and dash the rest.
+    screenshot and speeds: the report must fill speeds from the transcript and dash the rest. The
+    verifier's time is in metrics.json (runs written before it was recorded lack it: the oracle's).
     """
     if contestant == ORACLE:
         passed = CHECKS if repeat == 1 else ("greeting_file", "greeting_text")
@@ -60,7 +62,8 @@ def play(contestant: str, repeat: int) -> tuple[tuple[str, ...], dict[str, Any],
                         "prompt_tps": None, "gen_tps": None, "errored": False}, []
     if contestant == NOP:
         return (), {"tool_calls": None, "total_tokens": 0, "commits": 0, "build": {"passed": False,
-                    "attempt": None}, "screenshot": False, "wall_time_s": 1.0, "interventions": 0}, []
+                    "attempt": None}, "screenshot": False, "wall_time_s": 1.0, "verifier_wall_s": 40.0,
+                    "interventions": 0}, []
     predicted = 20 if repeat == 1 else 30  # in 500 ms: 40 and 60 tokens/s
     records: list[dict[str, Any]] = [{
         "seq": i, "t_start": i, "t_end": i + 1, "latency_ms": 1000, "status": 200, "error": None,
@@ -75,7 +78,7 @@ def play(contestant: str, repeat: int) -> tuple[tuple[str, ...], dict[str, Any],
     total = 3 * (500 + 100 * repeat)
     return (), {"tool_calls": 0, "requests": 3, "messages": 5, "prompt_tokens": total - 300,
                 "completion_tokens": 300, "total_tokens": total, "commits": 0, "wall_time_s": 95.0,
-                "interventions": 1}, records
+                "verifier_wall_s": 30.5, "interventions": 1, "flags": ["zero tool calls"]}, records
 
 
 def fake_runs(rd: Path) -> None:
@@ -84,12 +87,16 @@ def fake_runs(rd: Path) -> None:
         passed, metrics, records = play(slot.contestant, slot.repeat)
         d = run_dir(rd, rid)
         (d / "verifier").mkdir(parents=True)
-        reward = {"reward": int(passed == CHECKS), "checks": {c: c in passed for c in CHECKS}}
+        reward = {"reward": int(passed == CHECKS), "checks": {c: c in passed for c in CHECKS},
+                  "notes": {c: f"{c}: not there ({slot.contestant})" for c in CHECKS if c not in passed}}
         (d / "verifier" / "reward.json").write_text(json.dumps(reward) + "\n")
         (d / "metrics.json").write_text(json.dumps(metrics) + "\n")
         (d / "transcript.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
         outcome = derive_outcome(reward, metrics, sealed.outcome_rules)
-        write_result(rd, RunResult(run_id=rid, status="done", outcome=outcome, attempts=1))
+        started = datetime(2026, 6, 18, 12, 0, tzinfo=UTC)
+        total = metrics["wall_time_s"] + metrics.get("verifier_wall_s", 0) + 20
+        write_result(rd, RunResult(run_id=rid, status="done", outcome=outcome, attempts=1, started=started,
+                                   ended=started + timedelta(seconds=total)))
 
 
 PUBLISHED_FROM = {ORACLE: "claude-sonnet-4", NOP: "devstral-24b", LOCAL: "qwen3-coder-30b-a3b"}
@@ -136,11 +143,13 @@ def make_round(tmp: Path, *, repeats: int = 1, published: bool = False, unseal: 
     return rd
 
 
-def table(md: str, title: str) -> dict[str, list[str]]:
-    """{model: cells after the model} of one Markdown table."""
+def table(md: str, title: str, run_column: bool = False) -> dict[str, list[str]]:
+    """{model: cells after the model} of one Markdown table; its Run column (run ids are shuffled
+    by the seal) left out unless `run_column`."""
     lines = md.split(f"## {title}\n\n", 1)[1].split("\n\n", 1)[0].splitlines()
-    rows = [[c.strip() for c in line.strip("|").split(" | ")] for line in lines[2:]]
-    return {r[0]: r[1:] for r in rows}
+    rows = [[c.strip() for c in line.strip("|").split(" | ")] for line in lines]
+    skip = rows[0].index("Run") if "Run" in rows[0] and not run_column and rows[0][0] != "Run" else None
+    return {r[0]: [c for i, c in enumerate(r[1:], 1) if i != skip] for r in rows[2:]}
 
 
 NAMES = {ORACLE: "Reference solution", NOP: "Does nothing", LOCAL: "Tiny llama (random weights)"}
@@ -166,12 +175,14 @@ def test_report_tables(one: Path) -> None:
         o: ["0", "Complete", "3/3", "0"], n: ["0", "Failed", "0/3", "—"],
         t: ["1,800", "Total failure", "0/3", "—"]}
     assert table(md, "The Numbers") == {
-        o: ["Oracle", "—", "0", "—", "0", "1", "pass (attempt 1)", "yes", "0", "Complete"],
-        n: ["Nop", "—", "0", "—", "—", "0", "fail", "no", "0", "Failed"],
-        t: ["Local dense", "140K", "1,800", "0", "5", "0", "—", "—", "1", "Total failure"],
+        o: ["Oracle", "—", "0", "—", "0", "1", "pass (attempt 1)", "yes", "0", "5s", "Complete"],
+        n: ["Nop", "—", "0", "—", "—", "0", "fail", "no", "0", "1s", "Failed"],
+        t: ["Local dense", "140K", "1,800", "0", "5", "0", "—", "—", "1", "1m35s", "Total failure"],
     }
     # Speeds come from the transcript's llama.cpp timings (metrics.json lacks them).
-    assert table(md, "Speed") == {o: ["—", "—", "5s"], n: ["—", "—", "1s"], t: ["250.0", "40.0", "1m35s"]}
+    # Agent / verifier / total time: metrics.json and result.json (the oracle's run has no verifier time).
+    assert table(md, "Speed") == {o: ["—", "—", "5s", "—", "25s"], n: ["—", "—", "1s", "40s", "1m1s"],
+                                  t: ["250.0", "40.0", "1m35s", "30s", "2m26s"]}
     assert "## Repeats" not in md and "/ pub" not in md
     assert (one / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -185,11 +196,11 @@ def test_report_with_repeats(tmp_path: Path, envelopes: Path) -> None:  # noqa: 
     assert results[o] == ["—", "0", "0.5 (0–1)", "2/2 pass (attempt 1–2)", "2/2 yes",
                           "1× Complete, 1× Partial"]
     assert results[t] == ["0", "1,950 (1,800–2,100)", "0", "—", "—", "2× Total failure"]
-    assert table(md, "Speed")[t] == ["250.0", "50.0 (40.0–60.0)", "1m35s"]
+    assert table(md, "Speed")[t] == ["250.0", "50.0 (40.0–60.0)", "1m35s", "30s", "2m26s"]
     assert table(md, "Repeats") == {o: ["2", "1", "50%", "100%"], NAMES[NOP]: ["2", "0", "0%", "0%"],
                                     t: ["2", "0", "0%", "0%"]}
     assert "mean (min–max)" in md
-    assert md.count("| run-") == 6
+    assert len(table(md, "Runs")) == 6
 
 
 def test_published_figures_side_by_side(tmp_path: Path, envelopes: Path) -> None:  # noqa: F811
@@ -198,15 +209,45 @@ def test_published_figures_side_by_side(tmp_path: Path, envelopes: Path) -> None
     md = (rd / "report.md").read_text()
     o, n, t = NAMES[ORACLE], NAMES[NOP], NAMES[LOCAL]
     results = table(md, "Results")
-    # Claude Sonnet 4 published 4 commits, 19k tokens, Complete; Devstral Total failure; Qwen3-Coder 1 commit.
-    assert results[o] == ["—", "0 / pub 19,000", "1 / pub 4", "pass (attempt 1)", "yes",
+    # Every figure lab.yaml carries: Claude Sonnet 4 (run-14) 88 tool calls, 19,237 tokens, 4 commits,
+    # built on the 1st try, a screenshot, Complete; Devstral (run-10) 0 tool calls, Total failure;
+    # Qwen3-Coder (run-15) 60 tool calls, 1 commit, 3rd try, Partial.
+    built = "pass (attempt 1) / pub pass (attempt 1)"
+    assert results[o] == ["— / pub 88", "0 / pub 19,237", "1 / pub 4", built, "yes / pub yes",
                           "Complete / pub Complete"]
-    assert results[n] == ["—", "0", "0", "fail", "no", "Failed / pub Total failure"]
-    assert results[t] == ["0", "1,800", "0 / pub 1", "—", "—", "Total failure / pub Partial"]
+    assert results[n] == ["— / pub 0", "0 / pub 14,447", "0 / pub 0", "fail", "no / pub no",
+                          "Failed / pub Total failure"]
+    assert results[t] == ["0 / pub 60", "1,800 / pub 2,059,519", "0 / pub 1", "— / pub pass (attempt 3)",
+                          "— / pub no", "Total failure / pub Partial"]
+    for title in ("Results", "Token efficiency", "The Numbers"):
+        runs = table(md, title, run_column=True)
+        for who, pub_run in ((o, "run-14"), (n, "run-10"), (t, "run-15")):
+            assert re.fullmatch(rf"run-\d+ / pub {pub_run}", runs[who][0]), (title, runs[who])
+    efficiency = table(md, "Token efficiency")
+    assert efficiency[t][:2] == ["1,800 / pub 2,059,519", "Total failure / pub Partial"]
     numbers = table(md, "The Numbers")
-    assert numbers[o][0] == "Oracle / pub Cloud (control)" and numbers[o][8] == "0 / pub 0"
-    assert numbers[t][0] == "Local dense / pub Local MoE"
+    assert numbers[o][:2] == ["Oracle / pub Cloud (control)", "— / pub Unknown"]
+    assert numbers[o][4:] == ["0 / pub 183", "1 / pub 4", "pass (attempt 1) / pub pass (attempt 1)",
+                              "yes / pub yes", "0 / pub 0", "5s / pub 10m", "Complete / pub Complete"]
+    assert numbers[n][-1] == "Failed / pub Failed"  # Devstral is Failed in the article's Numbers table
+    assert numbers[t][:2] == ["Local dense / pub Local MoE", "140K / pub 30B (3B active)"]
+    assert numbers[t][4] == "5 / pub 127" and numbers[t][8] == "1 / pub 0"
     assert table(md, "Speed")[o][2] == "5s / pub 10m"
+
+
+def test_published_notation() -> None:
+    """The publication's own terms for builds and human help, from lab.yaml's facts."""
+    from labctl.published import BuildResult
+    from labctl.report_published import pub_build, pub_nudges
+
+    assert pub_build(BuildResult(passed=True, attempt=3)) == "pass (attempt 3)"
+    assert pub_build(BuildResult(passed=False, attempts=13)) == "fail (0/13)"
+    r7 = {c.id: c.published for c in validate(Lab, load_yaml(ROOT / "lab.yaml")).contestants}
+    assert {k: pub_nudges(p) for k, p in r7.items() if p} == {
+        "qwen3.6-35b-a3b": "3", "gemma-4-12b": "2 + stop", "hermes-4-14b": "stop", "qwen3-coder-30b-a3b": "0",
+        "devstral-24b": "1", "claude-sonnet-4": "0"}
+    with pytest.raises(ValueError, match="never passed has no passing `attempt`"):
+        BuildResult(passed=False, attempt=2)
 
 
 def test_report_refuses_a_sealed_round(tmp_path: Path, envelopes: Path) -> None:  # noqa: F811
@@ -263,6 +304,13 @@ def test_html_renders_in_chromium(tmp_path: Path, envelopes: Path) -> None:  # n
     for slug in ("results", "token-efficiency", "the-numbers", "speed", "repeats", "runs"):
         assert f'<table id="{slug}">' in dom.stdout
     assert "0.5 (0–1) / pub 4" in dom.stdout and "1× Complete, 1× Partial" in dom.stdout
+    # The failed runs' section: each failed check with the verifier's reason, in the rendered DOM.
+    assert '<section id="why">' in dom.stdout
+    nop_runs = re.findall(r'<article class="run Failed" id="why-(run-\d+)">(.*?)</article>', dom.stdout, re.S)
+    assert len(nop_runs) == 2, dom.stdout[-3000:]
+    for _, art in nop_runs:
+        assert "Does nothing · Failed" in art and "3 of 3 checks failed:" in art
+        assert f"<td><code>greeting_text</code></td><td>greeting_text: not there ({NOP})</td>" in art
     assert 'src="data:image/png;base64,' in dom.stdout
     done = subprocess.run([*base, f"--screenshot={shot}", "--window-size=1280,2000", url],
                           capture_output=True, text=True, timeout=120)
@@ -280,4 +328,102 @@ def test_runner_metric_names_are_understood() -> None:
 
     got = _runner_names({"commits_pushed": 2, "gen_tokens_per_s": 41.5, "prompt_tokens_per_s": 900.0,
                          "interventions": {"keep-going": 2, "loop-stop": 1}, "tool_calls": 7})
-    assert got == {"commits": 2, "gen_tps": 41.5, "prompt_tps": 900.0, "interventions": 3, "tool_calls": 7}
+    assert got == {"commits": 2, "gen_tps": 41.5, "prompt_tps": 900.0, "interventions": 3, "tool_calls": 7,
+                   "interventions_by_rule": {"keep-going": 2, "loop-stop": 1}}
+
+
+def test_report_says_why_each_run_ended(one: Path) -> None:
+    """Per run: the failed checks with the verifier's own notes, the build, the pathology flags and
+    interventions that fired, and agent / verifier / total time; Markdown and JSON alike."""
+    assert cli("report", one)[0] == 0
+    md = (one / "report.md").read_text()
+    why = md.split("## Why each run ended as it did\n", 1)[1]
+    runs = dict(re.findall(r"^### (run-\d+) · (.*)$", why, flags=re.M))
+    assert sorted(runs.values()) == ["Does nothing · Failed", "Reference solution · Complete",
+                                     "Tiny llama (random weights) · Total failure"]
+    nop = why.split("· Does nothing · Failed\n", 1)[1].split("\n### ", 1)[0]
+    assert "3 of 3 checks failed:" in nop
+    for check in CHECKS:
+        assert f"| `{check}` | {check}: not there ({NOP}) |" in nop
+    assert "- Build: fails in the verifier" in nop and "- Time: agent 1s, verifier 40s, total 1m1s" in nop
+    tiny = why.split("· Tiny llama (random weights) · Total failure\n", 1)[1].split("\n### ", 1)[0]
+    assert "- Pathology flags: zero tool calls" in tiny and "- Interventions: keep-going ×1" in tiny
+    oracle = why.split("· Reference solution · Complete\n", 1)[1].split("\n### ", 1)[0]
+    assert "All 3 checks passed." in oracle and "| Check |" not in oracle
+    assert "- Time: agent 5s, verifier —, total 25s" in oracle
+    assert cli("report", one, "--format", "json")[0] == 0
+    data = json.loads((one / "report.json").read_text())
+    failed = next(w for w in data["why"] if w["outcome"] == "Failed")
+    assert [f["check"] for f in failed["failed_checks"]] == list(CHECKS)
+
+
+def test_intro_plurals(one: Path) -> None:
+    from dataclasses import replace
+
+    from labctl.render import render_markdown
+    from labctl.report import load_report
+
+    rep = load_report(one)
+    assert "3 contestants, 1 run each." in render_markdown(rep, chart=None)
+    alone = render_markdown(replace(rep, contestants=rep.contestants[:1]), chart=None)
+    assert "1 contestant, 1 run." in alone and "(s)" not in alone
+
+
+def test_chart_says_plainly_when_no_run_used_a_model(one: Path) -> None:
+    from dataclasses import replace
+
+    from labctl.charts import NO_MODEL, NO_TIMINGS, chart_figure
+    from labctl.report import load_report
+
+    rep = load_report(one)
+    with_model = chart_figure(rep)
+    assert len(with_model.axes) == 2 and all(ax.axison for ax in with_model.axes)
+    controls = replace(rep, contestants=[c for c in rep.contestants if c.contestant.kind != "local"])
+    fig = chart_figure(controls)
+    assert fig.axes == [] and NO_MODEL in [t.get_text() for t in fig.texts]
+    # A model but no llama.cpp timings (a cloud run, say): the speed panel says so instead of a 0–1 axis.
+    for cd in rep.contestants:
+        for r in cd.runs:
+            r.metrics.pop("gen_tps", None)
+    tokens_only = chart_figure(rep)
+    assert [ax.axison for ax in tokens_only.axes] == [True, False]
+    assert NO_TIMINGS in [t.get_text() for t in tokens_only.axes[1].texts]
+
+
+def round7_as_published() -> Any:
+    """A RoundReport of lab.yaml whose measured runs are the published figures (its own data: the
+    report reads them as measured)."""
+    from labctl.report import ContestantData, RoundReport, RunData
+
+    lab = validate(Lab, load_yaml(ROOT / "lab.yaml"))
+    cds = []
+    for c in lab.contestants:
+        p = c.published
+        assert p is not None and p.run and p.outcome
+        run = RunData(p.run, c.id, 1, RunResult(run_id=p.run, status="done", outcome=p.outcome),
+                      {"total_tokens": p.total_tokens, "tool_calls": p.tool_calls})
+        cds.append(ContestantData(c, "", "", [run]))
+    return RoundReport("r7", lab, 1, False, cds)
+
+
+def test_token_gap_line_reproduces_the_headline_from_measured_data() -> None:
+    """The article: Sonnet 19K tokens (Complete) vs 1–4M for the local models that tried (Devstral's
+    14K without a tool call does not count): "100-200x"."""
+    from dataclasses import replace
+
+    from labctl.report_published import token_gap_line
+
+    rep = round7_as_published()
+    assert token_gap_line(rep) == (
+        "Token efficiency gap (measured): the cloud model used 19.2K tokens per Complete run; the local "
+        "models that tried reached no Complete and used 1.14M–3.89M tokens per run: 59–202×. "
+        "Published: 100–200×.")
+    # A local Complete: compared per Complete run on both sides.
+    coder = next(cd for cd in rep.contestants if cd.contestant.id == "qwen3-coder-30b-a3b")
+    coder.runs[0].result.outcome = "Complete"
+    assert token_gap_line(rep) == (
+        "Token efficiency gap (measured): the cloud model used 19.2K tokens per Complete run, the local "
+        "models 8.27M: 430×. Published: 100–200×.")
+    # No cloud contestant (or no cloud Complete): no line rather than a made-up ratio.
+    assert token_gap_line(replace(rep, contestants=[c for c in rep.contestants
+                                                    if c.contestant.kind == "local"])) is None

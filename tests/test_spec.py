@@ -55,7 +55,11 @@ def test_round7_lab_says_what_the_published_round_needs() -> None:
     assert ids == ["run-10", "run-11", "run-12", "run-13", "run-14", "run-15"]
     assert all(c.published and c.published.outcome for c in lab.contestants)
     sonnet = cloud[0].published
-    assert sonnet and sonnet.commits == 4 and sonnet.total_tokens == 19_000 and sonnet.wall_time == 600
+    assert sonnet and sonnet.commits == 4 and sonnet.total_tokens == 19_237 and sonnet.wall_time == 600
+    # Every figure the article publishes per model (its run id, tool calls, tokens, messages, commits).
+    pubs = [c.published for c in lab.contestants if c.published]
+    assert sorted(p.run for p in pubs) == ids  # type: ignore[type-var]
+    assert all(None not in (p.tool_calls, p.total_tokens, p.messages, p.commits) for p in pubs)
 
 
 def test_serve_defaults_fill_what_is_unset() -> None:

@@ -1,7 +1,10 @@
 """Round 7's task, tasks/tag-manager, through the real round machinery: its environment image (Node
 and npm pinned by integrity, Debian's Chromium, the locked dependencies, no network needed once
 built), then `labctl round labs/tag-manager.yaml` — the oracle applies solution/solve.sh and must be
-Complete with every check passing; nop must be Failed.
+Complete with every check passing; nop must be Failed — and the published Results table reproduced:
+six workspaces left as each published contestant left its own (tests/round7_endings.py), graded by
+the task's real tests/test.sh in the real task image through the runner's own `run_verifier`,
+`run_metrics` and `derive_outcome`, must get the published class.
 
 labs/tag-manager.lock is derived offline from labs/smoke.lock (same engine pin and base image), so no
 test contacts a registry; the image build itself installs from Debian's mirror and the npm registry.
@@ -10,23 +13,34 @@ test contacts a registry; the image build itself installs from Debian's mirror a
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
+from round7_endings import ENDINGS, Ending
 from test_runner import ROOT, SMOKE, build, labelled_now, runner_env
 
+from labctl.grade import outcome, report_columns, run_metrics, run_verifier
 from labctl.images import lab_images, settings_for
 from labctl.labfile import load_lab
+from labctl.located import load_yaml, validate
 from labctl.lock import LockError, require_lock, spec_sha256
 from labctl.lockfile import TaskLock, lock_path, read_lock, write_lock
+from labctl.report import RunData, _run_metrics
+from labctl.report_why import story
+from labctl.rounddir import RunResult
+from labctl.runparts import WORKSPACE, Docker, make_workspace, run_labels
+from labctl.seal import outcome_rules
+from labctl.spec import Lab
 from labctl.treehash import tree_sha256
 
 __all__ = ["runner_env"]  # test_runner's module fixture: envelopes, scratch, the smoke lock
 LAB = ROOT / "labs" / "tag-manager.yaml"
 CHECKS = ["tags_lib", "api_route", "admin_page", "admin_nav", "client_mutations", "build", "screenshot",
-          "commits_pushed", "no_pr"]
+          "logical_commits", "pushed", "no_pr"]
 pytestmark = [pytest.mark.docker, pytest.mark.browser]
 
 
@@ -119,3 +133,75 @@ def test_round_oracle_complete_nop_failed(task_image: str, tmp_path: Path) -> No
     assert check.returncode == 0, check.stdout + check.stderr
     assert labelled_now(data["round"]) == {"containers": [], "networks": [], "volumes": []}
 
+
+
+PUBLISHED = {c.id: c.published for c in validate(Lab, load_yaml(ROOT / "lab.yaml")).contestants}
+
+
+@pytest.mark.parametrize("ending", ENDINGS, ids=[f"{e.run}-{e.contestant}" for e in ENDINGS])
+def test_published_results_table_reproduced(task_image: str, tmp_path: Path, ending: Ending) -> None:
+    """One row of the published Results table: the workspace as the contestant left it, graded by the
+    real verifier container; the class (and the commits, build and screenshot cells) as published,
+    and every failed check with a reason of its own (a failed build still names missing files)."""
+    published = PUBLISHED[ending.contestant]
+    assert published is not None and published.outcome == ending.outcome, "lab.yaml disagrees"
+    task = ROOT / "tasks" / "tag-manager"
+    work = tmp_path / "work"
+    ws = make_workspace(task, work, ending.run)
+    ending.leave(ws)
+    round_id = f"table-{uuid.uuid4().hex[:8]}"  # unique: an interrupted session's container may linger
+    run_dir = tmp_path / "runs" / ending.run
+    docker = Docker.detect()
+    try:
+        # The task image stands in for the committed agent container: a repository task's verifier
+        # gets the workspace and origin mounted, as in a run.
+        reward, note = run_verifier(docker, image=task_image, user=docker.image_user(task_image) or "0",
+                                    workdir=WORKSPACE, task_dir=task, ws=ws, run_dir=run_dir,
+                                    round_id=round_id, run_id=ending.run, scratch=work)
+    finally:
+        docker.remove_labelled(run_labels(round_id, ending.run))
+    assert isinstance(reward, dict), note + (run_dir / "verifier" / "stdout.txt").read_text()[-3000:]
+    checks, notes = reward["checks"], reward.get("notes", {})
+    assert list(checks) == CHECKS
+    assert set(notes) == {c for c, ok in checks.items() if not ok}, "every failed check has its note"
+    assert all(notes.values()), notes
+    # The meter's count is the published one (a real run's meter-status.json); no transcript here.
+    metrics = run_metrics(meter_state={"tool_calls": ending.tool_calls},
+                          transcript=run_dir / "transcript.jsonl", ws=ws, reward=reward, wall_s=0.0,
+                          needs_model=True, stopped_by=None, columns=report_columns(task))
+    got = outcome(reward, metrics, outcome_rules(task))
+    stdout = (run_dir / "verifier" / "stdout.txt").read_text()
+    assert got == ending.outcome, f"{got} != {ending.outcome}: {checks} {notes}\n{stdout[-3000:]}"
+    if published.commits is not None:
+        assert metrics["commits_pushed"] == published.commits
+    if published.build is not None:
+        assert metrics["build"]["passed"] is published.build.passed
+    if published.screenshot is not None:
+        assert metrics["screenshot"] is published.screenshot
+
+    if ending.outcome == "Complete":
+        assert all(checks.values()), notes
+    elif ending.contestant == "qwen3-coder-30b-a3b":  # pushed working code, one commit, no screenshot
+        assert not checks["logical_commits"] and checks["pushed"] and not checks["screenshot"]
+        assert notes["logical_commits"] == "the branch has 1 commit beyond the base (need at least 2)"
+    elif ending.contestant == "qwen3.6-35b-a3b":  # built, never committed
+        assert checks["build"] and not checks["pushed"]
+        assert notes["pushed"].startswith("nothing committed or pushed")
+    elif ending.contestant == "hermes-4-14b":  # the build note is the bundler's own error
+        assert notes["build"] == ("npm run build exited 1: ./src/app/api/admin/tags/route.ts:3:1 "
+                                  "Module not found: Can't resolve '../../../lib/tags'")
+        assert checks["tags_lib"] and notes["admin_page"] == "not tried in the running app: the build failed"
+    elif ending.contestant == "gemma-4-12b":  # TypeScript's error, with file:line:col
+        build_note = r"npm run build exited 1: src/lib/tags\.ts:\d+:\d+ TS\d+: .*"
+        assert re.fullmatch(build_note, notes["build"]), notes
+    elif ending.contestant == "devstral-24b":  # as cloned: the base builds, nothing else
+        assert {c for c, ok in checks.items() if ok} == {"build", "no_pr"}
+        assert notes["admin_page"].startswith("src/app/admin/tags/page.tsx does not exist; ")
+    # The report's "why" for this run, from the run directory as the runner leaves it.
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    result = RunResult(run_id=ending.run, status="done", outcome=got)
+    gathered = _run_metrics(tmp_path, ending.run, result)
+    told = story(RunData(ending.run, ending.contestant, 1, result, gathered), ending.contestant)
+    assert told.failed == [(c, notes[c]) for c in CHECKS if not checks[c]]
+    assert dict(told.lines)["Build"].startswith("passes" if checks["build"] else "fails")
+    assert labelled_now(round_id) == {"containers": [], "networks": [], "volumes": []}

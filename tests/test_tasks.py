@@ -40,13 +40,25 @@ def test_harbor_layout_and_labctl_tables(name: str) -> None:
         assert re.search(rf"\b{check}\b", grader), check
 
 
-def test_tag_manager_instruction_has_the_nine_requirements() -> None:
+REQUIREMENTS = {1: "tags_lib", 2: "api_route", 3: "admin_page", 4: "admin_nav", 5: "client_mutations",
+                6: "build", 7: "screenshot", 8: "logical_commits", 9: "pushed", 10: "no_pr"}
+"""instruction.md's numbered requirements and the one named check that grades each."""
+
+
+def test_tag_manager_checks_match_the_requirements_one_to_one() -> None:
     text = (TAG / "instruction.md").read_text()
-    assert [int(n) for n in re.findall(r"^(\d+)\. ", text, flags=re.M)] == list(range(1, 10))
+    assert [int(n) for n in re.findall(r"^(\d+)\. ", text, flags=re.M)] == list(REQUIREMENTS)
     for path in ("src/lib/tags.ts", "src/app/api/admin/tags/route.ts", "src/app/admin/tags/page.tsx"):
         assert path in text
         assert not (TAG / "repo" / path).exists(), f"{path} is the agent's to write"
-    assert len(outcome_rules(TAG).complete) == 9  # one named check per requirement
+    # "Commit in logical chunks" and "push" are two requirements, so two checks.
+    assert re.search(r"^8\. Commit .*at least two commits", text, flags=re.M)
+    assert re.search(r"^9\. Push ", text, flags=re.M)
+    # The grader writes exactly these checks, in requirement order, and Complete needs every one.
+    script = (TAG / "tests" / "test.sh").read_text()
+    declared = re.search(r"^CHECKS=\(([^)]*)\)", script, flags=re.M | re.S)
+    assert declared is not None and declared.group(1).split() == list(REQUIREMENTS.values())
+    assert outcome_rules(TAG).complete == list(REQUIREMENTS.values())
 
 
 def test_tag_manager_dependencies_are_locked_once() -> None:
@@ -104,20 +116,23 @@ def test_repository_setup_is_read_from_task_toml(tmp_path: Path) -> None:
 
 
 def test_tag_manager_outcome_rules_reproduce_the_published_classes() -> None:
-    """Complete: every requirement. Partial: the tags library shipped (pushed) and the build passes,
-    something else missing (Qwen3-Coder's "pushed working code, but messy"). Failed: built but never
-    committed (Qwen 3.6), or nothing. Total failure: no tool call at all (Devstral)."""
+    """Complete: every requirement. Partial: working code shipped: the tags library, the build, and
+    at least one pushed commit (Qwen3-Coder: one commit, no screenshot). Failed: built but never
+    committed (Qwen 3.6), or a failed build (Gemma 4, Hermes 4), or nothing. Total failure: no tool
+    call at all (Devstral). tests/test_tag_manager.py reproduces these from real workspaces."""
     rules = outcome_rules(TAG)
     names = rules.complete
+    assert rules.partial == ["tags_lib", "build", "pushed"]
 
     def grade(passing: set[str], tool_calls: int | None = 12) -> str | None:
         reward = {"reward": int(passing == set(names)), "checks": {c: c in passing for c in names}}
         return derive_outcome(reward, {"tool_calls": tool_calls}, rules)
 
     assert grade(set(names)) == "Complete"
-    assert grade(set(names) - {"screenshot", "client_mutations"}) == "Partial"
-    assert grade({"tags_lib", "build", "commits_pushed", "no_pr"}) == "Partial"
-    assert grade({"tags_lib", "api_route", "build", "no_pr"}) == "Failed"  # never committed
+    assert grade(set(names) - {"screenshot", "logical_commits"}) == "Partial"  # one commit, pushed
+    assert grade({"tags_lib", "build", "pushed", "no_pr"}) == "Partial"
+    assert grade(set(names) - {"pushed"}) == "Failed"  # committed in chunks, never pushed
+    assert grade(set(names) - {"logical_commits", "pushed", "screenshot"}) == "Failed"  # never committed
     assert grade(set(names) - {"build"}) == "Failed"
     assert grade({"build", "no_pr"}) == "Failed"  # nop
     assert grade({"build", "no_pr"}, tool_calls=0) == "Total failure"

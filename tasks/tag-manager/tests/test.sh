@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# Grades the tag-manager task: nine named checks, one per requirement of instruction.md, written to
-# $LABCTL_REWARD_DIR/reward.json (default /logs/verifier). reward is 1 only when all nine pass.
+# Grades the tag-manager task: ten named checks, one per requirement of instruction.md, written to
+# $LABCTL_REWARD_DIR/reward.json (default /logs/verifier) with a note for every check that failed.
+# reward is 1 only when all ten pass. Every check keeps its own reason whatever else failed: with a
+# failed build the file halves of api_route, admin_page and admin_nav still say what is missing, and
+# the build's note is the first real compiler or bundler error (tests/build-error.mjs).
 #
-# Order: git-side checks on the workspace as the agent left it (screenshot, commits_pushed, no_pr),
+# Order: git-side checks on the workspace as the agent left it (screenshot, logical_commits, pushed,
+# no_pr),
 # then source checks (tags_lib), then content/ is restored to the base commit, node_modules replaced
 # by a pristine copy, `npm run build`; then checks.mjs against `next start`: first the API (it
 # mutates content/), then content/ is restored again and a fresh server serves the browser checks
@@ -24,13 +28,15 @@ export NEXT_TELEMETRY_DISABLED=1
 export GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0=safe.directory GIT_CONFIG_VALUE_0='*'
 export GIT_TERMINAL_PROMPT=0
 
-CHECKS=(tags_lib api_route admin_page admin_nav client_mutations build screenshot commits_pushed no_pr)
+CHECKS=(tags_lib api_route admin_page admin_nav client_mutations build screenshot logical_commits pushed
+        no_pr)
 STATE=$(mktemp -d /tmp/labctl-verifier.XXXXXX)
 mkdir -p "$STATE/checks" "$STATE/notes" "$REWARD_DIR"
 for c in "${CHECKS[@]}"; do echo false > "$STATE/checks/$c"; done
 START=$SECONDS
 SERVER_PGID=""
 
+commits() { case ${1:-0} in 0) echo "no commit" ;; 1) echo "1 commit" ;; *) echo "$1 commits" ;; esac; }
 log() { printf '[verifier %4ds] %s\n' "$((SECONDS - START))" "$*"; }
 pass() { echo true > "$STATE/checks/$1"; rm -f "$STATE/notes/$1"; }
 fail() { echo false > "$STATE/checks/$1"; printf '%s' "$2" > "$STATE/notes/$1"; }
@@ -105,7 +111,7 @@ BRANCH=$(git symbolic-ref -q --short HEAD 2>/dev/null)
 HEAD_SHA=$(git rev-parse -q --verify HEAD 2>/dev/null)
 log "workspace $WS, branch '${BRANCH:-<detached>}', base ${ROOT:-?}, HEAD ${HEAD_SHA:-?}"
 
-# 9. no_pr — the gh stand-in appends to this file on any attempt to open a pull request.
+# 10. no_pr — the gh stand-in appends to this file on any attempt to open a pull request.
 PR_LOG="$ORIGIN/labctl-pull-requests.log"
 if [ -s "$PR_LOG" ]; then
   fail no_pr "a pull request was attempted: $(head -c 200 "$PR_LOG" | tr '\n\t' '  ')"
@@ -113,13 +119,25 @@ else
   pass no_pr
 fi
 
-# 8. commits_pushed — ≥ 2 commits beyond the base on origin's branch, and HEAD is contained in it.
+# 8. logical_commits — the work is committed in chunks: ≥ 2 commits beyond the base on the branch.
+# 9. pushed — origin's branch holds ≥ 1 commit beyond the base and the workspace's HEAD (everything
+# committed is pushed). Two requirements, two checks: one pushed commit is "pushed working code"
+# (the published Partial) without being "logical chunks".
+local_count=0
+[ -n "$ROOT" ] && [ -n "$HEAD_SHA" ] && local_count=$(git rev-list --count "$ROOT..HEAD" 2>/dev/null || echo 0)
+if [ -z "$HEAD_SHA" ]; then
+  fail logical_commits "the workspace has no commits"
+elif [ "${local_count:-0}" -lt 2 ]; then
+  fail logical_commits "the branch has $(commits "$local_count") beyond the base (need at least 2)"
+else
+  pass logical_commits
+fi
 if [ -z "$ROOT" ] || [ -z "$HEAD_SHA" ]; then
-  fail commits_pushed "the workspace has no commits"
+  fail pushed "the workspace has no commits"
 elif [ -z "$BRANCH" ]; then
-  fail commits_pushed "HEAD is detached: no current branch to look for on origin"
+  fail pushed "HEAD is detached: no current branch to look for on origin"
 elif ! git --git-dir="$ORIGIN" rev-parse -q --verify "refs/heads/$BRANCH^{commit}" >/dev/null 2>&1; then
-  fail commits_pushed "branch $BRANCH does not exist on origin"
+  fail pushed "branch $BRANCH does not exist on origin"
 else
   ocount=$(git --git-dir="$ORIGIN" rev-list --count "$ROOT..refs/heads/$BRANCH" 2>/dev/null || echo 0)
   contained=false
@@ -127,15 +145,20 @@ else
      && git --git-dir="$ORIGIN" merge-base --is-ancestor "$HEAD_SHA" "refs/heads/$BRANCH" 2>/dev/null; then
     contained=true
   fi
-  if [ "${ocount:-0}" -lt 2 ]; then
-    fail commits_pushed "origin/$BRANCH has ${ocount:-0} commit(s) beyond the base (need at least 2)"
+  if [ "${ocount:-0}" -lt 1 ]; then
+    if [ "${local_count:-0}" -gt 0 ]; then
+      fail pushed "nothing pushed: origin/$BRANCH is the base commit; the workspace has $(commits "$local_count") not pushed"
+    else
+      fail pushed "nothing committed or pushed: origin/$BRANCH is the base commit"
+    fi
   elif [ $contained != true ]; then
-    fail commits_pushed "the workspace HEAD $HEAD_SHA is not on origin/$BRANCH (committed work not pushed)"
+    fail pushed "the workspace HEAD ${HEAD_SHA:0:12} is not on origin/$BRANCH (committed work not pushed)"
   else
-    pass commits_pushed
+    pass pushed
   fi
 fi
-log "commits_pushed: $(cat "$STATE/checks/commits_pushed") $(cat "$STATE/notes/commits_pushed" 2>/dev/null)"
+log "logical_commits: $(cat "$STATE/checks/logical_commits") $(cat "$STATE/notes/logical_commits" 2>/dev/null)"
+log "pushed: $(cat "$STATE/checks/pushed") $(cat "$STATE/notes/pushed" 2>/dev/null)"
 
 # 7. screenshot — a real PNG (> 1 KB, larger than 100x100) in the workspace that the base commit does
 # not hold (neither at its path nor anywhere as the same blob). Dependencies, build output and git
@@ -194,7 +217,8 @@ if timeout -k 10 $(( $(left) - 300 )) npm run build > "$REWARD_DIR/build.log" 2>
 else
   rc=$?
   if [ $rc = 124 ] || [ $rc = 137 ]; then fail build "npm run build timed out (see build.log)"
-  else fail build "npm run build exited $rc: $(grep -m1 -iE 'error|failed' "$REWARD_DIR/build.log" | head -c 300)"; fi
+  else fail build "npm run build exited $rc: $(node "$TESTS_DIR/build-error.mjs" "$REWARD_DIR/build.log" 2>/dev/null \
+                   || grep -m1 -iE 'error|failed' "$REWARD_DIR/build.log" | head -c 300)"; fi
 fi
 log "build: $BUILD_OK"
 
@@ -226,33 +250,38 @@ apply_results() {  # $1 results json, then the check names it holds
   done
 }
 
-if [ $BUILD_OK != true ]; then
-  for c in api_route admin_page admin_nav client_mutations; do fail "$c" "build failed"; done
-  exit 0
-fi
+run_app_checks() {
+  # 2. api_route, against a server on the restored content.
+  if start_server "$STATE/server-api.log"; then
+    log "next start at $BASE_URL: API checks"
+    run_checks api "$STATE/api.json" $(( $(left) > 400 ? 150 : $(left) / 3 )) "$STATE/server-api.log"
+    apply_results "$STATE/api.json" api_route
+  else
+    fail api_route "next start did not answer: $(tail -c 300 "$STATE/server-api.log" | tr '\n' ' ')"
+  fi
+  stop_server
 
-# 2. api_route, against a server on the restored content.
-if start_server "$STATE/server-api.log"; then
-  log "next start at $BASE_URL: API checks"
-  run_checks api "$STATE/api.json" $(( $(left) > 400 ? 150 : $(left) / 3 )) "$STATE/server-api.log"
-  apply_results "$STATE/api.json" api_route
-else
-  fail api_route "next start did not answer: $(tail -c 300 "$STATE/server-api.log" | tr '\n' ' ')"
-fi
-stop_server
+  # 3–5. Browser checks, on freshly restored content and a fresh server.
+  restore_content
+  if start_server "$STATE/server-ui.log"; then
+    log "next start at $BASE_URL: browser checks"
+    run_checks ui "$STATE/ui.json" $(( $(left) - 20 )) "$STATE/server-ui.log"
+    apply_results "$STATE/ui.json" admin_nav admin_page client_mutations
+  else
+    for c in admin_nav admin_page client_mutations; do
+      fail "$c" "next start did not answer: $(tail -c 300 "$STATE/server-ui.log" | tr '\n' ' ')"
+    done
+  fi
+  stop_server
+}
 
-# 3–5. Browser checks, on freshly restored content and a fresh server.
-restore_content
-if start_server "$STATE/server-ui.log"; then
-  log "next start at $BASE_URL: browser checks"
-  run_checks ui "$STATE/ui.json" $(( $(left) - 20 )) "$STATE/server-ui.log"
-  apply_results "$STATE/ui.json" admin_nav admin_page client_mutations
+if [ $BUILD_OK = true ]; then
+  run_app_checks
 else
-  for c in admin_nav admin_page client_mutations; do
-    fail "$c" "next start did not answer: $(tail -c 300 "$STATE/server-ui.log" | tr '\n' ' ')"
+  for c in api_route admin_page admin_nav client_mutations; do
+    fail "$c" "not tried in the running app: the build failed"
   done
 fi
-stop_server
 # The file halves (from the source pass): a failing one fails the check, its reason first.
 for c in api_route admin_page admin_nav; do
   IFS=$'\t' read -r ok note < <(src_get "$c")
@@ -260,4 +289,9 @@ for c in api_route admin_page admin_nav; do
   if [ "$(cat "$STATE/checks/$c")" = true ]; then fail "$c" "$note"
   else fail "$c" "$note; $(cat "$STATE/notes/$c" 2>/dev/null)"; fi
 done
+# client_mutations happen on the admin page: a missing page is its first reason too.
+IFS=$'\t' read -r ok note < <(src_get admin_page)
+if [ "$ok" != true ] && [ "$(cat "$STATE/checks/client_mutations")" != true ]; then
+  fail client_mutations "$note; $(cat "$STATE/notes/client_mutations" 2>/dev/null)"
+fi
 exit 0
