@@ -13,21 +13,13 @@ import typer
 from rich.markup import escape
 
 from labctl.bundle import BundleError, index_problems, pack, unpack
-from labctl.console import EXIT_FAIL, JsonOpt, emit, err, open_lab, out
+from labctl.console import JsonOpt, emit, open_lab, out, refuse
 from labctl.lockfile import lock_path
 from labctl.rounddir import SEALED_FILE
 from labctl.share import lab_index, round_index
 from labctl.units import format_size
 
 __all__ = ["bundle_command", "unbundle_command"]
-
-
-def _refuse(problems: list[str], as_json: bool) -> typer.Exit:
-    if as_json:
-        emit({"ok": False, "errors": problems})
-    for p in problems:
-        err.print(f"error: {p}", markup=False, highlight=False, soft_wrap=True)
-    return typer.Exit(EXIT_FAIL)
 
 
 def bundle_command(
@@ -56,9 +48,9 @@ def bundle_command(
         target = output or Path(default)
         sha = pack(target, index, sources)
     except BundleError as e:
-        raise _refuse(e.problems, as_json) from None
+        raise refuse(e.problems, as_json) from None
     except OSError as e:
-        raise _refuse([f"cannot write the bundle: {e}"], as_json) from None
+        raise refuse([f"cannot write the bundle: {e}"], as_json) from None
     size = target.stat().st_size
     if as_json:
         emit({"ok": True, "bundle": str(target), "kind": index.kind, "sha256": sha, "size": size,
@@ -77,7 +69,7 @@ def unbundle_command(
 ) -> None:
     """Unpack a bundle, refusing unsafe entries and any content that does not match its index."""
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-        raise _refuse([f"{dest} exists and is not an empty directory"], as_json)
+        raise refuse([f"{dest} exists and is not an empty directory"], as_json)
     # Unpacked beside its destination and renamed in only when it checks out: a refused bundle
     # leaves nothing behind.
     tmp = dest.with_name(f".{dest.name}.unbundle")
@@ -91,7 +83,7 @@ def unbundle_command(
             dest.rmdir()
         tmp.rename(dest)
     except BundleError as e:
-        raise _refuse(e.problems, as_json) from None
+        raise refuse(e.problems, as_json) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     lab = dest / index.lab

@@ -14,7 +14,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from labctl.console import DEFAULT_LAB, EXIT_FAIL, JsonOpt, LabArg, emit, err, fail, open_lab, out
+from labctl.console import DEFAULT_LAB, EXIT_FAIL, JsonOpt, LabArg, emit, err, fail, open_lab, out, refuse
 from labctl.lock import LockError, require_lock
 from labctl.rounddir import Mapping
 from labctl.seal import SealError, run_label, seal_round, unseal_round
@@ -22,14 +22,6 @@ from labctl.verify import verify_round
 
 RoundsDirOpt = Annotated[Path, typer.Option("--rounds-dir", help="Where round directories are created.")]
 RoundArg = Annotated[Path, typer.Argument(help="Round directory, e.g. rounds/<round-id>.")]
-
-
-def _refuse(problems: list[str], as_json: bool) -> typer.Exit:
-    if as_json:
-        emit({"ok": False, "errors": problems})
-    for p in problems:
-        err.print(f"error: {p}", markup=False, highlight=False, soft_wrap=True)
-    return typer.Exit(EXIT_FAIL)
 
 
 def seal_command(lab: LabArg = DEFAULT_LAB, rounds_dir: RoundsDirOpt = Path("rounds"),
@@ -40,7 +32,7 @@ def seal_command(lab: LabArg = DEFAULT_LAB, rounds_dir: RoundsDirOpt = Path("rou
         lock = require_lock(loaded)
         made = seal_round(loaded, lock, rounds_dir)
     except (LockError, SealError) as e:
-        raise _refuse(e.problems, as_json) from None
+        raise refuse(e.problems, as_json) from None
     except OSError as e:
         raise fail(f"cannot create the round: {e}", as_json) from None
     r, where = made.record, escape(str(made.round_dir))
@@ -74,7 +66,7 @@ def unseal_command(
     try:
         u = unseal_round(round_dir, force=force)
     except SealError as e:
-        raise _refuse(e.problems, as_json) from None
+        raise refuse(e.problems, as_json) from None
     if as_json:
         emit({"ok": True, "round": u.round, "commitment": u.commitment, "forced": u.forced,
               "unfinished": u.unfinished, "mapping": {k: s.model_dump() for k, s in u.mapping.items()}})

@@ -63,6 +63,15 @@ def fail(message: str, as_json: bool, code: int = EXIT_FAIL, **extra: Any) -> ty
     return typer.Exit(code)
 
 
+def refuse(problems: list[str], as_json: bool) -> typer.Exit:
+    """Several problems at once (an unsafe bundle, a round that does not check out), one per line."""
+    if as_json:
+        emit({"ok": False, "errors": problems})
+    for p in problems:
+        err.print(f"error: {p}", markup=False, highlight=False, soft_wrap=True)
+    return typer.Exit(EXIT_FAIL)
+
+
 def open_lab(path: Path, profile: str | None = None, as_json: bool = False) -> LoadedLab:
     try:
         return load_lab(path, profile=profile)

@@ -205,6 +205,18 @@ class _Weights:
 # ---------------------------------------------------------------------------- write
 
 
+def add_spm_tokenizer(w: gguf.GGUFWriter, tokens: list[str], scores: list[float], types: list[int]) -> None:
+    """The SPM ("llama") tokenizer keys of `build_vocab`'s vocabulary: unk 0, bos 1, eos 2, bos added."""
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_unk_token_id(0)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_add_bos_token(True)
+
+
 def _add_metadata(
     w: gguf.GGUFWriter, params: TinyModelParams, tokens: list[str], scores: list[float], types: list[int]
 ) -> None:
@@ -251,14 +263,7 @@ def _add_metadata(
                 sub_type=GGUFValueType.BOOL,
             )
 
-    w.add_tokenizer_model("llama")
-    w.add_token_list(tokens)
-    w.add_token_scores(scores)
-    w.add_token_types(types)
-    w.add_unk_token_id(0)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_add_bos_token(True)
+    add_spm_tokenizer(w, tokens, scores, types)
     w.add_add_eos_token(False)
     w.add_add_space_prefix(True)
     w.add_chat_template(CHAT_TEMPLATE)

@@ -31,7 +31,7 @@ from labctl import ggufheaders
 from labctl.ggufmeta import GGUFMeta
 from labctl.ggufread import GGUFError, parse_header, quant_from_filename
 from labctl.lockfile import FileLock, ModelLock
-from labctl.tinymodel import CHAT_TEMPLATE, build_vocab
+from labctl.tinymodel import CHAT_TEMPLATE, add_spm_tokenizer, build_vocab
 from labctl.twinlayout import TWIN_ARCHS, TwinError, layout_bytes, swa_layers, tensors
 
 __all__ = ["TWIN_ARCHS", "Twin", "TwinError", "layout_bytes", "tensors", "twin_from_meta", "write_twin"]
@@ -166,15 +166,7 @@ def _metadata(w: gguf.GGUFWriter, meta: GGUFMeta, name: str) -> None:
         # Sliding layers rotate their own (smaller) heads; unset, llama.cpp would take the global n_rot.
         w.add_uint32(k("{arch}.rope.dimension_count_swa"), meta.key_length_swa or hk)
         w.add_rope_freq_base_swa(1e4)
-    tokens, scores, types = build_vocab(meta.vocab_size or 0)
-    w.add_tokenizer_model("llama")
-    w.add_token_list(tokens)
-    w.add_token_scores(scores)
-    w.add_token_types(types)
-    w.add_unk_token_id(0)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_add_bos_token(True)
+    add_spm_tokenizer(w, *build_vocab(meta.vocab_size or 0))
     w.add_chat_template(CHAT_TEMPLATE)
 
 
