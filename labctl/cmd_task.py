@@ -24,7 +24,12 @@ def task_check_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Build TASK, run its oracle and nop in a throw-away round: oracle must be Complete, nop Failed."""
+    from labctl.engine import EngineError
+    from labctl.fetch import FetchError
     from labctl.images import ImageError
+    from labctl.lock import LockError
+    from labctl.packages import PackageError
+    from labctl.registry import RegistryError
     from labctl.runparts import RunError
     from labctl.seal import SealError
     from labctl.taskcheck import check_task
@@ -38,7 +43,8 @@ def task_check_command(
                              lambda line: console.print(f"[dim]·[/] {escape(line)}", highlight=False))
     except SealError as e:
         raise fail("; ".join(e.problems), as_json) from None
-    except (RunError, ImageError, OSError, ValueError) as e:
+    except (RunError, ImageError, EngineError, LockError, RegistryError, PackageError, FetchError, OSError,
+            ValueError) as e:  # locking the task (an unpinnable base image) or building it
         raise fail(str(e), as_json) from None
     except KeyboardInterrupt:
         err.print("interrupted: the check's containers were removed", highlight=False)

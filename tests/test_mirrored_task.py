@@ -85,3 +85,19 @@ def test_controls_of_a_mirrored_harbor_task_through_labctl_round(tmp_path: Path)
     assert rows["oracle"]["outcome"] == "Complete", rows
     assert rows["nop"]["outcome"] == "Failed", rows
     assert labelled_now(data["round"]) == {"containers": [], "networks": [], "volumes": []}
+
+
+def test_task_check_of_an_unpinnable_task_says_which_line_to_add(tmp_path: Path,
+                                                                 docker_engine: DockerClient) -> None:
+    """`labctl task check` locks the task it checks: an unpinnable base is the same one-line error as
+    `labctl lock`'s (no traceback), and the check exits 1."""
+    (tmp_path / "llama.cpp").mkdir()
+    (tmp_path / "llama.cpp" / "CMakeLists.txt").write_text("project(llama)\n")
+    lab = tmp_path / "lab.yaml"
+    lab.write_text(LAB.format(build="", task=ROOT / "tasks" / "smoke-hello"))
+    assert labctl("lock", lab, cwd=tmp_path).returncode == 0
+    done = labctl("task", "check", TASK, "--lab", lab, cwd=tmp_path)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    said = " ".join(done.stderr.split())
+    assert said.startswith("error: cannot pin image ubuntu:24.04: cannot reach http://127.0.0.1:9"), said
+    assert 'add to the lab: build: {image_mirrors: {"ubuntu:24.04": "debian:bookworm-slim"}}' in said
