@@ -29,6 +29,17 @@ def git(repo: Path, *args: str) -> str:
                           text=True).stdout.strip()
 
 
+def llama_repo(src: Path) -> Path:
+    """A one-commit git repository standing in for llama.cpp, tagged b9660."""
+    src.mkdir()
+    git(src, "init", "-q", "-b", "master")
+    (src / "CMakeLists.txt").write_text("project(llama)\n")
+    git(src, "add", ".")
+    git(src, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "b1")
+    git(src, "tag", "b9660")
+    return src
+
+
 @pytest.fixture
 def pypi(monkeypatch: pytest.MonkeyPatch):
     with serve(json_routes(PYPI)) as server:
@@ -39,13 +50,7 @@ def pypi(monkeypatch: pytest.MonkeyPatch):
 @pytest.fixture
 def lab(tmp_path: Path, hub_server: HubServer, pypi, monkeypatch: pytest.MonkeyPatch) -> Path:  # noqa: F811
     """A lab pinning a git llama.cpp, a Hub model, a generated model and a Harbor task."""
-    src = tmp_path / "llama.cpp"
-    src.mkdir()
-    git(src, "init", "-q", "-b", "master")
-    (src / "CMakeLists.txt").write_text("project(llama)\n")
-    git(src, "add", ".")
-    git(src, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "b1")
-    git(src, "tag", "b9660")
+    src = llama_repo(tmp_path / "llama.cpp")
     gguf = tmp_path / "hub" / "m.gguf"
     write_tiny_gguf(gguf, TinyModelParams(seed=1, n_head_kv=4))
     hub_server.add_repo("org/coder-GGUF", {"coder-Q8_0.gguf": gguf})

@@ -9,31 +9,19 @@ b9660 tag) and `LABCTL_PYPI_URL` for the package index (tests/test_lock.py's PyP
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
-from test_lock import pypi  # noqa: F401  (fixture)
+from test_lock import git, llama_repo, pypi  # noqa: F401  (pypi: a fixture)
 
 from tests.helpers import run_cli
 
 UPSTREAM = "https://github.com/ggml-org/llama.cpp"
 
 
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
-                          text=True).stdout.strip()
-
-
 @pytest.fixture
 def fresh_lab(tmp_path: Path, pypi, monkeypatch: pytest.MonkeyPatch) -> Path:  # noqa: F811
-    src = tmp_path / "llama.cpp"
-    src.mkdir()
-    git(src, "init", "-q", "-b", "master")
-    (src / "CMakeLists.txt").write_text("project(llama)\n")
-    git(src, "add", ".")
-    git(src, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "b1")
-    git(src, "tag", "b9660")
+    src = llama_repo(tmp_path / "llama.cpp")
     monkeypatch.setenv("GIT_CONFIG_COUNT", "1")
     monkeypatch.setenv("GIT_CONFIG_KEY_0", f"url.file://{src}.insteadOf")
     monkeypatch.setenv("GIT_CONFIG_VALUE_0", UPSTREAM)
