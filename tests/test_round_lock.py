@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_lock import git, llama_repo, pypi  # noqa: F401  (pypi: a fixture)
+from test_lock import llama_repo, pypi  # noqa: F401  (pypi: a fixture)
 
 from tests.helpers import run_cli
 
