@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from labctl.treehash import file_sha256
+from labctl.treehash import file_sha256, files_below
 
 INDEX = "labctl-bundle.json"
 FORMAT = "labctl-bundle/1"
@@ -288,14 +288,7 @@ def read_index(root: Path, bundle: Path | str = "") -> Index:
 
 def scan(root: Path) -> dict[str, IndexEntry]:
     """Every file and symlink below `root` (the index itself excluded), never following a link."""
-    found: dict[str, IndexEntry] = {}
-    for top, dirs, names in os.walk(root):
-        dirs.sort()
-        for name in sorted(names) + [d for d in dirs if os.path.islink(os.path.join(top, d))]:
-            path = Path(top) / name
-            rel = path.relative_to(root).as_posix()
-            if rel != INDEX:
-                found[rel] = entry_of(path)
+    found = {rel: entry_of(path) for rel, path in files_below(root) if rel != INDEX}
     return dict(sorted(found.items()))
 
 

@@ -31,7 +31,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from labctl.spec import Outcome
-from labctl.treehash import file_sha256
+from labctl.treehash import file_sha256, files_below
 
 LAB_FILE = "lab.yaml"
 LOCK_FILE = "lab.lock"
@@ -240,14 +240,7 @@ def _entry_sha256(path: Path) -> str:
 def round_files(round_dir: Path) -> dict[str, str]:
     """{relative posix path: sha256} of every file in the round except the manifest itself."""
     skip = {MANIFEST_FILE, MANIFEST_FILE + ".tmp"}
-    found: dict[str, str] = {}
-    for top, dirs, files in os.walk(round_dir):
-        dirs.sort()
-        for name in sorted(files) + [d for d in dirs if os.path.islink(os.path.join(top, d))]:
-            path = Path(top) / name
-            rel = path.relative_to(round_dir).as_posix()
-            if rel not in skip:
-                found[rel] = _entry_sha256(path)
+    found = {rel: _entry_sha256(path) for rel, path in files_below(round_dir) if rel not in skip}
     return dict(sorted(found.items()))
 
 

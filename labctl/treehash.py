@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 
 CHUNK = 1 << 20
@@ -52,6 +52,17 @@ def tree_entries(root: Path, *, ignore: Ignore | None = None) -> list[tuple[byte
     _walk(root, PurePosixPath(), ignore, found)
     found.sort(key=lambda e: e[0])
     return found
+
+
+def files_below(root: Path) -> Iterator[tuple[str, Path]]:
+    """(relative posix path, path) of every file and symlink below `root`, in a stable order, never
+    following a link (a symlinked directory is one entry): what a round's manifest and a bundle's
+    index both list."""
+    for top, dirs, names in os.walk(root):
+        dirs.sort()
+        for name in sorted(names) + [d for d in dirs if os.path.islink(os.path.join(top, d))]:
+            path = Path(top) / name
+            yield path.relative_to(root).as_posix(), path
 
 
 def tree_sha256(path: Path, *, ignore: Ignore | None = None) -> str:
