@@ -16,11 +16,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from labctl.engine import BuildRequest, ContainerEngine, detect_engine
-from labctl.imagebuild import prepare
-from labctl.images import ImageSpec, lab_images, settings_for
-from labctl.labfile import load_lab
-from labctl.lock import require_lock
+from labctl.engine.container import BuildRequest, ContainerEngine, detect_engine
+from labctl.images.build import prepare
+from labctl.images.specs import ImageSpec, lab_images, settings_for
+from labctl.lock.resolve import require_lock
+from labctl.spec.load import load_lab
 
 LABCTL = [os.environ["LABCTL"]] if os.environ.get("LABCTL") else [sys.executable, "-m", "labctl"]
 

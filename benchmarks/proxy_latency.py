@@ -6,7 +6,7 @@ medians over rounds): streams through the meter at >= 0.95x the direct throughpu
 calls with <= 0.5 ms added median latency, and not one usage record lost under concurrency.
 
 Method: the loopback fake upstream (tests/fake_upstream.py) and the meter (`python -m
-labctl.cmd_meter`, transcript and status file on, as in a round) each run as their own process;
+labctl.cli.meter`, transcript and status file on, as in a round) each run as their own process;
 this process is the client, on one keep-alive connection per target. In every round, direct and
 metered calls alternate one for one (the order flipped each time), so load from anything else on
 the machine hits both alike; each round gives a ratio, and the report is the median ratio with the
@@ -136,7 +136,7 @@ def main() -> int:
         transcript = Path(tmp) / "transcript.jsonl"
         up, up_url = start([sys.executable, "tests/fake_upstream.py", "--port", "0",
                             "--tokens", str(args.tokens)])
-        meter, meter_url = start([sys.executable, "-m", "labctl.cmd_meter", "--upstream", up_url, "--dialect",
+        meter, meter_url = start([sys.executable, "-m", "labctl.cli.meter", "--upstream", up_url, "--dialect",
                                   "openai", "--listen", "127.0.0.1:0", "--alias", "run-bench", "--json",
                                   "--transcript", str(transcript)], cwd=args.meter_src.resolve())
         try:

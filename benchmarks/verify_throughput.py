@@ -23,13 +23,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from labctl.fetch import fetch  # noqa: E402
-from labctl.hub import lock_hf  # noqa: E402
-from labctl.lockfile import Lock, SourceLock, TaskLock  # noqa: E402
-from labctl.spec import ModelSource  # noqa: E402
-from labctl.store import Store, sha256_file  # noqa: E402
-from labctl.tinymodel import TinyModelParams, write_tiny_gguf  # noqa: E402
-from labctl.units import format_size, parse_size  # noqa: E402
+from labctl.gguf.store import Store, sha256_file  # noqa: E402
+from labctl.gguf.tiny import TinyModelParams, write_tiny_gguf  # noqa: E402
+from labctl.lock.fetch import fetch  # noqa: E402
+from labctl.lock.hub import lock_hf  # noqa: E402
+from labctl.lock.lockfile import Lock, SourceLock, TaskLock  # noqa: E402
+from labctl.spec.lab import ModelSource  # noqa: E402
+from labctl.spec.units import format_size, parse_size  # noqa: E402
 
 GOAL = 0.9
 BLOCK = 64 << 20

@@ -1,3 +1,3 @@
-from labctl.cli import app
+from labctl.cli.app import app
 
 app()

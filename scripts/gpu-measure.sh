@@ -85,7 +85,7 @@ python_env() {  # labctl's dependencies the GPU image lacks, from the carried wh
     export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
   fi
   export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-  python3 -c 'import labctl.cli' || { log "labctl does not import with $(python3 -V)"; exit 1; }
+  python3 -c 'import labctl.cli.app' || { log "labctl does not import with $(python3 -V)"; exit 1; }
 }
 
 measure() {

@@ -34,7 +34,7 @@ BASE_IMAGE = "debian:bookworm-slim"
 BASE_IMAGE_ALIAS = "debian:bookworm"
 LABEL_KEY = "labctl.test"
 ENSURE_ENV_TIMEOUT_S = 1800  # a cold machine: apt-get install docker.io + debootstrap
-LLAMA_SERVER_ENV = "LABCTL_LLAMA_SERVER"  # labctl.llamaserver.ENV_BINARY
+LLAMA_SERVER_ENV = "LABCTL_LLAMA_SERVER"  # labctl.plan.llamaserver.ENV_BINARY
 
 
 def in_ci() -> bool:

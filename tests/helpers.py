@@ -7,7 +7,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from labctl.cli import app
+from labctl.cli.app import app
 
 ROOT = Path(__file__).resolve().parent.parent
 

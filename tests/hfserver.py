@@ -39,7 +39,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 
-from labctl.llamaserver import free_port  # noqa: F401  (re-exported for the tests)
+from labctl.plan.llamaserver import free_port  # noqa: F401  (re-exported for the tests)
 
 _XOR = bytes(b ^ 0x5A for b in range(256))
 _LFS_POINTER = "version https://git-lfs.github.com/spec/v1\noid sha256:{sha}\nsize {size}\n"

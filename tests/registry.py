@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
-from labctl.llamaserver import free_port  # noqa: F401  (re-exported for the tests)
+from labctl.plan.llamaserver import free_port  # noqa: F401  (re-exported for the tests)
 
 REGISTRY_BIN = Path("/usr/bin/docker-registry")
 

@@ -1,7 +1,7 @@
 """How each published Round 7 contestant left its repository, as fixtures for the real verifier.
 
 The Round 7 article ("What Each Model Actually Did") says where each model's run ended; each function
-here leaves a fresh run workspace (`labctl.runparts.make_workspace`: the task's base commit, branch
+here leaves a fresh run workspace (`labctl.run.parts.make_workspace`: the task's base commit, branch
 run-NN, its own bare origin) in that state, with the reference solution's files standing in for the
 model's code, changed where the article names the model's mistake:
 
@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from labctl.runparts import Workspace
+from labctl.run.parts import Workspace
 
 ROOT = Path(__file__).resolve().parents[1]
 TAG = ROOT / "tasks" / "tag-manager"

@@ -22,16 +22,16 @@ from pathlib import Path
 
 import pytest
 
-from labctl.bundle import INDEX, Index, Source, hash_sources, pack, read_index, scan
-from labctl.hub import lock_generated, lock_local
-from labctl.labfile import load_lab
-from labctl.lock import spec_sha256
-from labctl.lockfile import lock_path, read_lock, write_lock
-from labctl.rounddir import run_dir
-from labctl.spec import LocalContestant
-from labctl.store import Store
-from labctl.tinymodel import TinyModelParams, write_tiny_gguf
-from labctl.treehash import tree_sha256
+from labctl.gguf.store import Store
+from labctl.gguf.tiny import TinyModelParams, write_tiny_gguf
+from labctl.lock.hub import lock_generated, lock_local
+from labctl.lock.lockfile import lock_path, read_lock, write_lock
+from labctl.lock.resolve import spec_sha256
+from labctl.lock.treehash import tree_sha256
+from labctl.round.bundle import INDEX, Index, Source, hash_sources, pack, read_index, scan
+from labctl.round.layout import run_dir
+from labctl.spec.lab import LocalContestant
+from labctl.spec.load import load_lab
 from tests.helpers import ROOT, run_cli
 from tests.test_seal import CHECKS, LOCAL, NOP, ORACLE, envelopes, make_lab, sealed_lab  # noqa: F401
 from tests.test_verify import round_dir  # noqa: F401
@@ -122,7 +122,7 @@ def test_lab_bundle_carries_local_files(tmp_path: Path, monkeypatch: pytest.Monk
     (base / "labs" / "certs" / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
     elsewhere = tmp_path / "my-profiles"
     elsewhere.mkdir()
-    (elsewhere / "tiny-box.yaml").write_text((ROOT / "labctl/profiles/cpu.yaml").read_text())
+    (elsewhere / "tiny-box.yaml").write_text((ROOT / "labctl/spec/builtin_profiles/cpu.yaml").read_text())
     monkeypatch.setenv("LABCTL_PROFILE_PATH", str(elsewhere))
     lab = base / "labs" / "smoke.yaml"
     text = lab.read_text().replace("profile: cpu", "profile: tiny-box")

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from labctl.fence import comment, matching_rules, rule_specs
-from labctl.runparts import RunError
+from labctl.engine.fence import comment, matching_rules, rule_specs
+from labctl.run.parts import RunError
 
 LISTING = """\
 -P INPUT ACCEPT

@@ -21,7 +21,7 @@ from gguf import GGMLQuantizationType as Q
 from gguf import GGUFValueType, LlamaFileType
 from hfserver import HubServer, client_pointed_at, free_port, hub_server  # noqa: F401
 
-from labctl.ggufread import (
+from labctl.gguf.read import (
     GGUFError,
     meta_from_headers,
     parse_header,
@@ -29,10 +29,10 @@ from labctl.ggufread import (
     read_local,
     read_prefix,
 )
-from labctl.hub import HubError, lock_generated, lock_hf, lock_local, shard_names
-from labctl.spec import ModelSource
-from labctl.store import Store
-from labctl.tinymodel import TinyModelParams, canonical_params_json, write_tiny_gguf
+from labctl.gguf.store import Store
+from labctl.gguf.tiny import TinyModelParams, canonical_params_json, write_tiny_gguf
+from labctl.lock.hub import HubError, lock_generated, lock_hf, lock_local, shard_names
+from labctl.spec.lab import ModelSource
 
 BIG = TinyModelParams(seed=1, n_layer=2, n_embd=128, vocab_size=6000)  # header ≈ 120 KB
 
@@ -312,9 +312,9 @@ CUT = 300_000
 
 def _hub_lab(hub: HubServer, tmp_path: Path) -> tuple[Path, bytes, str]:
     """A lab with one Hub model, locked against the loopback hub: (lab file, the file's bytes, its sha256)."""
-    from labctl.labfile import load_lab
-    from labctl.lock import spec_sha256
-    from labctl.lockfile import Lock, SourceLock, TaskLock, lock_path, write_lock
+    from labctl.lock.lockfile import Lock, SourceLock, TaskLock, lock_path, write_lock
+    from labctl.lock.resolve import spec_sha256
+    from labctl.spec.load import load_lab
 
     p = tmp_path / "src" / "m.gguf"
     write_tiny_gguf(p, RESUME)
@@ -340,8 +340,8 @@ def _gets(hub: HubServer) -> list[str | None]:
 def test_fetch_resumes_after_a_lost_connection(hub_server: HubServer, tmp_path: Path) -> None:  # noqa: F811
     """The connection drops at byte CUT and stays down for every retry: the fetch fails, keeping
     CUT bytes; the next fetch asks for `bytes=CUT-` only, and the whole file verifies."""
-    from labctl.fetch import FetchError, fetch
-    from labctl.lockfile import lock_path, read_lock
+    from labctl.lock.fetch import FetchError, fetch
+    from labctl.lock.lockfile import lock_path, read_lock
 
     lab, data, sha = _hub_lab(hub_server, tmp_path)
     lock = read_lock(lock_path(lab))

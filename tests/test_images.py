@@ -33,11 +33,12 @@ from typer.testing import CliRunner
 
 from labctl.agents import Invocation, adapter, check_no_secrets
 from labctl.agents.base import AgentConfigError, wrapper_script
-from labctl.cmd_build import build_command, images_command
-from labctl.engine import BuildRequest, DockerEngine, ImageInfo, PodmanEngine, RunResult
-from labctl.imagebuild import build_all, prune_build_stages, version_text
-from labctl.imagectx import pin_dockerfile
-from labctl.images import (
+from labctl.cli.build import build_command, images_command
+from labctl.engine.container import BuildRequest, DockerEngine, ImageInfo, PodmanEngine, RunResult
+from labctl.gguf.tiny import TinyModelParams, write_tiny_gguf
+from labctl.images.build import build_all, prune_build_stages, version_text
+from labctl.images.context import pin_dockerfile
+from labctl.images.specs import (
     L_INPUT,
     L_LAB,
     L_LLAMA_VERSION,
@@ -49,9 +50,7 @@ from labctl.images import (
     ImageSpec,
     lab_images,
 )
-from labctl.labfile import LoadedLab, load_lab
-from labctl.lock import spec_sha256
-from labctl.lockfile import (
+from labctl.lock.lockfile import (
     ImageLock,
     Lock,
     PackageLock,
@@ -61,10 +60,11 @@ from labctl.lockfile import (
     read_lock,
     write_lock,
 )
-from labctl.profiles import find_profile
-from labctl.sdist import HashMismatch, fetch_sdist
-from labctl.tinymodel import TinyModelParams, write_tiny_gguf
-from labctl.treehash import tree_sha256
+from labctl.lock.resolve import spec_sha256
+from labctl.lock.sdist import HashMismatch, fetch_sdist
+from labctl.lock.treehash import tree_sha256
+from labctl.spec.load import LoadedLab, load_lab
+from labctl.spec.profiles import find_profile
 
 SDIST_SHA = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"  # llama-cpp-python 0.3.36
 AGENT_SHA = "a35463c553ac825c7773b03cfa69cd44958e3af20155dcc5711fdf9e4c67cd54"  # mini-swe-agent 2.4.6 wheel
@@ -200,7 +200,7 @@ def test_lab_images_hashes_move_only_with_their_inputs(tmp_path: Path, monkeypat
                                                       ) -> None:
     # The labctl image pins this venv's packages; freeze them so a concurrent `pip install` cannot
     # move its hash in the middle of the test.
-    monkeypatch.setattr("labctl.images.dependency_pins", lambda root: ["pydantic==2.0"])
+    monkeypatch.setattr("labctl.images.specs.dependency_pins", lambda root: ["pydantic==2.0"])
     loaded = load_lab(smoke_lab(tmp_path))
     lock = make_lock(loaded)
     base = BuildSettings(cache=tmp_path / "cache")
@@ -430,7 +430,7 @@ def test_fetch_sdist_verifies_then_extracts_only_the_subdir(fake_index: FakeInde
                        tree_sha256_expected=fake_index.tree_sha256)
     assert (tree / "sub" / "b.txt").read_text() == "b\n" and not (tree / ".git").exists()
     assert not (tree.parents[1] / "backend.py").exists()
-    from labctl.sdist import changelog_commit, sdist_dir
+    from labctl.lock.sdist import changelog_commit, sdist_dir
 
     assert changelog_commit(sdist_dir(fake_index.sha256, cache) / "CHANGELOG.md", "1.0") == "abcdef123"
     os.environ["PIP_INDEX_URL"] = "http://127.0.0.1:9/nowhere"  # cached: no network needed any more
@@ -456,7 +456,7 @@ def test_build_with_a_wrong_sdist_hash_stops_before_any_build(fake_index: FakeIn
                      sdist_sha="0" * 64, subdir="vendor/thing")
     write_lock(lock_path(lab), lock)
     engine = FakeEngine({BASE_IMAGE: ImageInfo(LOCAL_ID, [BASE_IMAGE], {}, 1)})
-    monkeypatch.setattr("labctl.cmd_build.detect_engine", lambda: engine)
+    monkeypatch.setattr("labctl.cli.build.detect_engine", lambda: engine)
     code, stdout, stderr = cli("build", lab, "--json")
     assert code == 1
     assert json.loads(stdout)["ok"] is False
@@ -649,7 +649,7 @@ def test_labctl_image_runs_labctl(built_smoke: Built) -> None:
     ("13.1", "a100-40g", True), ("11.7", "h100-80g", False),
 ])
 def test_cuda_version_must_know_the_profiles_arch(cuda: str, profile: str, ok: bool) -> None:
-    from labctl.images import check_cuda_arch
+    from labctl.images.specs import check_cuda_arch
 
     prof = find_profile(profile)
     assert prof is not None
@@ -661,8 +661,8 @@ def test_cuda_version_must_know_the_profiles_arch(cuda: str, profile: str, ok: b
 
 
 def test_cuda_13_refuses_pre_turing_arches() -> None:
-    from labctl.images import check_cuda_arch
-    from labctl.profiles import Profile
+    from labctl.images.specs import check_cuda_arch
+    from labctl.spec.profiles import Profile
 
     volta = Profile(name="v100-32g", gpu="Tesla V100", vram_per_gpu=32 * 1024**3, cuda_arch=70,
                     host_ram=64 * 1024**3)
@@ -672,7 +672,7 @@ def test_cuda_13_refuses_pre_turing_arches() -> None:
 
 
 def test_failing_step_names_the_step_and_suggests_mirrors(tmp_path: Path) -> None:
-    from labctl.engine import failing_step
+    from labctl.engine.container import failing_step
 
     log = tmp_path / "b.log"
     log.write_text("$ docker build …\nStep 1/3 : FROM debian:bookworm-slim\n ---> 897d745f49bb\n"
@@ -701,7 +701,7 @@ def test_failing_step_names_the_step_and_suggests_mirrors(tmp_path: Path) -> Non
 @pytest.mark.docker
 def test_a_failing_dockerfile_says_which_step_and_where_the_log_is(tmp_path: Path, docker_engine,
                                                                    labctl_labels) -> None:
-    from labctl.engine import BuildFailed
+    from labctl.engine.container import BuildFailed
 
     (tmp_path / "Dockerfile").write_text("FROM debian:bookworm-slim\nRUN echo preparing\nRUN exit 3\n")
     log = tmp_path / "build.log"

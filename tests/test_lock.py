@@ -11,7 +11,7 @@ import pytest
 from hfserver import HubServer, hub_server  # noqa: F401  (fixture)
 from registry import json_routes, serve
 
-from labctl.tinymodel import TinyModelParams, write_tiny_gguf
+from labctl.gguf.tiny import TinyModelParams, write_tiny_gguf
 from tests.helpers import run_cli
 
 WHEEL = "mini_swe_agent-2.4.6-py3-none-any.whl"

@@ -1,4 +1,4 @@
-"""Tests for the metering proxy (labctl.meter): transparency, transcript, keys, budget, faults,
+"""Tests for the metering proxy (labctl.meter.proxy): transparency, transcript, keys, budget, faults,
 blindness, interventions — against a loopback upstream speaking the real wire formats, and once
 through a real llama-server with a tiny GGUF."""
 
@@ -19,10 +19,10 @@ import httpx
 import pytest
 from fake_upstream import FINGERPRINT, MODEL, FakeUpstream, Reply, serve_fake
 
-from labctl.meter import MeterConfig, MeterHandle, meter_in_thread
-from labctl.meterstate import InterventionPolicy, MeterState, Recorder
-from labctl.spec import Interventions
-from labctl.transcript import SSESplitter, call_signature, inject_user_text, sse_fields
+from labctl.meter.proxy import MeterConfig, MeterHandle, meter_in_thread
+from labctl.meter.state import InterventionPolicy, MeterState, Recorder
+from labctl.meter.transcript import SSESplitter, call_signature, inject_user_text, sse_fields
+from labctl.spec.lab import Interventions
 
 ROOT = Path(__file__).resolve().parents[1]
 ALIAS = "run-10"
@@ -490,7 +490,7 @@ def test_cli_runs_until_sigterm(tmp_path: Path) -> None:
     ivs.write_text(json.dumps({"max_nudges": 2, "rules": []}))
     with serve_fake() as fake:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "labctl.cmd_meter", "--upstream", fake.url, "--dialect", "openai",
+            [sys.executable, "-m", "labctl.cli.meter", "--upstream", fake.url, "--dialect", "openai",
              "--listen", "127.0.0.1:0", "--transcript", str(tmp_path / "transcript.jsonl"), "--alias", ALIAS,
              "--token-budget", "1000", "--interventions", str(ivs), "--json"],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -509,7 +509,7 @@ def test_cli_runs_until_sigterm(tmp_path: Path) -> None:
 
 
 def test_cli_rejects_bad_listen(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "labctl.cmd_meter", "--upstream", "http://x",
+    done = subprocess.run([sys.executable, "-m", "labctl.cli.meter", "--upstream", "http://x",
                            "--dialect", "openai", "--listen", "nowhere",
                            "--transcript", str(tmp_path / "t.jsonl")],
                           cwd=ROOT, capture_output=True, text=True,
@@ -522,8 +522,8 @@ def test_cli_rejects_bad_listen(tmp_path: Path) -> None:
 
 @pytest.mark.llama
 def test_through_real_llama_server(tmp_path: Path) -> None:
-    from labctl.llamaserver import ServerSettings, find_binary, serve, server_argv
-    from labctl.tinymodel import TinyModelParams, write_tiny_gguf
+    from labctl.gguf.tiny import TinyModelParams, write_tiny_gguf
+    from labctl.plan.llamaserver import ServerSettings, find_binary, serve, server_argv
 
     model = tmp_path / "tiny.gguf"
     write_tiny_gguf(model, TinyModelParams())
@@ -563,8 +563,8 @@ def test_real_llama_server_unparseable_tool_call_is_the_models_failure(tmp_path:
     its final parse fails whatever the tiny model then generates (a cut-off call would not do: the
     parser is lenient at the end of the text). The meter passes the answer to the agent and records
     the model's failure; the run is not errored."""
-    from labctl.llamaserver import ServerSettings, find_binary, serve, server_argv
-    from labctl.tinymodel import TinyModelParams, write_tiny_gguf
+    from labctl.gguf.tiny import TinyModelParams, write_tiny_gguf
+    from labctl.plan.llamaserver import ServerSettings, find_binary, serve, server_argv
 
     model = tmp_path / "tiny.gguf"
     write_tiny_gguf(model, TinyModelParams())

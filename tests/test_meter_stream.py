@@ -1,4 +1,4 @@
-"""Tests for the meter's fast stream relay (labctl/sserelay.py), request blobs (labctl/blobs.py) and
+"""Tests for the meter's fast stream relay (labctl/meter/sserelay.py), request blobs (meter/blobs.py) and
 its own 413 — against the loopback upstream speaking the real wire formats. Performance is not
 asserted here: benchmarks/proxy_latency.py measures it."""
 
@@ -29,12 +29,12 @@ from test_meter import (
     stream,
 )
 
-from labctl import blobs
-from labctl.report import transcript_summary
-from labctl.runparts import transcript_records
-from labctl.sserelay import StreamRelay, parse_events
-from labctl.transcript import Reassembler
-from labctl.verify import verify_round
+from labctl.meter import blobs
+from labctl.meter.sserelay import StreamRelay, parse_events
+from labctl.meter.transcript import Reassembler
+from labctl.report.data import transcript_summary
+from labctl.round.verify import verify_round
+from labctl.run.parts import transcript_records
 
 # ------------------------------------------------------------------ the stream relay
 

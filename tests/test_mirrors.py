@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from labctl.images import ImageError, ImageSpec, _Pinner
-from labctl.lockfile import ImageLock, Lock, SourceLock, TaskLock
-from labctl.mirrors import describe, fix_line, mirror_target, normal_key
-from labctl.registry import RegistryError, apply_mirrors, parse_reference, resolve_image
+from labctl.images.specs import ImageError, ImageSpec, _Pinner
+from labctl.lock.lockfile import ImageLock, Lock, SourceLock, TaskLock
+from labctl.lock.mirrors import describe, fix_line, mirror_target, normal_key
+from labctl.lock.registry import RegistryError, apply_mirrors, parse_reference, resolve_image
 
 CLOSED = "http://127.0.0.1:9"
 """A loopback port nothing listens on: "cannot reach" at once, never the internet."""
@@ -111,8 +111,8 @@ def test_a_build_that_cannot_pull_its_base_names_image_map_and_fix(tmp_path: Pat
                                                                    labctl_labels) -> None:
     """A real build whose pinned base sits on a registry that does not answer (a closed loopback
     port): the failure names the image as written, the mirror, the map and the line to paste."""
-    from labctl.engine import DockerEngine
-    from labctl.imagebuild import build_all
+    from labctl.engine.container import DockerEngine
+    from labctl.images.build import build_all
 
     mirrors = {"docker.io/": "127.0.0.1:9/"}
     pinned = ImageLock(digest="sha256:" + "3" * 64, source="registry",

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from labctl.grade import run_metrics
-from labctl.pathology import (
+from labctl.run.grade import run_metrics
+from labctl.run.pathology import (
     actions,
     command_results,
     context_overflow_rejections,
@@ -187,7 +187,7 @@ class _Ws:
 
 
 def test_metrics_carry_pathology(tmp_path: Path, monkeypatch: Any) -> None:
-    import labctl.grade as grade
+    import labctl.run.grade as grade
 
     monkeypatch.setattr(grade, "pushed_commits", lambda ws: 0)
     t = tmp_path / "transcript.jsonl"
@@ -206,7 +206,7 @@ def test_metrics_carry_pathology(tmp_path: Path, monkeypatch: Any) -> None:
 def test_build_attempts_and_screenshot_from_checks(tmp_path: Path, monkeypatch: Any) -> None:
     """The report's Build column: the verifier's build check, and which of the agent's own builds
     first passed (tool calls and text bash alike); Screenshot: the verifier's check."""
-    import labctl.grade as grade
+    import labctl.run.grade as grade
 
     monkeypatch.setattr(grade, "pushed_commits", lambda ws: 2)
     columns = grade.report_columns(Path(__file__).resolve().parents[1] / "tasks" / "tag-manager")

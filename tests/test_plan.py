@@ -12,17 +12,17 @@ import typer
 from rich.console import Console
 from typer.testing import CliRunner
 
-from labctl import kvcache as kc
-from labctl import llamaserver as ls
-from labctl.cmd_plan import plan_command
-from labctl.ggufmeta import GGUFMeta, SSMState
-from labctl.ggufread import meta_from_headers, read_header_local
-from labctl.labfile import load_lab
-from labctl.lockfile import FileLock, Lock, ModelLock, SourceLock, TaskLock
-from labctl.plan import PlanError, plan_lab, tiny_meta
-from labctl.profiles import Profile, find_profile
-from labctl.tinymodel import TinyModelParams, write_tiny_gguf
-from labctl.units import format_size
+from labctl.cli.plan import plan_command
+from labctl.gguf.meta import GGUFMeta, SSMState
+from labctl.gguf.read import meta_from_headers, read_header_local
+from labctl.gguf.tiny import TinyModelParams, write_tiny_gguf
+from labctl.lock.lockfile import FileLock, Lock, ModelLock, SourceLock, TaskLock
+from labctl.plan import kvcache as kc
+from labctl.plan import llamaserver as ls
+from labctl.plan.planner import PlanError, plan_lab, tiny_meta
+from labctl.spec.load import load_lab
+from labctl.spec.profiles import Profile, find_profile
+from labctl.spec.units import format_size
 from tests.helpers import ROOT, lab_copy
 
 GiB, MiB = 1024**3, 1024**2
@@ -306,7 +306,7 @@ def test_generated_model_needs_no_lock(tmp_path: Path) -> None:
 
 
 def test_plan_command_table_and_json(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("labctl.cmd_plan.out", Console(width=220))
+    monkeypatch.setattr("labctl.cli.plan.out", Console(width=220))
     app = typer.Typer()
     app.command("plan")(plan_command)
     app.command("noop")(lambda: None)

@@ -21,14 +21,14 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from labctl.cmd_report import report_command
-from labctl.cmd_round import verify_command
-from labctl.located import load_yaml, validate
-from labctl.lockfile import lock_path, read_lock, write_lock
-from labctl.rounddir import RunResult, read_sealed, run_dir, write_result
-from labctl.seal import load_envelope, seal_round, unseal_round
-from labctl.spec import Lab
-from labctl.verify import derive_outcome
+from labctl.cli.report import report_command
+from labctl.cli.round import verify_command
+from labctl.lock.lockfile import lock_path, read_lock, write_lock
+from labctl.round.layout import RunResult, read_sealed, run_dir, write_result
+from labctl.round.seal import load_envelope, seal_round, unseal_round
+from labctl.round.verify import derive_outcome
+from labctl.spec.lab import Lab
+from labctl.spec.located import load_yaml, validate
 from tests.conftest import in_ci
 from tests.test_seal import CHECKS, LOCAL, NOP, ORACLE, ROOT, envelopes, make_lab  # noqa: F401
 
@@ -117,8 +117,8 @@ def add_published(lab: Path) -> None:
 
 def add_gguf(lab: Path) -> None:
     """The header metadata `labctl lock` would record for the smoke lab's generated model."""
-    from labctl.ggufread import read_local
-    from labctl.tinymodel import TinyModelParams, write_tiny_gguf
+    from labctl.gguf.read import read_local
+    from labctl.gguf.tiny import TinyModelParams, write_tiny_gguf
 
     model = lab.parent / "tiny.gguf"
     write_tiny_gguf(model, TinyModelParams(seed=7))
@@ -128,8 +128,8 @@ def add_gguf(lab: Path) -> None:
 
 
 def make_round(tmp: Path, *, repeats: int = 1, published: bool = False, unseal: bool = True) -> Path:
-    from labctl.labfile import load_lab
-    from labctl.lock import require_lock
+    from labctl.lock.resolve import require_lock
+    from labctl.spec.load import load_lab
 
     lab = make_lab(tmp / "lab", repeats=str(repeats))
     add_gguf(lab)
@@ -237,8 +237,8 @@ def test_published_figures_side_by_side(tmp_path: Path, envelopes: Path) -> None
 
 def test_published_notation() -> None:
     """The publication's own terms for builds and human help, from lab.yaml's facts."""
-    from labctl.published import BuildResult
-    from labctl.report_published import pub_build, pub_nudges
+    from labctl.report.published import pub_build, pub_nudges
+    from labctl.spec.published import BuildResult
 
     assert pub_build(BuildResult(passed=True, attempt=3)) == "pass (attempt 3)"
     assert pub_build(BuildResult(passed=False, attempts=13)) == "fail (0/13)"
@@ -324,7 +324,7 @@ def test_html_renders_in_chromium(tmp_path: Path, envelopes: Path) -> None:  # n
 
 
 def test_runner_metric_names_are_understood() -> None:
-    from labctl.report import _runner_names
+    from labctl.report.data import _runner_names
 
     got = _runner_names({"commits_pushed": 2, "gen_tokens_per_s": 41.5, "prompt_tokens_per_s": 900.0,
                          "interventions": {"keep-going": 2, "loop-stop": 1}, "tool_calls": 7})
@@ -360,8 +360,8 @@ def test_report_says_why_each_run_ended(one: Path) -> None:
 def test_intro_plurals(one: Path) -> None:
     from dataclasses import replace
 
-    from labctl.render import render_markdown
-    from labctl.report import load_report
+    from labctl.report.data import load_report
+    from labctl.report.render import render_markdown
 
     rep = load_report(one)
     assert "3 contestants, 1 run each." in render_markdown(rep, chart=None)
@@ -372,8 +372,8 @@ def test_intro_plurals(one: Path) -> None:
 def test_chart_says_plainly_when_no_run_used_a_model(one: Path) -> None:
     from dataclasses import replace
 
-    from labctl.charts import NO_MODEL, NO_TIMINGS, chart_figure
-    from labctl.report import load_report
+    from labctl.report.charts import NO_MODEL, NO_TIMINGS, chart_figure
+    from labctl.report.data import load_report
 
     rep = load_report(one)
     with_model = chart_figure(rep)
@@ -393,7 +393,7 @@ def test_chart_says_plainly_when_no_run_used_a_model(one: Path) -> None:
 def round7_as_published() -> Any:
     """A RoundReport of lab.yaml whose measured runs are the published figures (its own data: the
     report reads them as measured)."""
-    from labctl.report import ContestantData, RoundReport, RunData
+    from labctl.report.data import ContestantData, RoundReport, RunData
 
     lab = validate(Lab, load_yaml(ROOT / "lab.yaml"))
     cds = []
@@ -411,7 +411,7 @@ def test_token_gap_line_reproduces_the_headline_from_measured_data() -> None:
     14K without a tool call does not count): "100-200x"."""
     from dataclasses import replace
 
-    from labctl.report_published import token_gap_line
+    from labctl.report.published import token_gap_line
 
     rep = round7_as_published()
     assert token_gap_line(rep) == (

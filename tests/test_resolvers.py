@@ -27,10 +27,9 @@ from registry import (
     token_registry,
 )
 
-from labctl.gitref import GitRefError, fetch_source, lock_path_source, resolve_git
-from labctl.labfile import load_lab
-from labctl.packages import PackageError, resolve_package, resolve_pypi
-from labctl.registry import (
+from labctl.lock.gitref import GitRefError, fetch_source, lock_path_source, resolve_git
+from labctl.lock.packages import PackageError, resolve_package, resolve_pypi
+from labctl.lock.registry import (
     DockerfileError,
     RegistryError,
     apply_mirrors,
@@ -42,7 +41,8 @@ from labctl.registry import (
     registry_endpoint,
     resolve_image,
 )
-from labctl.treehash import TreeHashError, file_sha256, tree_sha256
+from labctl.lock.treehash import TreeHashError, file_sha256, tree_sha256
+from labctl.spec.load import load_lab
 
 
 @pytest.fixture(autouse=True)

@@ -24,11 +24,11 @@ from pathlib import Path
 import pytest
 from test_runner import ROOT, build, derived_lab, labctl, labelled_now, runner_env, seal
 
-from labctl.lockfile import lock_path, read_lock, write_lock
-from labctl.rounddir import FINISHED, read_result, result_path
-from labctl.runparts import Docker
-from labctl.seal import unseal_round
-from labctl.treehash import tree_sha256
+from labctl.lock.lockfile import lock_path, read_lock, write_lock
+from labctl.lock.treehash import tree_sha256
+from labctl.round.layout import FINISHED, read_result, result_path
+from labctl.round.seal import unseal_round
+from labctl.run.parts import Docker
 
 pytestmark = pytest.mark.docker
 __all__ = ["runner_env"]  # the module fixture of test_runner: envelopes, scratch, the smoke lock
@@ -65,7 +65,7 @@ def tree_hashes(d: Path) -> dict[str, str]:
 
 
 def start_run(rd: Path, lab: Path, tmp: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "labctl.cmd_run", "run", str(rd), "--lab", str(lab)],
+    return subprocess.Popen([sys.executable, "-m", "labctl.cli.run", "run", str(rd), "--lab", str(lab)],
                             cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -194,8 +194,8 @@ def test_kill_during_grading_then_down(tmp_path: Path) -> None:
 
 def test_run_refuses_a_round_changed_since_its_seal(tmp_path: Path) -> None:
     """Running rewrites the manifest; it must not bless a sealed file edited before the run."""
-    from labctl.runner import open_round, run_round
-    from labctl.runparts import RunError
+    from labctl.run.parts import RunError
+    from labctl.run.runner import open_round, run_round
 
     lab = derived_lab(tmp_path, "  - {id: nop, kind: nop}\n")
     build(lab)  # open_round checks the images first; this test must not depend on another's builds

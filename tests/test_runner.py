@@ -25,18 +25,18 @@ from pathlib import Path
 import pytest
 from python_on_whales import DockerClient
 
-from labctl.engine import detect_engine
-from labctl.imagebuild import build_all
-from labctl.images import lab_images, settings_for
-from labctl.labfile import load_lab
-from labctl.lock import require_lock, spec_sha256
-from labctl.lockfile import lock_path, read_lock, write_lock
-from labctl.rounddir import read_result
-from labctl.runner import RunSession, open_round, run_round
-from labctl.runparts import Docker
-from labctl.seal import seal_round
-from labctl.store import Store
-from labctl.treehash import tree_sha256
+from labctl.engine.container import detect_engine
+from labctl.gguf.store import Store
+from labctl.images.build import build_all
+from labctl.images.specs import lab_images, settings_for
+from labctl.lock.lockfile import lock_path, read_lock, write_lock
+from labctl.lock.resolve import require_lock, spec_sha256
+from labctl.lock.treehash import tree_sha256
+from labctl.round.layout import read_result
+from labctl.round.seal import seal_round
+from labctl.run.parts import Docker
+from labctl.run.runner import RunSession, open_round, run_round
+from labctl.spec.load import load_lab
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "labs" / "smoke.yaml"
@@ -66,9 +66,9 @@ def ensure_smoke_lock(docker: DockerClient) -> None:
     the wheel's sha256) are the recorded ones test_images uses; the rest is derived here."""
     from test_images import make_lock
 
-    from labctl.hub import lock_model
-    from labctl.lock import LockError
-    from labctl.spec import LocalContestant
+    from labctl.lock.hub import lock_model
+    from labctl.lock.resolve import LockError
+    from labctl.spec.lab import LocalContestant
 
     loaded = load_lab(SMOKE)
     try:
@@ -114,7 +114,7 @@ def derived_lab(tmp: Path, contestants: str, *, wall: str = "3m", solve: str | N
 
 
 def labctl(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "labctl.cmd_run", *map(str, args)], cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "labctl.cli.run", *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, timeout=900)
 
 
@@ -134,7 +134,7 @@ def test_smoke_round_end_to_end(tmp_path: Path) -> None:
     """`round` on the smoke lab: oracle Complete, nop Failed, the tiny model's usage real; the round
     verifies, lists every file, names nobody on any docker object, and leaves nothing behind."""
     build(SMOKE)
-    proc = subprocess.Popen([sys.executable, "-m", "labctl.cmd_run", "round", str(SMOKE), "--rounds-dir",
+    proc = subprocess.Popen([sys.executable, "-m", "labctl.cli.run", "round", str(SMOKE), "--rounds-dir",
                              str(tmp_path / "rounds"), "--json"], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     seen: set[str] = set()
@@ -257,7 +257,7 @@ def test_wall_time_kill_and_ctrl_c_resume(tmp_path: Path) -> None:
     build(lab)
     rd = seal(lab, tmp_path)
     rid = read_json_order(rd)
-    proc = subprocess.Popen([sys.executable, "-m", "labctl.cmd_run", "run", str(rd), "--lab", str(lab)],
+    proc = subprocess.Popen([sys.executable, "-m", "labctl.cli.run", "run", str(rd), "--lab", str(lab)],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     round_id = rd.name
     deadline = time.monotonic() + 120

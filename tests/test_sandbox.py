@@ -22,18 +22,18 @@ from pathlib import Path
 import pytest
 from test_runner import build, derived_lab, labelled_now, runner_env, seal  # noqa: F401  (module fixture)
 
-from labctl.engine import detect_engine
-from labctl.fence import Fence, Netfilter
-from labctl.imagebuild import build_all
-from labctl.images import lab_images, settings_for
-from labctl.labfile import load_lab
-from labctl.lock import require_lock
-from labctl.lockfile import lock_path, read_lock, write_lock
-from labctl.rounddir import RunResult
-from labctl.runner import RunSession, down, open_round
-from labctl.runparts import Docker, label_flags
-from labctl.session import PORT
-from labctl.treehash import tree_sha256
+from labctl.engine.container import detect_engine
+from labctl.engine.fence import Fence, Netfilter
+from labctl.images.build import build_all
+from labctl.images.specs import lab_images, settings_for
+from labctl.lock.lockfile import lock_path, read_lock, write_lock
+from labctl.lock.resolve import require_lock
+from labctl.lock.treehash import tree_sha256
+from labctl.round.layout import RunResult
+from labctl.run.parts import Docker, label_flags
+from labctl.run.runner import RunSession, down, open_round
+from labctl.run.session import PORT
+from labctl.spec.load import load_lab
 
 pytestmark = pytest.mark.docker
 NOTHING = {"containers": [], "networks": [], "volumes": []}

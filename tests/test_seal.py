@@ -19,10 +19,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from labctl.cmd_round import seal_command, unseal_command, verify_command
-from labctl.labfile import load_lab
-from labctl.lock import require_lock, spec_sha256
-from labctl.lockfile import (
+from labctl.cli.round import seal_command, unseal_command, verify_command
+from labctl.lock.lockfile import (
     FileLock,
     Lock,
     ModelLock,
@@ -32,7 +30,9 @@ from labctl.lockfile import (
     lock_path,
     write_lock,
 )
-from labctl.rounddir import (
+from labctl.lock.resolve import require_lock, spec_sha256
+from labctl.lock.treehash import tree_sha256
+from labctl.round.layout import (
     RunResult,
     canonical,
     read_sealed,
@@ -40,9 +40,9 @@ from labctl.rounddir import (
     run_dir,
     write_result,
 )
-from labctl.seal import ENVELOPES_ENV, envelope_path, load_envelope, seal_round
-from labctl.treehash import tree_sha256
-from labctl.verify import derive_outcome
+from labctl.round.seal import ENVELOPES_ENV, envelope_path, load_envelope, seal_round
+from labctl.round.verify import derive_outcome
+from labctl.spec.load import load_lab
 
 ROOT = Path(__file__).resolve().parent.parent
 

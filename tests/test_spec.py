@@ -10,10 +10,10 @@ import jsonschema
 import pytest
 from ruamel.yaml import YAML
 
-from labctl.labfile import load_lab
-from labctl.located import SpecError, load_yaml, plain
-from labctl.schema import lab_schema, lab_schema_text
-from labctl.spec import SERVE_DEFAULTS, CloudContestant, LocalContestant
+from labctl.spec.lab import SERVE_DEFAULTS, CloudContestant, LocalContestant
+from labctl.spec.load import load_lab
+from labctl.spec.located import SpecError, load_yaml, plain
+from labctl.spec.schema import lab_schema, lab_schema_text
 from tests.helpers import ROOT, lab_copy, line_of, run_cli
 
 LAB = (ROOT / "lab.yaml").read_text()
@@ -189,7 +189,7 @@ def test_inline_profile_and_its_errors(tmp_path: Path) -> None:
 # --- the schema ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("lab", ["lab.yaml", "labs/smoke.yaml", "labctl/templates/init/lab.yaml"])
+@pytest.mark.parametrize("lab", ["lab.yaml", "labs/smoke.yaml", "labctl/spec/templates/init/lab.yaml"])
 def test_schema_validates_the_shipped_labs(lab: str) -> None:
     data = plain(load_yaml(ROOT / lab).root)
     jsonschema.Draft202012Validator(lab_schema()).validate(data)
@@ -265,7 +265,7 @@ def test_broken_profile_file_is_located(tmp_path: Path, monkeypatch: pytest.Monk
 def test_inconsistent_profiles(tmp_path: Path, body: str, words: str) -> None:
     (tmp_path / "p.yaml").write_text(body)
     with pytest.raises(SpecError, match=words):
-        from labctl.profiles import load_profile_file
+        from labctl.spec.profiles import load_profile_file
 
         load_profile_file(tmp_path / "p.yaml")
 

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ruamel.yaml import YAML
 
-from labctl.located import load_yaml, plain
+from labctl.spec.located import load_yaml, plain
 from tests.helpers import ROOT, lab_copy, run_cli
 
 BASE = plain(load_yaml(ROOT / "lab.yaml").root)

@@ -20,15 +20,15 @@ from conftest import in_ci
 from hfserver import HubServer, hub_server  # noqa: F401
 from typer.testing import CliRunner
 
-from labctl.cmd_store import fetch_command, store_app
-from labctl.fetch import FetchError, fetch, model_files
-from labctl.hub import lock_generated, lock_hf, lock_local, lock_model
-from labctl.labfile import load_lab
-from labctl.lock import spec_sha256
-from labctl.lockfile import Lock, ModelLock, SourceLock, TaskLock, lock_path, write_lock
-from labctl.spec import LocalContestant, ModelSource
-from labctl.store import HASH_BUFFER, HashMismatch, Store, StoreError, sha256_file
-from labctl.tinymodel import TinyModelParams, write_tiny_gguf
+from labctl.cli.store import fetch_command, store_app
+from labctl.gguf.store import HASH_BUFFER, HashMismatch, Store, StoreError, sha256_file
+from labctl.gguf.tiny import TinyModelParams, write_tiny_gguf
+from labctl.lock.fetch import FetchError, fetch, model_files
+from labctl.lock.hub import lock_generated, lock_hf, lock_local, lock_model
+from labctl.lock.lockfile import Lock, ModelLock, SourceLock, TaskLock, lock_path, write_lock
+from labctl.lock.resolve import spec_sha256
+from labctl.spec.lab import LocalContestant, ModelSource
+from labctl.spec.load import load_lab
 
 BIG = TinyModelParams(seed=2, n_layer=4, n_embd=256, vocab_size=4096)  # ≈ 13 MB: more than one 10 MiB chunk
 
@@ -257,12 +257,12 @@ def test_local_and_generated_problems_name_contestant_and_file(tmp_path: Path) -
     write_tiny_gguf(local, TinyModelParams(seed=3))
     ml = lock_local(local, as_written="m.gguf")
     gen = lock_generated(TinyModelParams(seed=3), Store(tmp_path / "a"))
-    gen.generator = {**gen.generator, "generator": "labctl.tinymodel/0"}  # type: ignore[dict-item]
+    gen.generator = {**gen.generator, "generator": "labctl.gguf.tiny/0"}  # type: ignore[dict-item]
     local.write_bytes(local.read_bytes()[:-1] + b"X")  # edited after locking
     with pytest.raises(FetchError) as e:
         fetch(make_lock({"l": ml, "g": gen}), Store(tmp_path / "s"), progress=False, base_dir=tmp_path)
     lines = sorted(str(e.value).splitlines())
-    assert lines[0].startswith("g: tiny-llama-") and "locked with generator 'labctl.tinymodel/0'" in lines[0]
+    assert lines[0].startswith("g: tiny-llama-") and "locked with generator 'labctl.gguf.tiny/0'" in lines[0]
     assert lines[1].startswith("l: m.gguf: local file changed since the lock: sha256 ")
     assert local.exists()  # a user's own file is never moved to quarantine
 

@@ -23,19 +23,19 @@ import pytest
 from round7_endings import ENDINGS, Ending
 from test_runner import ROOT, SMOKE, build, labelled_now, runner_env
 
-from labctl.grade import outcome, report_columns, run_metrics, run_verifier
-from labctl.images import lab_images, settings_for
-from labctl.labfile import load_lab
-from labctl.located import load_yaml, validate
-from labctl.lock import LockError, require_lock, spec_sha256
-from labctl.lockfile import TaskLock, lock_path, read_lock, write_lock
-from labctl.report import RunData, _run_metrics
-from labctl.report_why import story
-from labctl.rounddir import RunResult
-from labctl.runparts import WORKSPACE, Docker, make_workspace, run_labels
-from labctl.seal import outcome_rules
-from labctl.spec import Lab
-from labctl.treehash import tree_sha256
+from labctl.images.specs import lab_images, settings_for
+from labctl.lock.lockfile import TaskLock, lock_path, read_lock, write_lock
+from labctl.lock.resolve import LockError, require_lock, spec_sha256
+from labctl.lock.treehash import tree_sha256
+from labctl.report.data import RunData, _run_metrics
+from labctl.report.why import story
+from labctl.round.layout import RunResult
+from labctl.round.seal import outcome_rules
+from labctl.run.grade import outcome, report_columns, run_metrics, run_verifier
+from labctl.run.parts import WORKSPACE, Docker, make_workspace, run_labels
+from labctl.spec.lab import Lab
+from labctl.spec.load import load_lab
+from labctl.spec.located import load_yaml, validate
 
 __all__ = ["runner_env"]  # test_runner's module fixture: envelopes, scratch, the smoke lock
 LAB = ROOT / "labs" / "tag-manager.yaml"

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from labctl.runparts import RunError, repository_setup, resource_flags, task_repository
-from labctl.seal import outcome_rules
-from labctl.verify import derive_outcome
+from labctl.round.seal import outcome_rules
+from labctl.round.verify import derive_outcome
+from labctl.run.parts import RunError, repository_setup, resource_flags, task_repository
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ROOT / "tasks"

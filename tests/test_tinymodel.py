@@ -1,4 +1,4 @@
-"""Tests for labctl.tinymodel: determinism, metadata, and loading in a real llama-server."""
+"""Tests for labctl.gguf.tiny: determinism, metadata, and loading in a real llama-server."""
 
 from __future__ import annotations
 
@@ -9,9 +9,7 @@ import gguf
 import pytest
 from pydantic import ValidationError
 
-from labctl import llamaserver
-from labctl.llamaserver import http_json as _http
-from labctl.tinymodel import (
+from labctl.gguf.tiny import (
     CHAT_TOKENS,
     TinyModelParams,
     build_vocab,
@@ -19,6 +17,8 @@ from labctl.tinymodel import (
     tiny_model_name,
     write_tiny_gguf,
 )
+from labctl.plan import llamaserver
+from labctl.plan.llamaserver import http_json as _http
 
 
 def _field(reader: gguf.GGUFReader, key: str):
@@ -101,7 +101,7 @@ def test_metadata_scalar_head_count_kv(tmp_path: Path) -> None:
     assert _field(r, "llama.attention.layer_norm_rms_epsilon") == pytest.approx(1e-5)
     assert _field(r, "tokenizer.ggml.model") == "llama"
     assert "<|assistant|>" in _field(r, "tokenizer.chat_template")
-    assert json.loads(_field(r, "labctl.tinymodel.params")) == json.loads(canonical_params_json(p))
+    assert json.loads(_field(r, "labctl.gguf.tiny.params")) == json.loads(canonical_params_json(p))
     names = {t.name for t in r.tensors}
     assert {"token_embd.weight", "output_norm.weight", "output.weight", "blk.2.attn_k.weight"} <= names
     k = next(t for t in r.tensors if t.name == "blk.0.attn_k.weight")

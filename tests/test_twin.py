@@ -13,19 +13,19 @@ import pytest
 from hfserver import HubServer, hub_server  # noqa: F401
 from typer.testing import CliRunner
 
-from labctl import ggufheaders
-from labctl import llamaserver as ls
-from labctl.cli import app
-from labctl.cmd_model import hub_refetch
-from labctl.ggufread import meta_from_headers, read_header_local
-from labctl.hub import lock_hf, lock_local
-from labctl.labfile import load_lab
-from labctl.measure import fit_params_binary, measure_plan
-from labctl.measured import Measurement, parse_breakdown, read_measured
-from labctl.plan import plan_lab
-from labctl.spec import LocalContestant, ModelSource
-from labctl.tinymodel import TinyModelParams, write_tiny_gguf
-from labctl.twin import TwinError, layout_bytes, tensors, write_twin
+from labctl.cli.app import app
+from labctl.cli.model import hub_refetch
+from labctl.gguf import headers as ggufheaders
+from labctl.gguf.read import meta_from_headers, read_header_local
+from labctl.gguf.tiny import TinyModelParams, write_tiny_gguf
+from labctl.lock.hub import lock_hf, lock_local
+from labctl.plan import llamaserver as ls
+from labctl.plan.measure import fit_params_binary, measure_plan
+from labctl.plan.measured import Measurement, parse_breakdown, read_measured
+from labctl.plan.planner import plan_lab
+from labctl.plan.twin import TwinError, layout_bytes, tensors, write_twin
+from labctl.spec.lab import LocalContestant, ModelSource
+from labctl.spec.load import load_lab
 from tests.helpers import ROOT
 from tests.test_hub import write_moe
 
@@ -206,7 +206,7 @@ def test_round7_twins_load_in_the_pinned_llama_cpp_and_kv_matches_the_plan(tmp_p
     """Each full-size Round 7 twin goes through the pinned llama.cpp's loader (every tensor created) and
     llama.cpp's own estimate of its KV cache + recurrent state equals the planner's, at the plan's
     context on the RTX 5090 (`--fit-print`: nothing is allocated, so it runs on any CPU)."""
-    from labctl.measure import fit_print
+    from labctl.plan.measure import fit_print
 
     env = os.environ.get("LABCTL_LLAMA_FIT_PARAMS")
     fit = Path(env or fit_params_binary(ls.find_binary(build=True)) or "")
@@ -244,8 +244,8 @@ def test_measure_every_architecture_on_the_cpu_server(tmp_path: Path, llama_serv
         assert r.breakdown and r.speed and r.speed.generated_tokens > 0
         if r.fitter is not None:
             assert r.fitter.ok and r.fitter.context, r.fitter
-    from labctl.measure import write_measured
-    from labctl.measured import measured_path
+    from labctl.plan.measure import write_measured
+    from labctl.plan.measured import measured_path
 
     write_measured(measured_path(lab, plan.profile), m)
     assert isinstance(read_measured(lab, plan.profile), Measurement)
@@ -273,7 +273,7 @@ def test_a_plan_that_does_not_fit_fails_as_oom(tmp_path: Path, llama_server: Pat
 
 def test_ballast_without_a_gpu_is_a_clear_error() -> None:
     """No CUDA runtime here: the ballast says so and --measure stops before measuring anything."""
-    from labctl.measure import ballast
+    from labctl.plan.measure import ballast
 
     with pytest.raises(RuntimeError, match="GPU ballast did not start: error: "), ballast(1 << 30):
         pass

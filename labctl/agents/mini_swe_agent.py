@@ -33,7 +33,7 @@ HOST_NEUTRAL = {"release": "(withheld)", "version": "(withheld)"}
 container that is the host's kernel build string. Its template variables take the process environment
 last (`LocalEnvironment.get_template_vars`: uname, then os.environ), so these variables replace the
 kernel's release and version in the prompt. The hostname (uname's node) is the run id: the agent
-container is created with `--hostname <run id>` (labctl.session)."""
+container is created with `--hostname <run id>` (labctl.run.session)."""
 
 # $1 model, $2 api base, $3 steps, $4 instruction file, $5 trajectory, $6 deadline note, $7 extra -c
 _SCRIPT = ('exec mini -y --exit-immediately -m "$1" -c mini.yaml -c "model.model_kwargs.api_base=$2" '

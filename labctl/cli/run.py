@@ -1,0 +1,229 @@
+"""`labctl run`, `labctl round`, `labctl down`: execute a sealed round, do a whole round in one go, and
+remove what a round left running.
+
+To be registered in labctl/cli/app.py as `app.command("run")(run_command)`,
+`app.command("round")(round_command)` and `app.command("down")(down_command)`;
+`python -m labctl.cli.run run|round|down …` works without that.
+
+Before unseal nothing printed here names a contestant: runs are named by `run_label` only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.markup import escape
+
+from labctl.cli.console import (
+    DEFAULT_LAB,
+    EXIT_FAIL,
+    JsonOpt,
+    LabArg,
+    ProfileOpt,
+    emit,
+    err,
+    fail,
+    open_lab,
+    open_locked,
+    out,
+)
+from labctl.lock.resolve import LockError
+from labctl.round.layout import read_unsealed
+
+if TYPE_CHECKING:
+    from labctl.lock.lockfile import Lock
+    from labctl.run.runner import RunSummary
+    from labctl.spec.load import LoadedLab
+
+RoundArg = Annotated[Path, typer.Argument(help="Round directory, e.g. rounds/<round-id>.")]
+LabOpt = Annotated[Path | None, typer.Option(
+    "--lab", help="The lab file the round was sealed from (default: lab.yaml or labs/<lab>.yaml).")]
+
+
+def _interrupted() -> typer.Exit:
+    """Ctrl-C: the runner already removed the run's containers; say how to go on."""
+    err.print("interrupted: the current run's containers were removed; `labctl run` resumes", highlight=False)
+    return typer.Exit(130)
+
+
+def _say(as_json: bool) -> Any:
+    console = err if as_json else out
+    return lambda line: console.print(f"[dim]·[/] {escape(line)}", highlight=False)
+
+
+def _rows(summaries: list[RunSummary], mapping: dict[str, str] | None) -> list[dict[str, Any]]:
+    rows = []
+    for s in summaries:
+        m = s.metrics
+        rows.append({"run": s.run_id, "contestant": mapping.get(s.run_id) if mapping else None,
+                     "status": s.status, "outcome": s.outcome, "tool_calls": m.get("tool_calls"),
+                     "total_tokens": m.get("total_tokens"), "commits": m.get("commits_pushed"),
+                     "wall_time_s": m.get("wall_time_s"), "reason": s.reason, "skipped": s.skipped})
+    return rows
+
+
+def _table(rows: list[dict[str, Any]], title: str) -> None:
+    """Plain text (no box drawing): the table is meant to be pasted into reports and CI logs."""
+    cols = ["run", "contestant", "status", "outcome", "tool_calls", "total_tokens", "commits", "wall_time_s"]
+    cells = [[("—" if r[c] is None else str(r[c])) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(x[i]) for x in cells)) for i, c in enumerate(cols)]
+    out.print(title, highlight=False, markup=False)
+    out.print("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)), highlight=False, markup=False)
+    for row in cells:
+        out.print("  ".join(x.ljust(w) for x, w in zip(row, widths, strict=True)), highlight=False,
+                  markup=False)
+    for r in rows:
+        if r["reason"]:
+            out.print(f"  {r['run']}: {r['reason']}", highlight=False, markup=False)
+
+
+def _controls_alarm(round_dir: Path) -> list[str]:
+    """Print the controls' verdict loud and last (under the table, where the eye lands) when they
+    failed; returns the failures' lines. Naming control runs before unseal is fine: see
+    `labctl.round.controls`."""
+    from labctl.round.controls import control_failures
+
+    lines = [str(f) for f in control_failures(round_dir)]
+    if lines:
+        err.print("[bold white on red] CONTROLS FAILED [/] [bold red]this round's grades cannot be trusted: "
+                  "the task or the harness is broken[/]", highlight=False)
+        for line in lines:
+            err.print(f"  [red]✗ {escape(line)}[/]", highlight=False)
+    return lines
+
+
+def run_command(round_dir: RoundArg, lab: LabOpt = None, profile: ProfileOpt = None,
+                retry_errored: Annotated[bool, typer.Option(
+                    "--retry-errored", help="Run the errored runs again too (an upstream outage, "
+                    "a server that would not start): their attempt count goes up")] = False,
+                as_json: JsonOpt = False) -> None:
+    """Execute a sealed round's runs in sealed order; finished runs are skipped, interrupted ones redone."""
+    from labctl.run.parts import RunError
+    from labctl.run.runner import open_round, run_round
+
+    try:
+        ctx = open_round(round_dir, lab, profile)
+        summaries = run_round(ctx, _say(as_json), retry_errored=retry_errored)
+    except (RunError, LockError, OSError, ValueError) as e:
+        msg = "; ".join(e.problems) if isinstance(e, LockError) else str(e)
+        raise fail(msg, as_json) from None
+    except KeyboardInterrupt:
+        raise _interrupted() from None
+    rows = _rows(summaries, None)
+    if as_json:
+        failed = _controls_alarm(round_dir)
+        emit({"ok": not failed, "round": ctx.sealed.round, "runs": rows, "controls_failed": failed})
+    else:
+        _table(rows, f"round {ctx.sealed.round} (sealed: contestants revealed by `labctl unseal`)")
+        failed = _controls_alarm(round_dir)
+    if failed:
+        raise typer.Exit(EXIT_FAIL)
+
+
+def lock_first_run(lab: Path, profile: str | None, as_json: bool, say: Any) -> tuple[LoadedLab, Lock]:
+    """The lab and its lock. A lab that has no lock yet is locked now, as `labctl lock` would, and
+    what was pinned is said; an existing lock is only checked, and a lab that drifted from it stops
+    the round: what changed is for a person to look at (`labctl lock --check`), not to paper over."""
+    from labctl.cli.lock import _entries
+    from labctl.gguf.store import Store
+    from labctl.lock.lockfile import lock_path, write_lock
+    from labctl.lock.resolve import resolve
+
+    path = lock_path(lab)
+    if not path.exists():
+        loaded = open_lab(lab, as_json=as_json)  # the lab's own profile, as `labctl lock` locks it
+        say(f"no {path.name} yet: locking {lab} (first run)")
+        try:
+            new = resolve(loaded, Store())
+        except LockError as e:
+            raise fail(f"cannot lock {lab}: " + "; ".join(e.problems), as_json) from None
+        write_lock(path, new)
+        for entry, pin in _entries(new).items():
+            say(f"pinned {entry}: {pin}")
+        say(f"wrote {path} (sha256 {new.sha256()[:12]}); later rounds check against it")
+    return open_locked(lab, profile, as_json)
+
+
+def round_command(lab: LabArg = DEFAULT_LAB, profile: ProfileOpt = None,
+                  rounds_dir: Annotated[Path, typer.Option("--rounds-dir")] = Path("rounds"),
+                  as_json: JsonOpt = False) -> None:
+    """Lock (a first run) or check the lock → fetch → build (missing images only) → seal → run →
+    unseal → results table. Drift against an existing lock stops the round."""
+    from labctl.engine.container import EngineError, detect_engine
+    from labctl.gguf.store import Store
+    from labctl.images.build import build_all
+    from labctl.images.specs import ImageError, lab_images, settings_for
+    from labctl.lock.fetch import FetchError, fetch
+    from labctl.lock.sdist import SourceError
+    from labctl.round.seal import SealError, seal_round, unseal_round
+    from labctl.run.parts import RunError
+    from labctl.run.runner import open_round, run_round
+
+    say = _say(as_json)
+    console = err if as_json else out
+    loaded, lock = lock_first_run(lab, profile, as_json, say)
+    try:
+        say("fetch")
+        fetch(lock, Store(), progress=False, base_dir=loaded.base_dir)
+        say("build (images already present are reused)")
+        specs = lab_images(loaded, lock, loaded.profile, settings_for(loaded))
+        results = build_all(detect_engine(), specs, log_dir=loaded.base_dir / ".labctl" / "logs",
+                            console=console)
+        if failed := [r for r in results if r.status == "failed"]:
+            raise RunError(f"image {failed[0].name} failed to build (see .labctl/logs)")
+        made = seal_round(loaded, lock, rounds_dir)
+        say(f"sealed {made.record.round}: commitment {made.record.commitment}")
+        ctx = open_round(made.round_dir, loaded.path, profile)
+        summaries = run_round(ctx, say)
+        unseal_round(made.round_dir)
+        mapping = {k: v.contestant for k, v in read_unsealed(made.round_dir).mapping.items()}
+    except FetchError as e:
+        raise fail(f"fetch failed: {e}", as_json) from None
+    except SealError as e:
+        raise fail("; ".join(e.problems), as_json) from None
+    except (RunError, ImageError, EngineError, SourceError, OSError, ValueError) as e:
+        raise fail(str(e), as_json) from None
+    except KeyboardInterrupt:
+        raise _interrupted() from None
+    rows = _rows(summaries, mapping)
+    if as_json:
+        failed = _controls_alarm(made.round_dir)
+        emit({"ok": not failed, "round": made.record.round, "round_dir": str(made.round_dir), "runs": rows,
+              "controls_failed": failed})
+    else:
+        _table(rows, f"round {made.record.round} ({made.round_dir})")
+        failed = _controls_alarm(made.round_dir)
+    if failed or any(r["status"] == "errored" for r in rows):
+        raise typer.Exit(EXIT_FAIL)
+
+
+def down_command(round_dir: Annotated[Path | None, typer.Argument(
+                     help="Round directory or round id; none: every labctl round")] = None,
+                 as_json: JsonOpt = False) -> None:
+    """Remove every container, network and volume labelled for the round (or for any round)."""
+    from labctl.run.parts import Docker, RunError
+    from labctl.run.runner import down
+
+    round_id = None if round_dir is None else round_dir.name
+    try:
+        removed = down(Docker.detect(), round_id)
+    except RunError as e:
+        raise fail(str(e), as_json) from None
+    if as_json:
+        emit({"ok": True, "round": round_id, "removed": removed})
+        return
+    n = sum(len(v) for v in removed.values())
+    out.print(f"removed {n} object{'' if n == 1 else 's'} of {round_id or 'all labctl rounds'}: "
+              + ", ".join(f"{len(v)} {k}" for k, v in removed.items()), highlight=False)
+
+
+app = typer.Typer(help="labctl run / round / down (standalone until wired into labctl.cli.app).",
+                  pretty_exceptions_enable=False)
+app.command("run")(run_command)
+app.command("round")(round_command)
+app.command("down")(down_command)
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,491 @@
+"""The metering proxy between an agent and its model: the agent's only way out of its container.
+
+Why it exists: a blind, comparable round needs every model call recorded the same way (usage,
+llama.cpp `timings`, tool calls), budgets enforced outside the agent, real API keys kept out of
+the task container, and nothing that names the model reaching the agent. So the agent gets a base
+URL and a dummy key; this proxy swaps in the real key, rewrites the model's name to a neutral
+alias, streams bytes straight through (byte edits on the way, parsing once the agent has its
+answer: labctl/meter/sserelay.py), appends one transcript record per request (a large request body as a
+blob beside it: labctl/meter/blobs.py), answers 413 itself above `max_request_bytes`, and publishes a
+`MeterState` (in memory, as `status.json`, at `GET /_labctl/status`) that a runner in another
+process or container polls to stop or mark the run.
+
+API: `MeterConfig` → `await start_meter(cfg)` → `MeterHandle` (url, state, `await stop()`), or
+`with meter_in_thread(cfg) as handle:` from synchronous code. Wire formats live in
+labctl/meter/transcript.py; config, state, the file writer and interventions in labctl/meter/state.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+from aiohttp import web
+from yarl import URL
+
+from labctl.meter.sserelay import StreamRelay
+from labctl.meter.state import InterventionPolicy, MeterConfig, MeterState, Recorder
+from labctl.meter.transcript import (
+    Dialect,
+    Reassembler,
+    downstream_headers,
+    dump,
+    error_body,
+    error_event,
+    models_body,
+    new_record,
+    rewrite_identity,
+    scrub,
+    scrub_bytes,
+    upstream_headers,
+)
+
+__all__ = ["MeterConfig", "MeterHandle", "MeterState", "meter_in_thread", "start_meter"]
+
+METERED: dict[str, Dialect] = {"/v1/chat/completions": "openai", "/chat/completions": "openai",
+                               "/v1/messages": "anthropic", "/messages": "anthropic"}
+"""Model calls: recorded, budgeted, open to interventions. Other model-calling paths
+(/v1/completions, /completion, …) are refused, so nothing reaches the model unmetered."""
+PASSTHROUGH = {"/health", "/v1/health", "/v1/messages/count_tokens"}
+"""Forwarded as they are (no tokens spent). Introspection such as llama-server's /props, /slots
+or /metrics is refused: it names the model file, its chat template and its size."""
+STATUS_PATH = "/_labctl/status"
+STATUS_INTERVAL_S = 0.1
+"""Longest delay of status.json behind the live state (a stop or an error is written at once)."""
+_INFRA = {401, 403, 404}
+"""Upstream answers meaning our side is wrong (key, URL or model id): the run errored."""
+_MODEL_FAULT = re.compile(rb"model produced output that does not match|failed to parse (tool call|input)",
+                          re.I)
+"""llama-server's 500 for output its chat format cannot parse (e.g. a malformed tool call): the
+model failed, not the harness — the agent sees it, and the run is graded, not marked errored."""
+Rec = dict[str, Any]
+
+
+class Meter:
+    """One proxy: config, state, transcript, the upstream connection pool and the handler."""
+
+    def __init__(self, cfg: MeterConfig) -> None:
+        self.cfg = cfg
+        self.key: str | None = None
+        if cfg.api_key_env:
+            self.key = os.environ.get(cfg.api_key_env)
+            if not self.key:
+                raise ValueError(f"environment variable {cfg.api_key_env} (the API key) is not set")
+        self.state = MeterState(alias=cfg.alias, dialect=cfg.dialect, started_at=time.time(),
+                                token_budget=cfg.token_budget)
+        self.recorder = Recorder(cfg.transcript, cfg.status_file(), cfg.alias,
+                                 secrets=[self.key] if self.key else [], blob_bytes=cfg.blob_bytes)
+        self.names = self.recorder.names  # upstream model names seen: redacted wherever they appear
+        self.fingerprints: set[str | None] = set()  # upstream system_fingerprints seen: cut from streams
+        up = urlsplit(cfg.upstream)
+        self.recorder.hidden = {k: "[upstream]" for k in (cfg.upstream.rstrip("/"), up.netloc) if k}
+        if cfg.upstream_model:
+            self.names.add(cfg.upstream_model)
+        self.policy = InterventionPolicy(cfg.interventions)
+        self.session: aiohttp.ClientSession | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._status_timer: asyncio.TimerHandle | None = None
+        self._published = (False, False)
+        self._urls: dict[str, URL] = {}
+        self.seq = 0
+        self.publish(now=True)
+
+    async def open(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.cfg.connect_timeout_s,
+                                        sock_read=self.cfg.read_timeout_s)
+        connector = aiohttp.TCPConnector(limit=64, keepalive_timeout=self.cfg.keepalive_s)
+        # no cookie jar: an upstream's cookies are nothing the next call should carry (and filtering
+        # them cost time on every call)
+        self.session = aiohttp.ClientSession(connector=connector, timeout=timeout,
+                                             cookie_jar=aiohttp.DummyCookieJar())
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+        await self.flush()
+        self.recorder.close()
+
+    def publish(self, now: bool = False) -> None:
+        """Hand the state to the recorder for status.json: at once when it changes what a runner
+        acts on (stopped, errored), otherwise at most every STATUS_INTERVAL_S. Why: replacing the
+        file on every call cost more CPU than the call itself, and the runner polls at 0.25 s."""
+        st = self.state
+        if self.recorder.failed and not st.errored:
+            st.errored, st.last_error = True, self.recorder.failed
+        if not now and (st.stopped, st.errored) == self._published:
+            if self._status_timer is None and self.loop is not None:
+                self._status_timer = self.loop.call_later(STATUS_INTERVAL_S, self.publish, True)
+            if self._status_timer is not None:
+                return
+        if self._status_timer is not None:
+            self._status_timer.cancel()
+            self._status_timer = None
+        st.updated_at = time.time()
+        self._published = (st.stopped, st.errored)
+        self.recorder.publish(st)
+
+    async def flush(self) -> None:
+        """Publish a state still waiting for its turn (drain, shutdown)."""
+        if self._status_timer is not None:
+            self.publish(now=True)
+
+    def upstream_url(self, path: str) -> URL:
+        """`url(path)` parsed once per path (the model-call paths are few; parsing cost per call)."""
+        if (parsed := self._urls.get(path)) is None:
+            parsed = self._urls[path] = URL(self.url(path))
+        return parsed
+
+    def url(self, path: str, query: str = "") -> str:
+        """Upstream URL; a base ending in /v1 (`https://api.openai.com/v1`) is not doubled."""
+        base = self.cfg.upstream.rstrip("/")
+        if base.endswith("/v1") and path.startswith("/v1/"):
+            path = path[3:]
+        return base + path + (f"?{query}" if query else "")
+
+    def fail(self, dialect: Dialect, status: int, message: str, kind: str, code: str | None = None
+             ) -> web.Response:
+        return web.json_response(error_body(dialect, message, kind, code), status=status, dumps=dump)
+
+    @staticmethod
+    async def send(request: web.Request, resp: web.StreamResponse) -> web.StreamResponse:
+        """Deliver the whole response now, so the bookkeeping after it (transcript, status file)
+        does not add to the agent's latency."""
+        await resp.prepare(request)
+        await resp.write_eof()
+        return resp
+
+    # ------------------------------------------------------------------ routing
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        path, dialect = request.path, self.cfg.dialect
+        if path in METERED and request.method == "POST":
+            return await self.exchange(request, METERED[path], "/v1" + path.removeprefix("/v1"))
+        if path == STATUS_PATH:
+            return web.json_response(self.state.model_dump(), dumps=dump)
+        if path in ("/v1/models", "/models") or path.startswith(("/v1/models/", "/models/")):
+            listing = path.rstrip("/") in ("/v1/models", "/models")
+            return web.json_response(models_body(dialect, self.cfg.alias, listing), dumps=dump)
+        if path in PASSTHROUGH:
+            return await self.passthrough(request)
+        return self.fail(dialect, 404, f"{request.method} {path} is not forwarded by the meter",
+                         "not_found_error" if dialect == "anthropic" else "invalid_request_error")
+
+    async def passthrough(self, request: web.Request) -> web.StreamResponse:
+        assert self.session is not None
+        headers = upstream_headers(request.headers, self.cfg.dialect, self.key)
+        try:
+            async with self.session.request(request.method, self.url(request.path, request.query_string),
+                                            data=await request.read(), headers=headers) as up:
+                data = scrub_bytes(await up.read(), self.cfg.alias, self.names)
+                return web.Response(body=data, status=up.status, headers=downstream_headers(up.headers))
+        except (TimeoutError, aiohttp.ClientError) as e:
+            return self.fail(self.cfg.dialect, 502, f"upstream unreachable: {type(e).__name__}", "api_error")
+
+    # ------------------------------------------------------------------ model calls
+    async def exchange(self, request: web.Request, dialect: Dialect, path: str) -> web.StreamResponse:
+        """One model call: gate, forward, relay, then record and publish."""
+        t0, m0 = time.time(), time.perf_counter()
+        self.seq += 1
+        self.state.requests += 1
+        self.state.last_request_time = t0
+        rec = new_record(self.seq, t0, dialect, path)
+        asm = Reassembler(dialect, self.cfg.alias)
+        try:
+            size = request.content_length
+            if size is not None and size > self.cfg.max_request_bytes:
+                return await self.too_large(request, rec, dialect, size)
+            try:
+                raw = await request.read()  # a chunked body is cut at the app's client_max_size
+            except web.HTTPRequestEntityTooLarge:
+                return await self.too_large(request, rec, dialect, None)
+            rec["request_bytes"] = len(raw)
+            try:
+                body = json.loads(raw)
+                if not isinstance(body, dict):
+                    raise ValueError("not an object")
+            except ValueError as e:
+                return await self.refuse(request, rec, dialect, 400,
+                                         f"request body is not a JSON object: {e}", "invalid_request_error")
+            rec["stream"] = stream = bool(body.get("stream"))
+            rec["request"] = body  # what the agent asked, nudges included; never headers, never keys
+            if refused := await self.gate(request, rec, dialect, body, t0):
+                return refused
+            forwarded, hide_usage = body, False
+            options = body.get("stream_options") or {}
+            if stream and dialect == "openai" and not options.get("include_usage"):
+                # streamed usage is how budgets are counted; the agent did not ask, so it won't see it
+                forwarded = {**body, "stream_options": {**options, "include_usage": True}}
+                hide_usage = True
+            if self.cfg.upstream_model:
+                forwarded = {**forwarded, "model": self.cfg.upstream_model}
+            data = raw if forwarded is body and not rec["interventions"] else dump(forwarded).encode()
+            return await self.forward(request, rec, asm, dialect, path, data, hide_usage, m0)
+        finally:
+            self.finish(rec, asm, m0)
+
+    async def gate(self, request: web.Request, rec: Rec, dialect: Dialect, body: dict[str, Any],
+                   now: float) -> web.StreamResponse | None:
+        """Earlier stops (budget, interventions) and this request's interventions, before forwarding."""
+        st = self.state
+        if st.stopped:
+            why = ("the token budget is spent" if st.stopped_reason == "token_budget"
+                   else f"the run was stopped ({st.stopped_reason})")
+            kind = "budget_exceeded" if st.budget_exceeded else "run_stopped"
+            msg = f"labctl meter: {why}; no more model calls"
+            return await self.refuse(request, rec, dialect, 429, msg, kind)
+        stop = self.policy.apply(now, st, rec, dialect, body, self.recorder.write)
+        if stop is not None:
+            msg = f"labctl meter: the run was stopped by intervention {stop.name!r}"
+            msg += f": {stop.message}" if stop.message else ""
+            return await self.refuse(request, rec, dialect, 429, msg, "run_stopped")
+        return None
+
+    async def refuse(self, request: web.Request, rec: Rec, dialect: Dialect, status: int, message: str,
+                     kind: str) -> web.StreamResponse:
+        self.state.refused += 1
+        rec["status"], rec["error"] = status, {"type": kind, "message": message}
+        return await self.send(request, self.fail(dialect, status, message, kind,
+                                                  kind if dialect == "openai" else None))
+
+    async def too_large(self, request: web.Request, rec: Rec, dialect: Dialect, size: int | None
+                        ) -> web.StreamResponse:
+        """413 from the meter itself: nothing that large is forwarded (or kept in memory)."""
+        limit = self.cfg.max_request_bytes
+        rec["request_bytes"] = size
+        what = f"{size} bytes" if size is not None else "larger"
+        msg = f"labctl meter: the request body is {what}, over the limit of {limit} bytes"
+        self.state.refused += 1
+        rec["status"], rec["error"] = 413, {"type": "request_too_large", "message": msg}
+        kind = "request_too_large" if dialect == "anthropic" else "invalid_request_error"
+        return await self.send(request, self.fail(dialect, 413, msg, kind, "request_too_large"))
+
+    async def forward(self, request: web.Request, rec: Rec, asm: Reassembler, dialect: Dialect, path: str,
+                      data: bytes, hide_usage: bool, m0: float) -> web.StreamResponse:
+        assert self.session is not None
+        headers = upstream_headers(request.headers, self.cfg.dialect, self.key)
+        rec["forwarded"] = True
+        self.state.forwarded += 1
+        for attempt in (0, 1):
+            try:
+                async with self.session.post(self.upstream_url(path), data=data, headers=headers) as up:
+                    rec["ttfb_ms"] = round((time.perf_counter() - m0) * 1000, 3)
+                    rec["status"] = up.status
+                    if up.status >= 400:
+                        return await self.upstream_failed(request, rec, dialect, up)
+                    if up.content_type == "text/event-stream":
+                        return await self.relay_stream(request, rec, asm, dialect, up, hide_usage)
+                    return await self.relay_whole(request, asm, up)
+            except (TimeoutError, aiohttp.ClientError) as e:
+                if request.transport is None or request.transport.is_closing():
+                    # the agent left (its write failed, or it gave up waiting): not the upstream's fault
+                    rec["error"] = {"type": "agent_disconnected", "message": "the agent left first"}
+                    return web.Response(status=499)
+                if attempt == 0 and rec["status"] is None and isinstance(
+                        e, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
+                    continue  # a pooled connection the upstream had already closed: once more, fresh
+                return await self.broken(request, rec, dialect, f"upstream failed: {type(e).__name__}",
+                                         detail=str(e))
+        raise AssertionError("unreachable")
+
+    def mark_error(self, rec: Rec, kind: str, message: str, **more: Any) -> None:
+        """Record an upstream failure and mark the run errored, so a runner does not mistake it for
+        the model's own failure."""
+        rec["error"] = {"type": kind, "message": message, **more}
+        self.state.add_error(message)
+
+    async def broken(self, request: web.Request, rec: Rec, dialect: Dialect, message: str,
+                     **detail: Any) -> web.StreamResponse:
+        """A 502 naming only the kind of failure (aiohttp's own text names the upstream host)."""
+        self.mark_error(rec, "upstream_unreachable", message, **detail)
+        rec["status"] = 502
+        resp = self.fail(dialect, 502, f"labctl meter: {message}", "api_error", "upstream_error")
+        return await self.send(request, resp)
+
+    async def upstream_failed(self, request: web.Request, rec: Rec, dialect: Dialect,
+                              up: aiohttp.ClientResponse) -> web.StreamResponse:
+        """5xx, or 401/403/404 (our key, URL or model is wrong): 502 to the agent, run errored.
+        Other 4xx (context too long, rate limited) and a model's unparseable output are the agent's
+        to see, passed through scrubbed."""
+        data = await up.read()
+        detail = {"upstream_status": up.status, "body": data[:4000].decode("utf-8", errors="replace")}
+        if up.status >= 500 and _MODEL_FAULT.search(data):
+            rec["error"] = {"type": "model_output_invalid", "message": f"HTTP {up.status}", **detail}
+        elif up.status >= 500 or up.status in _INFRA:
+            self.mark_error(rec, "upstream_status", f"upstream answered HTTP {up.status}", **detail)
+            rec["status"] = 502
+            resp = self.fail(dialect, 502, f"labctl meter: upstream error (HTTP {up.status})", "api_error",
+                             "upstream_error")
+            return await self.send(request, resp)
+        else:
+            rec["error"] = {"type": "upstream_status", "message": f"HTTP {up.status}", **detail}
+        body = scrub_bytes(data, self.cfg.alias, self.names)
+        return await self.send(request, web.Response(body=body, status=up.status,
+                                                     headers=downstream_headers(up.headers)))
+
+    async def relay_whole(self, request: web.Request, asm: Reassembler,
+                          up: aiohttp.ClientResponse) -> web.StreamResponse:
+        data = await up.read()
+        try:
+            obj = json.loads(data)
+        except ValueError:
+            obj = None
+        if isinstance(obj, dict):
+            asm.body(obj)
+            self.names |= asm.upstream_models
+            edited = rewrite_identity(data, obj, self.cfg.alias)
+            if edited is None:
+                scrub(obj, self.cfg.alias)
+                edited = dump(obj).encode()
+            data = edited
+        else:
+            data = scrub_bytes(data, self.cfg.alias, self.names)
+        return await self.send(request, web.Response(body=data, status=up.status,
+                                                     headers=downstream_headers(up.headers)))
+
+    async def relay_stream(self, request: web.Request, rec: Rec, asm: Reassembler, dialect: Dialect,
+                           up: aiohttp.ClientResponse, hide_usage: bool) -> web.StreamResponse:
+        """Forward each upstream chunk as soon as its events are whole (never the whole response
+        buffered; see labctl/meter/sserelay.py), and parse it for the transcript once the agent has its
+        last byte. A stream that ends without its terminal event was dropped: the agent gets an
+        error event in its dialect and the run is marked errored."""
+        rec["stream"] = True
+        resp = web.StreamResponse(status=up.status,
+                                  headers={**downstream_headers(up.headers), "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        relay = StreamRelay(asm, dialect, self.cfg.alias, self.names, self.fingerprints, hide_usage)
+        dropped: str | None = None
+        try:
+            async for chunk in up.content.iter_any():
+                out = relay.feed(chunk)
+                if out:
+                    try:
+                        await resp.write(out)
+                    except ConnectionResetError:
+                        rec["error"] = {"type": "agent_disconnected", "message": "the agent left mid-stream"}
+                        relay.finish()
+                        return resp
+        except (TimeoutError, aiohttp.ClientError) as e:
+            dropped = f"upstream stream broke: {type(e).__name__}"
+        if dropped is None and not relay.ended:
+            dropped = "upstream closed the stream before its end"
+        if dropped is not None:
+            with contextlib.suppress(ConnectionResetError):
+                await resp.write(error_event(dialect, f"labctl meter: {dropped}"))
+        with contextlib.suppress(ConnectionResetError):
+            await resp.write_eof()
+        relay.finish()  # the agent has everything: now the parsing, off its clock
+        if dropped is not None:
+            self.mark_error(rec, "stream_dropped", dropped, events=asm.events)
+        return resp
+
+    def finish(self, rec: Rec, asm: Reassembler, m0: float) -> None:
+        """Account, record and publish; runs after the agent has its response."""
+        st = self.state
+        rec["t_end"] = st.last_response_time = time.time()
+        rec["latency_ms"] = round((time.perf_counter() - m0) * 1000, 3)
+        if rec["forwarded"]:
+            rec["response"] = response = asm.response()
+            rec["usage"] = usage = asm.usage()
+            rec["timings"] = asm.timings
+            self.policy.observe(response)
+            st.add_usage(usage, len(response["tool_calls"]))
+            if asm.error is not None and rec["error"] is None:
+                self.mark_error(rec, "upstream_error_event", "the upstream sent an error event",
+                                event=asm.error)
+        self.recorder.write(rec)
+        self.publish()
+
+
+@dataclass
+class MeterHandle:
+    """A running meter: where it listens, its live state, and how to stop it."""
+
+    meter: Meter
+    runner: web.AppRunner
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def state(self) -> MeterState:
+        return self.meter.state
+
+    def drain(self) -> None:
+        """Block until every record and status so far is on disk (from any thread but the meter's)."""
+        loop = self.meter.loop
+        if loop is not None and loop.is_running():
+            asyncio.run_coroutine_threadsafe(self.meter.flush(), loop).result(30)
+        self.meter.recorder.drain()
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+        await self.meter.close()
+
+
+async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = "labctl-meter"  # the same for every contestant
+
+
+async def start_meter(cfg: MeterConfig) -> MeterHandle:
+    """Start listening on the running loop; stop with `await handle.stop()`."""
+    meter = Meter(cfg)
+    await meter.open()
+    app = web.Application(client_max_size=cfg.max_request_bytes)  # long contexts exceed aiohttp's 1 MiB
+    app.on_response_prepare.append(_server_header)
+    app.router.add_route("*", "/{tail:.*}", meter.handle)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, cfg.host, cfg.port).start()
+    except OSError:
+        await runner.cleanup()
+        await meter.close()
+        raise
+    return MeterHandle(meter, runner, cfg.host, runner.addresses[0][1])
+
+
+@contextlib.contextmanager
+def meter_in_thread(cfg: MeterConfig) -> Iterator[MeterHandle]:
+    """A meter on its own event loop in a background thread (tests, in-process runners)."""
+    loop = asyncio.new_event_loop()
+    box: dict[str, Any] = {}
+    ready = threading.Event()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            box["handle"] = loop.run_until_complete(start_meter(cfg))
+        except BaseException as e:  # re-raised in the caller's thread
+            box["error"] = e
+            ready.set()
+            loop.close()
+            return
+        ready.set()
+        loop.run_forever()
+        loop.run_until_complete(box["handle"].stop())
+        loop.close()
+
+    thread = threading.Thread(target=run, name="labctl-meter", daemon=True)
+    thread.start()
+    if not ready.wait(30):
+        raise TimeoutError("the meter did not start within 30 s")
+    if "error" in box:
+        raise box["error"]
+    try:
+        yield box["handle"]
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(30)

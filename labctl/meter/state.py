@@ -1,0 +1,329 @@
+"""What a meter is told (`MeterConfig`), what it keeps (`MeterState`, the transcript and status
+files, written by `Recorder`), and when it intervenes (`InterventionPolicy`).
+
+Why apart from the proxy: a runner in another process reads `MeterState` from status.json and
+builds `MeterConfig` from the lab without the HTTP machinery; the policy is pure decisions over
+time and model answers, tested without a network; and the files are written off the event loop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from labctl.meter import blobs
+from labctl.meter.transcript import Dialect, call_signature, inject_user_text
+from labctl.spec.lab import Intervention, Interventions
+
+
+class MeterConfig(BaseModel):
+    """Everything one meter needs; the CLI and the runner build it the same way."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    upstream: str
+    """Base URL of the model server, e.g. `http://llama:8080` or `https://api.anthropic.com`."""
+    dialect: Dialect
+    """Provider dialect: how the key is sent, how generic errors and the model list are shaped."""
+    transcript: Path
+    """The JSONL transcript; appended to."""
+    host: str = "127.0.0.1"
+    port: int = Field(default=0, ge=0, le=65535)
+    """0 picks a free port (the handle says which)."""
+    status_path: Path | None = None
+    """Where the state is published on every request (default: status.json beside the transcript)."""
+    alias: str = "model"
+    """The only model name the agent ever sees (e.g. the run id)."""
+    upstream_model: str | None = None
+    """Model id sent upstream in place of the agent's (cloud contestants); never recorded."""
+    api_key_env: str | None = None
+    """Host environment variable holding the real API key, injected into every upstream request."""
+    token_budget: int | None = Field(default=None, ge=1)
+    """Prompt + completion tokens across the run; once spent, requests are refused with 429."""
+    interventions: Interventions = Interventions()
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 900.0
+    """Longest silence from the upstream (a slow model, not streaming) before the call fails."""
+    keepalive_s: float = 4.0
+    """Idle upstream connections close before llama-server's own 5 s keep-alive ends them."""
+    max_request_bytes: int = Field(default=32 << 20, ge=1024)
+    """Largest request body forwarded; a larger one is answered 413 by the meter itself (and recorded)."""
+    blob_bytes: int | None = Field(default=1 << 20, ge=0)
+    """Request bodies larger than this go to `transcript.blobs/<sha256>`, referenced from their
+    record (labctl/meter/blobs.py); None keeps every body inline."""
+
+    def status_file(self) -> Path:
+        return self.status_path or self.transcript.with_name("status.json")
+
+
+class MeterState(BaseModel):
+    """What the runner reads: counters, the budget, errors and why the run should stop."""
+
+    alias: str
+    dialect: Dialect
+    started_at: float
+    requests: int = 0
+    """Model calls received (forwarded or refused)."""
+    forwarded: int = 0
+    refused: int = 0
+    tool_calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    total_tokens: int = 0
+    token_budget: int | None = None
+    budget_exceeded: bool = False
+    """The budget is spent (total_tokens >= token_budget): later calls are refused."""
+    errors: int = 0
+    """Upstream failures: 5xx, bad key/URL, unreachable, dropped streams."""
+    errored: bool = False
+    """Any upstream failure happened: the run's outcome may not be the model's doing."""
+    last_error: str | None = None
+    stopped: bool = False
+    stopped_reason: str | None = None
+    """`token_budget` or `intervention:<name>`."""
+    nudges: int = 0
+    stops: int = 0
+    interventions: dict[str, int] = {}
+    """Firings per intervention name."""
+    last_request_time: float | None = None
+    last_response_time: float | None = None
+    updated_at: float = 0.0
+
+    def add_usage(self, usage: dict[str, Any] | None, tool_calls: int) -> None:
+        """Count one answer; the call that crosses the budget completes, the next is refused."""
+        self.tool_calls += tool_calls
+        if usage:
+            self.prompt_tokens += usage["prompt_tokens"]
+            self.completion_tokens += usage["completion_tokens"]
+            self.cached_tokens += usage["cached_tokens"]
+            self.total_tokens += usage["total_tokens"]
+        spent = self.token_budget is not None and self.total_tokens >= self.token_budget
+        if spent and not self.budget_exceeded:
+            self.budget_exceeded = True
+            self.stop("token_budget")
+
+    def stop(self, reason: str) -> None:
+        if not self.stopped:
+            self.stopped, self.stopped_reason = True, reason
+
+    def add_error(self, message: str) -> None:
+        self.errors += 1
+        self.errored = True
+        self.last_error = message
+
+
+@dataclass
+class Fired:
+    rule: Intervention
+    detail: dict[str, Any]
+
+
+class InterventionPolicy:
+    """Decides, before each request is forwarded, which declared interventions fire.
+
+    Implemented triggers: `repeated_tool_call` (the model asked for the same call N turns in a
+    row, see `call_signature`), `idle` (the agent spent that long between the end of one model
+    answer and its next request) and `elapsed` (fires once). `repeated_failure` needs tool results
+    read alike for every agent and comes with the full intervention protocol; it never fires yet.
+    A stop wins over nudges; after a repeated-call firing the streak starts again.
+    """
+
+    def __init__(self, spec: Interventions) -> None:
+        self.spec = spec
+        self.fired: dict[str, int] = {}
+        self.nudges = 0
+        self.streak = 0
+        self.last_call: str | None = None
+
+    def observe(self, response: dict[str, Any]) -> None:
+        """Feed each model answer, so loops are seen as they form."""
+        sig = call_signature(response)
+        self.streak = self.streak + 1 if sig is not None and sig == self.last_call else (1 if sig else 0)
+        self.last_call = sig
+
+    def apply(self, now: float, state: MeterState, rec: dict[str, Any], dialect: Dialect,
+              body: dict[str, Any], log: Callable[[dict[str, Any]], None]) -> Intervention | None:
+        """Fire what is due for the request `rec` / `body`: count it in the state, log an
+        `intervention` record, inject each nudge into `body`. Returns the stop rule, if one fired."""
+        for f in self.decide(now, state):
+            r = f.rule
+            state.interventions[r.name] = state.interventions.get(r.name, 0) + 1
+            log({"kind": "intervention", "seq": rec["seq"], "t": now, "name": r.name, "action": r.action,
+                 "trigger": r.trigger.model_dump(exclude_none=True), "message": r.message,
+                 "detail": f.detail})
+            rec["interventions"] = [*(rec.get("interventions") or []), r.name]
+            if r.action == "stop":
+                state.stops += 1
+                state.stop(f"intervention:{r.name}")
+                return r
+            state.nudges += 1
+            inject_user_text(dialect, body, r.message or "")
+        return None
+
+    def decide(self, now: float, state: MeterState) -> list[Fired]:
+        out: list[Fired] = []
+        for rule in self.spec.rules:
+            if rule.max is not None and self.fired.get(rule.name, 0) >= rule.max:
+                continue
+            cap = self.spec.max_nudges
+            if rule.action == "nudge" and cap is not None and self.nudges >= cap:
+                continue
+            detail = self._triggered(rule, now, state)
+            if detail is None:
+                continue
+            self.fired[rule.name] = self.fired.get(rule.name, 0) + 1
+            if rule.trigger.repeated_tool_call is not None:
+                self.streak = 0
+            if rule.action == "stop":
+                return [Fired(rule, detail)]
+            self.nudges += 1
+            out.append(Fired(rule, detail))
+        return out
+
+    def _triggered(self, rule: Intervention, now: float, state: MeterState) -> dict[str, Any] | None:
+        t = rule.trigger
+        if t.repeated_tool_call is not None and self.streak >= t.repeated_tool_call:
+            return {"repeats": self.streak, "call": self.last_call}
+        if t.idle is not None and state.last_response_time is not None:
+            gap = now - state.last_response_time
+            if gap >= t.idle:
+                return {"idle_s": round(gap, 3)}
+        if t.elapsed is not None and not self.fired.get(rule.name) and now - state.started_at >= t.elapsed:
+            return {"elapsed_s": round(now - state.started_at, 3)}
+        return None
+
+
+BATCH_S = 0.05
+"""How long the recorder lets records gather before writing them. Why: waking the writer thread for
+each record made it take the GIL (and a CPU) right when the agent's next call arrived; profiled,
+that cost the event loop more than the call itself on a busy 2-core machine."""
+
+
+class Recorder:
+    """Writes transcript.jsonl (append-only, one record per line, flushed when the queue empties) and
+    status.json (replaced atomically, so a poller never reads half a file) on its own thread.
+
+    Why a thread: replacing a file costs 0.2–1 ms on ext4 (the rename forces a data flush) and a
+    long conversation's record takes as long to serialise; on the event loop that would be added
+    to the agent's next call. It writes in batches (`BATCH_S`), and status writes coalesce: only
+    the newest state is written.
+    Every line passes through `redact`: secrets (the real API key) become `[REDACTED]` and upstream
+    model names become the alias, in whatever field they hid.
+    """
+
+    def __init__(self, path: Path, status_path: Path, alias: str, secrets: list[str] | None = None,
+                 blob_bytes: int | None = None) -> None:
+        self.path, self.status_path, self.alias = Path(path), Path(status_path), alias
+        self.blob_bytes = blob_bytes
+        """A record's `request` whose body (`request_bytes`) is larger goes to a blob."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.status_path.parent.mkdir(parents=True, exist_ok=True)
+        self.secrets = [s for s in (secrets or []) if s]
+        self.hidden: dict[str, str] = {}
+        """Other text to replace (the upstream's URL and host, which name a provider)."""
+        self.names: set[str] = set()
+        """Upstream model names seen so far (the meter adds to it)."""
+        self.failed: str | None = None
+        self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
+        self._q: queue.Queue[tuple[str, Any] | None] = queue.Queue()
+        self._status: tuple[str, frozenset[str]] = ("{}", frozenset())
+        self._status_queued = False
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="labctl-meter-recorder", daemon=True)
+        self._thread.start()
+
+    def redact(self, line: str, names: frozenset[str] | None = None) -> str:
+        """`names`: a snapshot taken on the loop thread (the live set may grow meanwhile)."""
+        for s in self.secrets:
+            line = line.replace(s, "[REDACTED]")
+        for old, new in self.hidden.items():
+            line = line.replace(old, new)
+        for name in frozenset(self.names) if names is None else names:
+            if name and name != self.alias:
+                line = line.replace(name, self.alias)
+        return line
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Queue a record; the caller must not change it afterwards."""
+        self._put(("record", (record, frozenset(self.names))))
+
+    def publish(self, state: MeterState) -> None:
+        with self._lock:
+            self._status = (state.model_dump_json(indent=1), frozenset(self.names))
+            if self._status_queued:
+                return
+            self._status_queued = True
+        self._put(("status", None))
+
+    def _put(self, item: tuple[str, Any] | None) -> None:
+        self._q.put(item)
+        if not self._wake.is_set():  # the batch's first item wakes the thread; the rest just queue
+            self._wake.set()
+
+    def drain(self) -> None:
+        """Wait until everything queued is on disk."""
+        self._q.join()
+
+    def close(self) -> None:
+        self._put(None)
+        self._thread.join(60)
+        self._f.close()
+
+    def _blob(self, record: dict[str, Any], names: frozenset[str]) -> dict[str, Any]:
+        """A request body over `blob_bytes` written as a blob, its record holding the reference."""
+        size = record.get("request_bytes")
+        if self.blob_bytes is None or not isinstance(size, int) or size <= self.blob_bytes \
+                or record.get("request") is None:
+            return record
+        text = self.redact(json.dumps(record["request"], ensure_ascii=False, default=str), names)
+        return {**record, "request": blobs.store(blobs.blob_dir(self.path), text.encode())}
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            time.sleep(BATCH_S)  # let the batch gather (the GIL is free meanwhile)
+            self._wake.clear()
+            if not self._write_batch():
+                return
+
+    def _write_batch(self) -> bool:
+        """Everything queued so far; False once the closing None was reached."""
+        while True:
+            try:
+                item = self._q.get_nowait()
+            except queue.Empty:
+                return True
+            if item is None:
+                self._q.task_done()
+                return False
+            try:
+                kind, payload = item
+                if kind == "record":
+                    record, names = payload
+                    record = self._blob(record, names)
+                    line = json.dumps(record, ensure_ascii=False, default=str)
+                    self._f.write(self.redact(line, names) + "\n")
+                    if self._q.empty():  # a burst of records: one write, once the burst is queued out
+                        self._f.flush()
+                else:
+                    self._f.flush()  # the records a state counts are on disk before it
+                    with self._lock:
+                        text, self._status_queued = self._status, False
+                    tmp = self.status_path.with_name(f".{self.status_path.name}.{os.getpid()}.tmp")
+                    tmp.write_text(self.redact(*text))
+                    os.replace(tmp, self.status_path)
+            except Exception as e:  # noqa: BLE001 - a full disk must not kill the proxy; the state says so
+                self.failed = f"recording failed: {type(e).__name__}: {e}"
+            finally:
+                self._q.task_done()

@@ -1,0 +1,260 @@
+"""`labctl report`: an unsealed round's measured results as the published round's tables.
+
+Why its own module: the report is the one place where run ids meet contestant names, so it reads
+only rounds that are already unsealed (`ReportError` otherwise) and never anything private.
+Everything comes from the round directory alone (lab.yaml, lab.lock, unsealed.json, runs/*), so
+anyone holding a verified round can regenerate the same report.
+
+Data flow: `load_report` gathers one `RunData` per run (metrics.json, with gaps filled from
+transcript.jsonl and verifier/reward.json, since metrics.json keys may be missing), groups them
+into `ContestantData` in lab order, and `labctl.report.tables.tables` turns them into `Table`s that
+the Markdown and HTML renderers (`labctl.report.render`) share, so all formats show the same cells;
+`labctl.report.why` tells each run's story. `render.write_report` writes report.<fmt> and report.png
+and rewrites the manifest so `labctl verify` still passes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from labctl.lock.lockfile import Lock, read_lock
+from labctl.meter import blobs
+from labctl.round.layout import (
+    LAB_FILE,
+    LOCK_FILE,
+    UNSEALED_FILE,
+    RunResult,
+    metrics_path,
+    read_result,
+    read_sealed,
+    read_unsealed,
+    result_path,
+    run_dir,
+    transcript_path,
+)
+from labctl.round.verify import named_checks, read_reward
+from labctl.spec.lab import CloudContestant, Contestant, Lab, LocalContestant, Published
+from labctl.spec.located import SpecError, load_yaml, validate
+
+Format = Literal["md", "json", "html"]
+FORMATS: tuple[Format, ...] = ("md", "json", "html")
+DASH = "—"
+OUTCOME_RANK = {"Complete": 0, "Partial": 1, "Failed": 2, "Total failure": 3}
+"""Best first: the order outcome counts are listed in."""
+
+
+class ReportError(Exception):
+    """The round cannot be reported (not a round, not unsealed, unreadable lab)."""
+
+
+# --- gathering -------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunData:
+    """One run as the report sees it: its slot, its result, and metrics with gaps filled."""
+
+    run_id: str
+    contestant: str
+    repeat: int
+    result: RunResult
+    metrics: dict[str, Any]
+
+    @property
+    def outcome_label(self) -> str:
+        return self.result.outcome or f"{DASH} ({self.result.status})"
+
+
+@dataclass
+class ContestantData:
+    """A contestant's identity, how it is labelled in the tables, and its runs."""
+
+    contestant: Contestant
+    type: str
+    params: str
+    runs: list[RunData] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.contestant.name or self.contestant.id
+
+    @property
+    def published(self) -> Published | None:
+        return self.contestant.published
+
+    def values(self, key: str) -> list[float]:
+        """Numeric values of one metrics key across runs; missing, null and non-numbers left out."""
+        return [float(v) for r in self.runs if type(v := r.metrics.get(key)) in (int, float)]
+
+    def pass_at(self, k: int) -> float | None:
+        """Unbiased pass@k of Complete (Chen et al. 2021): 1 - C(n-c, k) / C(n, k) over graded runs."""
+        graded = [r for r in self.runs if r.result.outcome is not None]
+        n, c = len(graded), sum(r.result.outcome == "Complete" for r in graded)
+        if n == 0 or k > n:
+            return None
+        return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+@dataclass
+class RoundReport:
+    """Everything a renderer needs."""
+
+    round: str
+    lab: Lab
+    repeats: int
+    forced: bool
+    contestants: list[ContestantData]
+
+    @property
+    def has_published(self) -> bool:
+        return any(c.published is not None for c in self.contestants)
+
+
+def transcript_summary(path: Path) -> dict[str, Any]:
+    """Metrics recomputed from transcript.jsonl, for keys metrics.json lacks. Speeds are
+    token-weighted over llama.cpp's `timings` (a mean of per-request rates would overweight short
+    requests)."""
+    if not path.is_file():
+        return {}
+    keys = ("prompt_tokens", "completion_tokens", "cached_tokens", "total_tokens")
+    out: dict[str, Any] = dict.fromkeys(keys, 0) | {"requests": 0, "tool_calls": 0, "interventions": 0}
+    by_rule: Counter[str] = Counter()
+    speed = {"prompt_n": 0.0, "prompt_ms": 0.0, "predicted_n": 0.0, "predicted_ms": 0.0}
+    messages = None
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(rec, dict):
+            continue
+        if rec.get("kind") == "intervention":
+            out["interventions"] += 1
+            by_rule[str(rec.get("name") or "(unnamed)")] += 1
+            continue
+        out["requests"] += 1
+        for k in keys:
+            out[k] += int((rec.get("usage") or {}).get(k) or 0)
+        out["tool_calls"] += len((rec.get("response") or {}).get("tool_calls") or [])
+        msgs = (blobs.resolve(rec, path).get("request") or {}).get("messages")  # a blob: read back
+        messages = len(msgs) if isinstance(msgs, list) else messages
+        for k in speed:
+            speed[k] += float((rec.get("timings") or {}).get(k) or 0)
+    if not out["requests"]:
+        return {}  # no exchange: no model behind the run (oracle, nop), nothing to count as zero
+    out["messages"] = messages
+    out["interventions_by_rule"] = dict(by_rule)
+    out["prompt_tps"] = speed["prompt_n"] / speed["prompt_ms"] * 1000 if speed["prompt_ms"] else None
+    out["gen_tps"] = speed["predicted_n"] / speed["predicted_ms"] * 1000 if speed["predicted_ms"] else None
+    return out
+
+
+def _run_metrics(round_dir: Path, run_id: str, result: RunResult | None = None) -> dict[str, Any]:
+    """metrics.json over transcript-derived values over reward.json's checks and notes (best source
+    wins); the run's total wall time from result.json (started → ended: setup, agent, verifier)."""
+    metrics: dict[str, Any] = {}
+    try:
+        reward, _ = read_reward(run_dir(round_dir, run_id))
+    except (OSError, ValueError):
+        reward = None
+    checks = named_checks(reward)
+    if checks is not None:
+        metrics |= {"checks": checks, "checks_total": len(checks),
+                    "checks_passed": sum(v is True or v == 1 for v in checks.values())}
+        notes = reward.get("notes") if isinstance(reward, dict) else None
+        if isinstance(notes, dict):
+            metrics["notes"] = {str(k): str(v) for k, v in notes.items()}
+    if result is not None and result.started and result.ended:
+        metrics["total_wall_s"] = (result.ended - result.started).total_seconds()
+    metrics |= transcript_summary(transcript_path(round_dir, run_id))
+    try:
+        own = json.loads(metrics_path(round_dir, run_id).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        own = None
+    if isinstance(own, dict):
+        own = _runner_names(own)
+        metrics |= {k: v for k, v in own.items() if v is not None or k not in metrics}
+    return metrics
+
+
+_RUNNER_KEYS = {"commits_pushed": "commits", "gen_tokens_per_s": "gen_tps",
+                "prompt_tokens_per_s": "prompt_tps"}
+
+
+def _runner_names(own: dict[str, Any]) -> dict[str, Any]:
+    """The runner's metrics.json keys under the report's names; interventions per rule → a count."""
+    out = {_RUNNER_KEYS.get(k, k): v for k, v in own.items()}
+    if isinstance(out.get("interventions"), dict):
+        out["interventions_by_rule"] = out["interventions"]
+        out["interventions"] = sum(out["interventions"].values())
+    return out
+
+
+def _count(n: float) -> str:
+    """`30_532_122_624` → `30.5B`, `139_584` → `140K` (parameter counts, as model cards write them)."""
+    for div, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= div:
+            return f"{n / div:.3g}{unit}"
+    return str(int(n))
+
+
+def _type_and_params(c: Contestant, lock: Lock | None) -> tuple[str, str]:
+    """`Local MoE` / `Local dense` from the lock's GGUF header (else the lab's declared numbers);
+    parameters from the lock's header counts, which only a lock that read the GGUF has."""
+    if isinstance(c, CloudContestant):
+        return "Cloud", DASH
+    if not isinstance(c, LocalContestant):
+        return c.kind.capitalize(), DASH
+    ml = lock.models.get(c.id) if lock else None
+    meta = ml.gguf if ml and ml.gguf else c.model.declared
+    if meta is None:
+        return "Local", DASH
+    kind = "Local MoE" if (meta.expert_count or 0) > 1 else "Local dense"
+    if not meta.n_params:
+        return kind, DASH
+    total = _count(meta.n_params)
+    if meta.n_params_active and meta.n_params_active != meta.n_params:
+        return kind, f"{total} ({_count(meta.n_params_active)} active)"
+    return kind, total
+
+
+def load_report(round_dir: Path) -> RoundReport:
+    """Gather an unsealed round; raises ReportError with the one thing to do about it."""
+    if not (round_dir / "sealed.json").is_file():
+        raise ReportError(f"{round_dir} is not a round directory (no sealed.json)")
+    if not (round_dir / UNSEALED_FILE).is_file():
+        raise ReportError(f"{round_dir} is not unsealed yet: the report names contestants, so it needs the "
+                          f"reveal; run `labctl unseal {round_dir}` once every run finished")
+    try:
+        sealed, unsealed = read_sealed(round_dir), read_unsealed(round_dir)
+        lab: Lab = validate(Lab, load_yaml(round_dir / LAB_FILE))
+    except (OSError, ValueError, SpecError) as e:
+        raise ReportError(f"{round_dir}: {str(e).splitlines()[0]}") from e
+    try:
+        lock: Lock | None = read_lock(round_dir / LOCK_FILE)
+    except (OSError, ValueError):
+        lock = None
+    by_id = {c.id: ContestantData(c, *_type_and_params(c, lock)) for c in lab.contestants}
+    for rid in sealed.run_ids:
+        slot = unsealed.mapping.get(rid)
+        if slot is None or slot.contestant not in by_id:
+            raise ReportError(f"{round_dir}: {rid} maps to no contestant of lab.yaml (`labctl verify` it)")
+        try:
+            result = read_result(round_dir, rid) if result_path(round_dir, rid).is_file() else None
+        except ValueError as e:
+            raise ReportError(f"{result_path(round_dir, rid)}: {str(e).splitlines()[0]}") from e
+        run = RunData(rid, slot.contestant, slot.repeat, result or RunResult(run_id=rid),
+                      _run_metrics(round_dir, rid, result))
+        by_id[slot.contestant].runs.append(run)
+    for cd in by_id.values():
+        cd.runs.sort(key=lambda r: r.repeat)
+    return RoundReport(sealed.round, lab, sealed.repeats, unsealed.forced, list(by_id.values()))
+
+
+__all__ = ["DASH", "FORMATS", "OUTCOME_RANK", "ContestantData", "Format", "ReportError", "RoundReport",
+           "RunData", "load_report", "transcript_summary"]

@@ -1,0 +1,174 @@
+"""The report's tables (Results, Token efficiency, The Numbers, Speed, Repeats, Runs) as plain strings,
+so Markdown and HTML (`labctl.report.render`) show identical cells.
+
+Cells read `measured / pub X` where the lab carries the published figure (`labctl.report.published`
+writes X in the publication's own terms); with repeats, `mean (min–max)`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from labctl.report.data import DASH, OUTCOME_RANK, ContestantData, RoundReport
+from labctl.report.published import pub, pub_build, pub_nudges, run_cell, token_gap_line
+from labctl.spec.published import Published
+from labctl.spec.units import format_duration
+
+# --- cells -----------------------------------------------------------------------------------------
+
+
+def _int(v: float) -> str:
+    """Counts; a mean that is not whole keeps one decimal (0.5 commits must not read as 0)."""
+    return f"{v:,.0f}" if abs(v - round(v)) < 0.05 else f"{v:,.1f}"
+
+
+def _rate(v: float) -> str:
+    return f"{v:,.1f}"
+
+
+def _wall(v: float) -> str:
+    return f"{v:.0f}s" if v < 60 else format_duration(round(v))
+
+
+def _stat(values: Sequence[float], fmt: Callable[[float], str]) -> str:
+    """One value as is; several as `mean (min–max)`; none as a dash."""
+    if not values:
+        return DASH
+    if len(values) == 1:
+        return fmt(values[0])
+    lo, hi = min(values), max(values)
+    mean = fmt(sum(values) / len(values))
+    return mean if lo == hi else f"{mean} ({fmt(lo)}–{fmt(hi)})"
+
+
+def _yes(flags: list[bool]) -> str:
+    if not flags:
+        return DASH
+    if len(flags) == 1:
+        return "yes" if flags[0] else "no"
+    return f"{sum(flags)}/{len(flags)} yes"
+
+
+def _build(cd: ContestantData) -> str:
+    """`pass (attempt 2)`, `fail (0/13)` (the agent's 13 builds, none passed: the publication's
+    notation), `fail`; with repeats `1/2 pass (attempt 1–3)`."""
+    builds = [b for r in cd.runs if isinstance(b := r.metrics.get("build"), dict) and "passed" in b]
+    if not builds:
+        return DASH
+    passed = [b for b in builds if b["passed"]]
+    attempts = sorted(a for b in passed if type(a := b.get("attempt")) is int)
+    span = "" if not attempts else (f" (attempt {attempts[0]})" if attempts[0] == attempts[-1]
+                                    else f" (attempt {attempts[0]}–{attempts[-1]})")
+    if len(builds) == 1:
+        runs = builds[0].get("agent_runs")
+        return f"pass{span}" if passed else f"fail (0/{runs})" if type(runs) is int and runs > 0 else "fail"
+    return f"{len(passed)}/{len(builds)} pass{span}"
+
+
+def _outcome(cd: ContestantData) -> str:
+    """The outcome; with repeats each outcome with its count, best first."""
+    labels = [r.outcome_label for r in cd.runs]
+    if len(labels) == 1:
+        return labels[0]
+    counts = sorted(Counter(labels).items(), key=lambda kv: OUTCOME_RANK.get(kv[0], 9))
+    return ", ".join(f"{n}× {o}" for o, n in counts)
+
+
+def _tokens_per_check(cd: ContestantData) -> str:
+    per = [float(r.metrics["total_tokens"]) / r.metrics["checks_passed"] for r in cd.runs
+           if type(r.metrics.get("total_tokens")) in (int, float)
+           and type(r.metrics.get("checks_passed")) is int and r.metrics["checks_passed"] > 0]
+    return _stat(per, _int)
+
+
+def _checks(cd: ContestantData) -> str:
+    cells = [f"{r.metrics['checks_passed']}/{r.metrics['checks_total']}" for r in cd.runs
+             if type(r.metrics.get("checks_passed")) is int and type(r.metrics.get("checks_total")) is int]
+    return ", ".join(cells) or DASH
+
+
+def _pct(v: float | None) -> str:
+    return DASH if v is None else f"{v:.0%}"
+
+
+def run_sort_key(run_id: str) -> list[int | str]:
+    """run-9 before run-10."""
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", run_id)]
+
+
+# --- tables ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Table:
+    title: str
+    headers: list[str]
+    rows: list[list[str]]
+    note: str = ""
+
+
+def tables(rep: RoundReport) -> list[Table]:
+    """The published round's tables (Results, Token efficiency, The Numbers) plus speed, repeats
+    and the run list, as plain strings so Markdown and HTML render identical cells."""
+    results, efficiency, numbers, speed, repeats, runs = [], [], [], [], [], []
+    for cd in rep.contestants:
+        p = cd.published or Published()
+        run = run_cell(cd)
+        tool_calls = pub(_stat(cd.values("tool_calls"), _int), p.tool_calls)
+        tokens = pub(_stat(cd.values("total_tokens"), _int), p.total_tokens, _int)
+        commits = pub(_stat(cd.values("commits"), _int), p.commits)
+        build = pub(_build(cd), p.build, pub_build)
+        shot = pub(_yes([v for r in cd.runs if type(v := r.metrics.get("screenshot")) is bool]),
+                   p.screenshot, lambda b: "yes" if b else "no")
+        outcome = pub(_outcome(cd), p.outcome)
+        messages = pub(_stat(cd.values("messages"), _int), p.messages)
+        nudges = pub(_stat(cd.values("interventions"), _int), pub_nudges(p))
+        wall = pub(_stat(cd.values("wall_time_s"), _wall), p.wall_time, _wall)
+        results.append([cd.name, run, tool_calls, tokens, commits, build, shot, outcome])
+        efficiency.append([cd.name, run, tokens, outcome, _checks(cd), _tokens_per_check(cd)])
+        numbers.append([cd.name, run, pub(cd.type, p.type), pub(cd.params, p.parameters), tokens, tool_calls,
+                        messages, commits, build, shot, nudges, wall,
+                        pub(_outcome(cd), p.numbers_outcome or p.outcome)])
+        speed.append([cd.name, _stat(cd.values("prompt_tps"), _rate), _stat(cd.values("gen_tps"), _rate),
+                      wall, _stat(cd.values("verifier_wall_s"), _wall),
+                      _stat(cd.values("total_wall_s"), _wall)])
+        n_complete = sum(r.result.outcome == "Complete" for r in cd.runs)
+        repeats.append([cd.name, str(len(cd.runs)), str(n_complete), _pct(cd.pass_at(1)),
+                        _pct(cd.pass_at(rep.repeats))])
+        runs += [[r.run_id, cd.name, str(r.repeat), r.result.status, r.outcome_label, str(r.result.attempts)]
+                 for r in cd.runs]
+    pub_note = " Cells read `measured / pub published` where the lab carries the published figure." \
+        if rep.has_published else ""
+    rep_note = f" {rep.repeats} runs per contestant: `mean (min–max)`." if rep.repeats > 1 else ""
+    gap = token_gap_line(rep)
+    out = [
+        Table("Results", ["Model", "Run", "Tool calls", "Total tokens", "Commits", "Build", "Screenshot",
+                          "Outcome"], results, (pub_note + rep_note).strip()),
+        Table("Token efficiency",
+              ["Model", "Run", "Total tokens", "Outcome", "Checks passed", "Tokens / passed check"],
+              efficiency,
+              "Tokens per passed check: total tokens over the verifier checks that passed."
+              + (f" {gap}" if gap else "")),
+        Table("The Numbers", ["Model", "Run", "Type", "Parameters", "Total tokens", "Tool calls", "Messages",
+                              "Commits", "Build", "Screenshot", "Interventions", "Wall time", "Outcome"],
+              numbers, "Type and parameters from the round's lab.lock (GGUF header), else the lab's declared "
+              "numbers; interventions beside the published human nudges (`+ stop`: the operator ended the "
+              "session)."),
+        Table("Speed", ["Model", "Prompt tok/s", "Generation tok/s", "Agent time", "Verifier time",
+                        "Total time"], speed,
+              "llama.cpp's own timings (prompt processing and generation), token-weighted over the run. "
+              "Agent time: the agent's session; verifier time: the task's tests; total: the whole run "
+              "(setup, agent, collection, verifier)."),
+    ]
+    if rep.repeats > 1:
+        out.append(Table("Repeats", ["Model", "Runs", "Complete", "pass@1", f"pass@{rep.repeats}"], repeats,
+                         "pass@k: chance that at least one of k runs drawn from these reaches Complete."))
+    runs.sort(key=lambda row: run_sort_key(row[0]))
+    out.append(Table("Runs", ["Run", "Model", "Repeat", "Status", "Outcome", "Attempts"], runs))
+    return out
+
+
+__all__ = ["Table", "run_sort_key", "tables"]

@@ -1,0 +1,274 @@
+"""A round on disk: its layout, the file formats the seal, the runner and the grader share, and the
+manifest that lets anyone re-check every byte afterwards.
+
+```
+rounds/<round-id>/
+  lab.yaml  lab.lock      byte-identical copies of the lab and its lock at seal time
+  sealed.json             SealedRound: run ids, order, commitment, outcome rules — no identities
+  runs/<run-id>/          written by the runner: result.json (RunResult), metrics.json,
+                          transcript.jsonl, verifier/{reward.json | reward.txt}, …
+  unsealed.json           Unsealed: the revealed salt and mapping (only after `labctl unseal`)
+  report.*                written by `labctl report`
+  manifest.json           {"files": {relpath: sha256}} of every other file in the round
+```
+
+The manifest is written at seal time and rewritten by whoever adds files afterwards (the runner
+after each run, unseal, report), each time by `write_manifest`. `labctl verify` checks that every
+listed file still has its hash and that no file is unlisted. lab.yaml, lab.lock and sealed.json
+never change after the seal: unseal refuses a round where they differ from the manifest
+(`IMMUTABLE`), so rewriting the manifest at unseal cannot bless a tampered seal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from labctl.lock.treehash import file_sha256, files_below
+from labctl.spec.lab import Outcome
+
+LAB_FILE = "lab.yaml"
+LOCK_FILE = "lab.lock"
+SEALED_FILE = "sealed.json"
+UNSEALED_FILE = "unsealed.json"
+MANIFEST_FILE = "manifest.json"
+RUNS_DIR = "runs"
+IMMUTABLE = (LAB_FILE, LOCK_FILE, SEALED_FILE)
+"""Files fixed by the seal; they must match the seal-time manifest until the end of the round."""
+
+SCHEME = "sha256(salt || canonical_mapping)"
+"""How the commitment is computed; `canonical_mapping` is `canonical(mapping)` below."""
+
+RunStatus = Literal["pending", "running", "done", "errored", "killed"]
+FINISHED: frozenset[str] = frozenset({"done", "errored", "killed"})
+"""Statuses after which a run will not change any more: unseal waits for all runs to reach one."""
+
+SHA256 = r"^[0-9a-f]{64}$"
+
+
+class Record(BaseModel):
+    """Round files are contracts between developers: unknown keys are errors, so drift is loud."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+
+class Slot(Record):
+    """What one run id stands for: a contestant and which of its repeats."""
+
+    contestant: str
+    """Contestant id from lab.yaml."""
+    repeat: int = Field(ge=1)
+    """1-based repeat number (1 … round.repeats)."""
+
+
+Mapping = dict[str, Slot]
+"""Run id → slot."""
+
+
+class OutcomeRules(Record):
+    """`[labctl.outcome]` of the task's task.toml: named checks of reward.json → outcome class.
+
+    Copied into sealed.json at seal time because the task directory is not part of the round;
+    the lock's task tree hash (also in sealed.json) pins the task.toml they came from.
+    """
+
+    complete: list[str] = Field(min_length=1)
+    """Checks that must all pass for Complete."""
+    partial: list[str] = []
+    """Checks that must all pass for Partial (empty: no Partial from checks)."""
+
+
+class SealedRound(Record):
+    """`sealed.json`: everything public about a round before unseal. Never a contestant id."""
+
+    version: Literal[1] = 1
+    round: str
+    """Round id: `<lab name>-<UTC yyyymmdd-HHMMSS>-<4 hex>`."""
+    lab: str
+    """The lab's name."""
+    created: datetime
+    """When the round was sealed (UTC)."""
+    labctl_version: str
+    lock_sha256: str = Field(pattern=SHA256)
+    """`Lock.sha256()` of lab.lock (hash of its canonical text)."""
+    lock_file_sha256: str = Field(pattern=SHA256)
+    """sha256 of lab.lock's bytes as copied (equal to lock_sha256 for a lock labctl wrote)."""
+    task_tree_sha256: str = Field(pattern=SHA256)
+    """The lock's task tree hash, checked against the task directory at seal time."""
+    run_ids: list[str] = Field(min_length=1)
+    """Every run id, in number order."""
+    order: list[str]
+    """Execution order (a CSPRNG permutation of run_ids, or run_ids when randomize_order is false)."""
+    repeats: int = Field(ge=1)
+    sealed: bool = True
+    """False when the lab has `round.seal: false`: the mapping is then published below."""
+    mapping: Mapping | None = None
+    """Only when `sealed` is false: the open mapping."""
+    commitment: str = Field(pattern=SHA256)
+    """sha256(salt ‖ canonical(mapping)), hex; published before any run."""
+    scheme: str = SCHEME
+    salt_bits: int = 256
+    outcome_rules: OutcomeRules | None = None
+    """The task's outcome rules; None: the numeric reward decides (1 Complete, >0 Partial)."""
+    lab_dir: str | None = None
+    """Absolute directory of the lab file at seal time: the round's own lab.yaml keeps its relative
+    paths (task.path, models, profiles), so `labctl run` resolves them from here, wherever it runs."""
+
+
+class Unsealed(Record):
+    """`unsealed.json`: the reveal. Anyone can recompute the commitment from salt and mapping."""
+
+    version: Literal[1] = 1
+    round: str
+    salt: str = Field(pattern=r"^[0-9a-f]{64}$")
+    """The salt, hex (32 bytes)."""
+    mapping: Mapping
+    commitment: str = Field(pattern=SHA256)
+    """The commitment recomputed from salt + mapping at unseal (equal to sealed.json's)."""
+    scheme: str = SCHEME
+    forced: bool = False
+    """True when unsealed with --force before every run finished."""
+    unfinished: list[str] = []
+    """Run ids not finished at a forced unseal."""
+    unsealed_at: datetime
+
+
+class RunResult(Record):
+    """`runs/<run-id>/result.json`, written by the runner; outcome re-derived by `labctl verify`."""
+
+    run_id: str
+    status: RunStatus = "pending"
+    outcome: Outcome | None = None
+    """Grade from the verifier output and metrics (`labctl.round.verify.derive_outcome`); None: ungraded."""
+    attempts: int = Field(default=0, ge=0)
+    """How many times the run was started (a resumed or retried run counts each start)."""
+    started: datetime | None = None
+    ended: datetime | None = None
+    reason: str | None = None
+    """Why the run ended as it did when not plainly done (an error, a budget, an interrupt)."""
+    control: Literal["oracle", "nop"] | None = None
+    """Set for the control runs only, so the round's controls can be judged before unseal
+    (`labctl.round.controls`). Public on purpose: oracle and nop are no model, and a run without a model is
+    already told apart by its metrics (no tool calls); which model ran where stays sealed."""
+
+
+# --- paths ---------------------------------------------------------------------------------------
+
+
+def run_dir(round_dir: Path, run_id: str) -> Path:
+    return round_dir / RUNS_DIR / run_id
+
+
+def result_path(round_dir: Path, run_id: str) -> Path:
+    return run_dir(round_dir, run_id) / "result.json"
+
+
+def metrics_path(round_dir: Path, run_id: str) -> Path:
+    return run_dir(round_dir, run_id) / "metrics.json"
+
+
+def transcript_path(round_dir: Path, run_id: str) -> Path:
+    return run_dir(round_dir, run_id) / "transcript.jsonl"
+
+
+def verifier_dir(round_dir: Path, run_id: str) -> Path:
+    return run_dir(round_dir, run_id) / "verifier"
+
+
+# --- reading and writing -------------------------------------------------------------------------
+
+
+def canonical(mapping: Mapping | dict[str, Any]) -> bytes:
+    """The committed bytes: sorted keys, no whitespace, so anyone re-serializes them identically."""
+    plain = {k: (v.model_dump() if isinstance(v, Slot) else v) for k, v in mapping.items()}
+    return json.dumps(plain, sort_keys=True, separators=(",", ":")).encode()
+
+
+def commitment_of(salt: bytes, mapping: Mapping | dict[str, Any]) -> str:
+    return hashlib.sha256(salt + canonical(mapping)).hexdigest()
+
+
+def json_text(data: Any) -> str:
+    """Stable, diff-friendly JSON (like lab.lock): indented, sorted keys, trailing newline."""
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write atomically (temp file + rename) so a crash never leaves half a record."""
+    if isinstance(data, BaseModel):
+        data = data.model_dump(mode="json", exclude_none=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json_text(data), encoding="utf-8")
+    tmp.replace(path)
+
+
+def read_sealed(round_dir: Path) -> SealedRound:
+    return SealedRound.model_validate_json((round_dir / SEALED_FILE).read_text(encoding="utf-8"))
+
+
+def read_unsealed(round_dir: Path) -> Unsealed:
+    return Unsealed.model_validate_json((round_dir / UNSEALED_FILE).read_text(encoding="utf-8"))
+
+
+def read_result(round_dir: Path, run_id: str) -> RunResult:
+    return RunResult.model_validate_json(result_path(round_dir, run_id).read_text(encoding="utf-8"))
+
+
+def write_result(round_dir: Path, result: RunResult) -> None:
+    path = result_path(round_dir, result.run_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, result)
+
+
+# --- manifest ------------------------------------------------------------------------------------
+
+
+def _entry_sha256(path: Path) -> str:
+    """A file's sha256; a symlink is never followed (it could point out of the round), its target
+    text is hashed under a prefix so it cannot collide with a file holding the same text."""
+    if path.is_symlink():
+        return hashlib.sha256(b"symlink\0" + os.fsencode(os.readlink(path))).hexdigest()
+    return file_sha256(path)
+
+
+def round_files(round_dir: Path) -> dict[str, str]:
+    """{relative posix path: sha256} of every file in the round except the manifest itself."""
+    skip = {MANIFEST_FILE, MANIFEST_FILE + ".tmp"}
+    found = {rel: _entry_sha256(path) for rel, path in files_below(round_dir) if rel not in skip}
+    return dict(sorted(found.items()))
+
+
+def write_manifest(round_dir: Path) -> dict[str, str]:
+    """Hash every file of the round into manifest.json; returns the listing."""
+    files = round_files(round_dir)
+    write_json(round_dir / MANIFEST_FILE, {"files": files})
+    return files
+
+
+def read_manifest(round_dir: Path) -> dict[str, str]:
+    """The manifest's {relpath: sha256}; raises ValueError when it is not a manifest."""
+    data = json.loads((round_dir / MANIFEST_FILE).read_text(encoding="utf-8"))
+    files = data.get("files") if isinstance(data, dict) else None
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        raise ValueError('expected {"files": {path: sha256}}')
+    return files
+
+
+def manifest_differences(round_dir: Path, listed: dict[str, str]) -> list[tuple[str, str]]:
+    """(relpath, what) for every listed file changed or missing and every unlisted file."""
+    actual = round_files(round_dir)
+    out: list[tuple[str, str]] = []
+    for rel, want in listed.items():
+        got = actual.get(rel)
+        if got is None:
+            out.append((rel, "missing (listed in manifest.json)"))
+        elif got != want:
+            out.append((rel, f"changed: sha256 {got[:12]}…, manifest.json says {want[:12]}…"))
+    out += [(rel, "not in manifest.json (added after it was written)") for rel in actual if rel not in listed]
+    return out

@@ -1,0 +1,298 @@
+"""The pieces one run is made of, apart from the order the runner puts them in: the docker CLI with
+labctl's labels, neutral names, the workspace repository, and the redaction of server logs.
+
+Why a plain `docker` subprocess and not python-on-whales here: a run needs `create` + `network
+connect` + `start` (a container on two networks from its first instruction), `exec` with a deadline
+and its output streamed to a file, and `cp` — each one CLI line that a reader can paste to debug.
+
+Blindness: every name and label made here comes from the round id and the run id only
+(`labctl.round.seal.run_label`); a contestant id or model name must never be passed in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from labctl.engine.container import DockerEngine
+from labctl.meter import blobs
+from labctl.spec.load import task_table
+
+ROUND_LABEL = "labctl.round"
+RUN_LABEL = "labctl.run"
+ROLE_LABEL = "labctl.role"
+
+BASE_DATE = "2000-01-01T00:00:00+00:00"
+"""Author and committer date of a task's base commit: with fixed names it makes the hash portable."""
+GIT_IDENTITY = {"GIT_AUTHOR_NAME": "labctl", "GIT_AUTHOR_EMAIL": "labctl@labctl.invalid",
+                "GIT_COMMITTER_NAME": "labctl", "GIT_COMMITTER_EMAIL": "labctl@labctl.invalid",
+                "GIT_AUTHOR_DATE": BASE_DATE, "GIT_COMMITTER_DATE": BASE_DATE}
+WORKSPACE = "/workspace"
+ORIGIN = "/origin.git"
+"""Where the run's bare origin is mounted in the agent and verifier containers (the remote URL)."""
+
+
+class RunError(RuntimeError):
+    """A run cannot go on; `reason` is the one line recorded in result.json."""
+
+
+def run_labels(round_id: str, run_id: str, role: str | None = None) -> dict[str, str]:
+    labels = {ROUND_LABEL: round_id, RUN_LABEL: run_id}
+    if role:
+        labels[ROLE_LABEL] = role
+    return labels
+
+
+def object_name(round_id: str, run_id: str, role: str) -> str:
+    """`lc-<round>-<run>-<role>`: unique per run, meaningful to an operator, naming nobody."""
+    return re.sub(r"[^a-zA-Z0-9_.-]", "-", f"lc-{round_id}-{run_id}-{role}")
+
+
+def work_root() -> Path:
+    """Scratch space of running runs (workspace clones, meter files), outside the round directory so
+    the manifest never lists half-written scratch: `$LABCTL_WORK_DIR` or ~/.cache/labctl/work."""
+    env = os.environ.get("LABCTL_WORK_DIR")
+    base = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "labctl"
+    return (base if env else base / "work").resolve()
+
+
+@dataclass
+class Docker:
+    """The docker CLI (the same client command the engine module uses)."""
+
+    cli: list[str]
+
+    @classmethod
+    def detect(cls) -> Docker:
+        return cls(DockerEngine().cli)
+
+    def __call__(self, *args: str, check: bool = True, timeout: float | None = 120,
+                 stdout: IO[Any] | int | None = subprocess.PIPE) -> subprocess.CompletedProcess[str]:
+        try:
+            done = subprocess.run([*self.cli, *args], stdout=stdout, stderr=subprocess.PIPE, text=True,
+                                  timeout=timeout, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            raise RunError(f"docker {args[0]} timed out after {timeout:.0f}s") from None
+        if check and done.returncode != 0:
+            raise RunError(f"docker {' '.join(args[:2])}: {done.stderr.strip().splitlines()[-1:] or ''}")
+        return done
+
+    def ok(self, *args: str, timeout: float | None = 30) -> bool:
+        try:
+            return self(*args, check=False, timeout=timeout).returncode == 0
+        except RunError:
+            return False
+
+    def image_present(self, tag: str) -> bool:
+        return self.ok("image", "inspect", tag)
+
+    def image_user(self, tag: str) -> str:
+        done = self("image", "inspect", "--format", "{{.Config.User}}", tag)
+        return done.stdout.strip()
+
+    def image_workdir(self, tag: str) -> str:
+        """The image's WORKDIR ("/" when it sets none, as `docker run` does)."""
+        done = self("image", "inspect", "--format", "{{.Config.WorkingDir}}", tag)
+        return done.stdout.strip() or "/"
+
+    def running(self, name: str) -> bool:
+        done = self("container", "inspect", "--format", "{{.State.Running}}", name, check=False)
+        return done.stdout.strip() == "true"
+
+    def labelled(self, labels: Mapping[str, str | None]) -> dict[str, list[str]]:
+        """Names of containers, networks and volumes carrying all `labels` (None: any value)."""
+        flt: list[str] = []
+        for k, v in labels.items():
+            flt += ["--filter", f"label={k}" + ("" if v is None else f"={v}")]
+        return {
+            "containers": self("ps", "-a", "--format", "{{.Names}}", *flt).stdout.split(),
+            "networks": self("network", "ls", "--format", "{{.Name}}", *flt).stdout.split(),
+            "volumes": self("volume", "ls", "--format", "{{.Name}}", *flt).stdout.split(),
+        }
+
+    def labelled_images(self, labels: Mapping[str, str | None]) -> list[str]:
+        """Ids of images carrying all `labels`: only a run's committed agent filesystem (`docker
+        commit` keeps the container's labels), never a built image (those carry no round label)."""
+        flt: list[str] = []
+        for k, v in labels.items():
+            flt += ["--filter", f"label={k}" + ("" if v is None else f"={v}")]
+        return sorted(set(self("image", "ls", "-q", "--no-trunc", *flt).stdout.split()))
+
+    def remove_labelled(self, labels: Mapping[str, str | None]) -> dict[str, list[str]]:
+        """Remove everything carrying `labels`, containers first (they hold networks and volumes).
+
+        The one cleanup path for a run, an interrupted round and `labctl down`: by label, so a
+        crashed labctl leaves nothing a later call cannot find.
+        """
+        if not labels:
+            raise ValueError("refusing to remove by an empty label set")
+        found = self.labelled(labels)
+        if found["containers"]:
+            self("rm", "-f", "-v", *found["containers"], check=False, timeout=120)
+        for net in found["networks"]:
+            self("network", "rm", net, check=False)
+        if found["volumes"]:
+            self("volume", "rm", "-f", *found["volumes"], check=False)
+        if images := self.labelled_images(labels):
+            self("image", "rm", "-f", *images, check=False, timeout=120)
+            found["images"] = images
+        return found
+
+
+# --- the workspace repository --------------------------------------------------------------------
+
+
+def _git(*args: str, cwd: Path | None = None, env: Mapping[str, str] | None = None) -> str:
+    """Host git, isolated from the operator's own configuration (hooks, signing, templates) and
+    accepting repositories owned by the container's user."""
+    full = {**os.environ, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1",
+            "GIT_TERMINAL_PROMPT": "0", **(env or {})}
+    done = subprocess.run(["git", "-c", "safe.directory=*", "-c", "init.defaultBranch=main",
+                           "-c", "commit.gpgsign=false", *args], cwd=cwd, env=full, capture_output=True,
+                          text=True, stdin=subprocess.DEVNULL, timeout=120)
+    if done.returncode != 0:
+        raise RunError(f"git {args[0]}: {done.stderr.strip().splitlines()[-1:] or ''}")
+    return done.stdout.strip()
+
+
+def task_repository(task_dir: Path) -> Path | None:
+    """`[labctl.repository] path` of task.toml: the directory committed as the base commit."""
+    rel = task_table(task_dir, "labctl", "repository").get("path")
+    return None if rel is None else (task_dir / rel)
+
+
+def resource_flags(task_dir: Path) -> list[str]:
+    """`docker run` limits from task.toml's `[environment]` (Harbor's `cpus`, `memory_mb`), for the
+    agent's and the verifier's containers: every contestant gets the same machine, whatever the host."""
+    env = task_table(task_dir, "environment")
+    flags: list[str] = []
+    cpus, memory = env.get("cpus"), env.get("memory_mb")
+    for key, value in (("cpus", cpus), ("memory_mb", memory)):
+        if value is not None and (type(value) not in (int, float) or value <= 0):
+            raise RunError(f"{task_dir / 'task.toml'}: [environment] {key} must be a positive number")
+    if cpus:
+        flags += ["--cpus", f"{min(float(cpus), float(os.cpu_count() or 1)):g}"]
+    if memory:
+        flags += ["--memory", f"{int(memory)}m"]
+    return flags
+
+
+def repository_setup(task_dir: Path) -> str | None:
+    """`[labctl.repository] setup`: a shell command run in the workspace, as the agent's user, after
+    the clone and before the agent starts (e.g. putting the image's installed dependencies in place,
+    which a clone cannot carry and an offline agent cannot download)."""
+    cmd = task_table(task_dir, "labctl", "repository").get("setup")
+    if cmd is not None and not isinstance(cmd, str):
+        raise RunError(f"{task_dir / 'task.toml'}: [labctl.repository] setup must be a string")
+    return cmd or None
+
+
+@dataclass
+class Workspace:
+    """A run's repositories on the host: the agent's clone and its bare origin."""
+
+    clone: Path
+    origin: Path
+    branch: str
+    base: str
+    """The base commit's hash."""
+
+
+def make_workspace(task_dir: Path, work: Path, branch: str) -> Workspace:
+    """Commit the task's repository directory (or nothing: an empty base commit) deterministically,
+    push it as `branch` into a fresh bare origin, clone that. The clone's `origin` is `ORIGIN`, the
+    path where the containers see the bare repository."""
+    src = task_repository(task_dir)
+    seed, origin, clone = work / "seed", work / "origin.git", work / "workspace"
+    for p in (seed, origin, clone):
+        shutil.rmtree(p, ignore_errors=True)
+    seed.mkdir(parents=True)
+    if src is not None:
+        if not src.is_dir():
+            raise RunError(f"{task_dir / 'task.toml'}: [labctl.repository] path {src} is not a directory")
+        shutil.copytree(src, seed, dirs_exist_ok=True, symlinks=True)
+    _git("init", "-q", cwd=seed)
+    _git("add", "-A", cwd=seed)
+    _git("commit", "-q", "--allow-empty", "-m", "Base commit", cwd=seed, env=GIT_IDENTITY)
+    base = _git("rev-parse", "HEAD", cwd=seed)
+    _git("init", "-q", "--bare", str(origin))
+    _git("push", "-q", str(origin), f"HEAD:refs/heads/{branch}", cwd=seed)
+    _git("symbolic-ref", "HEAD", f"refs/heads/{branch}", cwd=origin)
+    _git("clone", "-q", "--branch", branch, str(origin), str(clone))
+    _git("remote", "set-url", "origin", ORIGIN, cwd=clone)
+    shutil.rmtree(seed)
+    return Workspace(clone=clone, origin=origin, branch=branch, base=base)
+
+
+def pushed_commits(ws: Workspace) -> int:
+    """Commits on the run's branch in origin beyond the base commit (what the agent pushed)."""
+    try:
+        return int(_git("rev-list", "--count", f"{ws.base}..refs/heads/{ws.branch}", cwd=ws.origin) or 0)
+    except (RunError, ValueError):
+        return 0
+
+
+def bundle(ws: Workspace, dest: Path) -> bool:
+    """`git bundle` of the run's branch as pushed (all of it, base commit included)."""
+    try:
+        _git("bundle", "create", str(dest.resolve()), f"refs/heads/{ws.branch}", cwd=ws.origin)
+    except RunError:
+        return False
+    return True
+
+
+# --- logs ----------------------------------------------------------------------------------------
+
+_IDENTIFYING = re.compile(r"general\.(name|basename|finetune|organization|author|url|repo_url|source|"
+                          r"base_model|license|tags|description|quantized_by|version|size_label)", re.I)
+
+
+def redact_server_log(text: str) -> str:
+    """llama-server prints the GGUF's general.* metadata while loading; those lines can name the
+    model, so they are dropped before the log enters the round (the path is already neutral)."""
+    return "".join(line for line in text.splitlines(keepends=True) if not _IDENTIFYING.search(line))
+
+
+def exec_env_flags(env: Mapping[str, str]) -> list[str]:
+    flags: list[str] = []
+    for k, v in sorted(env.items()):
+        flags += ["-e", f"{k}={v}"]
+    return flags
+
+
+def label_flags(labels: Mapping[str, str]) -> list[str]:
+    flags: list[str] = []
+    for k, v in labels.items():
+        flags += ["--label", f"{k}={v}"]
+    return flags
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    with contextlib.suppress(OSError, ValueError):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) else None
+    return None
+
+
+def transcript_records(path: Path) -> list[dict[str, Any]]:
+    """The transcript's records, a request kept as a blob read back in its place (labctl/meter/blobs.py)."""
+    out: list[dict[str, Any]] = []
+    with contextlib.suppress(OSError):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            with contextlib.suppress(ValueError):
+                rec = json.loads(line)
+                if isinstance(rec, dict):
+                    out.append(blobs.resolve(rec, path))
+    return out
+
+
+def argv_text(argv: Sequence[str]) -> str:
+    return " ".join(argv)
