@@ -1,0 +1,1 @@
+"""The metering proxy between an agent and its model: the relay, the wire dialects, the state and the transcript."""
