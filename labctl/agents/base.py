@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, Protocol
 
+from labctl.errors import LabctlError
+
 Registry = Literal["pypi", "npm", "builtin"]
 AGENTS_ROOT = "/opt/labctl/agents"
 """Where runtimes are installed in the image (one directory per runtime, outside the workspace)."""
@@ -32,7 +34,7 @@ BUILD_DIR = "/opt/labctl/build"
 _SECRET_NAME = re.compile(r"(^|_)(API_?KEY|KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?|AUTH)(_|$)", re.I)
 
 
-class AgentConfigError(ValueError):
+class AgentConfigError(LabctlError, ValueError):
     """An adapter cannot produce a command from what it was given."""
 
 

@@ -25,11 +25,11 @@ from labctl.cli.console import (
     open_locked,
     out,
 )
-from labctl.engine.container import ContainerEngine, EngineError, detect_engine
+from labctl.engine.container import ContainerEngine, detect_engine
+from labctl.errors import LabctlError
 from labctl.images.build import ImageResult, build_all, image_status
-from labctl.images.specs import CA_BUNDLE_ENV, ImageError, ImageSpec, lab_images, settings_for
+from labctl.images.specs import CA_BUNDLE_ENV, ImageSpec, lab_images, settings_for
 from labctl.lock.lockfile import Lock, lock_path, write_lock
-from labctl.lock.sdist import SourceError
 from labctl.spec.load import LoadedLab
 from labctl.spec.units import format_size
 
@@ -44,7 +44,7 @@ def _prepare(lab: Path, profile: str | None, as_json: bool, ca_bundle: Path | No
     try:
         specs = lab_images(loaded, lock, settings=settings_for(loaded, ca_bundle=ca_bundle))
         engine = detect_engine()
-    except (ImageError, EngineError, SourceError) as e:
+    except LabctlError as e:
         raise fail(str(e), as_json) from None
     return loaded, lock, specs, engine
 
@@ -59,7 +59,7 @@ def build_command(lab: LabArg = DEFAULT_LAB, profile: ProfileOpt = None, as_json
                   f"{engine.name} ({engine.builder()} builder)", highlight=False)
     try:
         results = build_all(engine, specs, log_dir=log_dir, console=console)
-    except (ImageError, EngineError, SourceError) as e:
+    except LabctlError as e:
         raise fail(str(e), as_json) from None
     note = _record_version(loaded, lock, results, console)
     failed = [r for r in results if r.status == "failed"]

@@ -10,6 +10,7 @@ import typer
 from pydantic import ValidationError
 
 from labctl.cli.console import DEFAULT_LAB, JsonOpt, LabArg, emit, fail, open_lab, out
+from labctl.errors import LabctlError
 from labctl.gguf.tinyparams import TinyModelParams, canonical_params_json, tiny_model_name
 
 model_app = typer.Typer(help="Model utilities.", no_args_is_help=True)
@@ -96,7 +97,7 @@ def twin(
     the lock's or the lab's declared metadata. llama.cpp loads it and allocates what the real model
     needs; its output is meaningless.
     """
-    from labctl.plan.twin import TwinError, write_twin
+    from labctl.plan.twin import write_twin
     from labctl.spec.lab import LocalContestant
 
     loaded = open_lab(lab, None, as_json)
@@ -111,7 +112,7 @@ def twin(
     try:
         t = write_twin(model, c.model.declared, file_name, output or Path(f"{c.id}.twin.gguf"),
                        refetch=hub_refetch(model))
-    except (TwinError, OSError) as e:
+    except (LabctlError, OSError) as e:
         raise fail(f"contestant {c.id}: {e}", as_json) from None
     if as_json:
         emit({"ok": True, "contestant": c.id, "path": str(t.path), "files": [str(p) for p in t.files],

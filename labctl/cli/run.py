@@ -29,6 +29,7 @@ from labctl.cli.console import (
     open_locked,
     out,
 )
+from labctl.errors import LabctlError, one_line
 from labctl.lock.resolve import LockError
 from labctl.round.layout import read_unsealed
 
@@ -100,15 +101,13 @@ def run_command(round_dir: RoundArg, lab: LabOpt = None, profile: ProfileOpt = N
                     "a server that would not start): their attempt count goes up")] = False,
                 as_json: JsonOpt = False) -> None:
     """Execute a sealed round's runs in sealed order; finished runs are skipped, interrupted ones redone."""
-    from labctl.run.parts import RunError
     from labctl.run.runner import open_round, run_round
 
     try:
         ctx = open_round(round_dir, lab, profile)
         summaries = run_round(ctx, _say(as_json), retry_errored=retry_errored)
-    except (RunError, LockError, OSError, ValueError) as e:
-        msg = "; ".join(e.problems) if isinstance(e, LockError) else str(e)
-        raise fail(msg, as_json) from None
+    except (LabctlError, OSError, ValueError) as e:
+        raise fail(one_line(e), as_json) from None
     except KeyboardInterrupt:
         raise _interrupted() from None
     rows = _rows(summaries, None)
@@ -151,13 +150,12 @@ def round_command(lab: LabArg = DEFAULT_LAB, profile: ProfileOpt = None,
                   as_json: JsonOpt = False) -> None:
     """Lock (a first run) or check the lock → fetch → build (missing images only) → seal → run →
     unseal → results table. Drift against an existing lock stops the round."""
-    from labctl.engine.container import EngineError, detect_engine
+    from labctl.engine.container import detect_engine
     from labctl.gguf.store import Store
     from labctl.images.build import build_all
-    from labctl.images.specs import ImageError, lab_images, settings_for
+    from labctl.images.specs import lab_images, settings_for
     from labctl.lock.fetch import FetchError, fetch
-    from labctl.lock.sdist import SourceError
-    from labctl.round.seal import SealError, seal_round, unseal_round
+    from labctl.round.seal import seal_round, unseal_round
     from labctl.run.parts import RunError
     from labctl.run.runner import open_round, run_round
 
@@ -181,10 +179,8 @@ def round_command(lab: LabArg = DEFAULT_LAB, profile: ProfileOpt = None,
         mapping = {k: v.contestant for k, v in read_unsealed(made.round_dir).mapping.items()}
     except FetchError as e:
         raise fail(f"fetch failed: {e}", as_json) from None
-    except SealError as e:
-        raise fail("; ".join(e.problems), as_json) from None
-    except (RunError, ImageError, EngineError, SourceError, OSError, ValueError) as e:
-        raise fail(str(e), as_json) from None
+    except (LabctlError, OSError, ValueError) as e:
+        raise fail(one_line(e), as_json) from None
     except KeyboardInterrupt:
         raise _interrupted() from None
     rows = _rows(summaries, mapping)

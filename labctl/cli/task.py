@@ -10,6 +10,7 @@ import typer
 from rich.markup import escape
 
 from labctl.cli.console import DEFAULT_LAB, EXIT_FAIL, JsonOpt, ProfileOpt, emit, err, fail, open_locked, out
+from labctl.errors import LabctlError, one_line
 
 task_app = typer.Typer(help="Check Harbor tasks.", no_args_is_help=True)
 
@@ -24,14 +25,6 @@ def task_check_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Build TASK, run its oracle and nop in a throw-away round: oracle must be Complete, nop Failed."""
-    from labctl.engine.container import EngineError
-    from labctl.images.specs import ImageError
-    from labctl.lock.fetch import FetchError
-    from labctl.lock.packages import PackageError
-    from labctl.lock.registry import RegistryError
-    from labctl.lock.resolve import LockError
-    from labctl.round.seal import SealError
-    from labctl.run.parts import RunError
     from labctl.run.taskcheck import check_task
 
     if not (task / "task.toml").is_file():
@@ -41,11 +34,8 @@ def task_check_command(
     try:
         verdict = check_task(loaded, lock, task,
                              lambda line: console.print(f"[dim]·[/] {escape(line)}", highlight=False))
-    except SealError as e:
-        raise fail("; ".join(e.problems), as_json) from None
-    except (RunError, ImageError, EngineError, LockError, RegistryError, PackageError, FetchError, OSError,
-            ValueError) as e:  # locking the task (an unpinnable base image) or building it
-        raise fail(str(e), as_json) from None
+    except (LabctlError, OSError, ValueError) as e:  # locking the task (an unpinnable base) or building it
+        raise fail(one_line(e), as_json) from None
     except KeyboardInterrupt:
         err.print("interrupted: the check's containers were removed", highlight=False)
         raise typer.Exit(130) from None

@@ -23,12 +23,13 @@ from typing import IO, Any, Literal, Protocol
 from python_on_whales import DockerClient
 from python_on_whales.exceptions import DockerException, NoSuchImage
 
+from labctl.errors import LabctlError
 from labctl.spec.profiles import Profile
 
 Builder = Literal["buildkit", "classic", "podman"]
 
 
-class EngineError(RuntimeError):
+class EngineError(LabctlError, RuntimeError):
     """The engine is missing, or a command it ran failed."""
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import gguf
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, Keys, LlamaFileType
 
+from labctl.errors import LabctlError
 from labctl.gguf.meta import GGUFMeta, SSMState
 
 __all__ = ["ArrayLen", "GGUFError", "Header", "TensorInfo", "meta_from_headers", "parse_header",
@@ -44,7 +45,7 @@ _QUANT_RE = re.compile(
     r"(?![A-Za-z0-9])", re.IGNORECASE)
 
 
-class GGUFError(Exception):
+class GGUFError(LabctlError):
     """Not a GGUF, a damaged one, or one without the keys labctl needs; one-line message."""
 
 

@@ -35,6 +35,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from labctl.errors import LabctlError
+
 __all__ = ["BlobInfo", "HashMismatch", "Store", "StoreError", "VerifyResult", "default_store_root",
            "sha256_file"]
 
@@ -46,7 +48,7 @@ NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 """errno values that mean "the disk (or quota, or file size limit) is full"."""
 
 
-class StoreError(Exception):
+class StoreError(LabctlError):
     """A store operation failed; the message is one line."""
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from labctl import __version__
 from labctl.agents import adapter as agent_adapter
 from labctl.agents.base import BUILD_DIR
+from labctl.errors import LabctlError
 from labctl.images.context import build_context, dependency_pins, pin_dockerfile, stage_context
 from labctl.lock.gitref import fetch_source, lock_path_source
 from labctl.lock.lockfile import Lock
@@ -57,7 +58,7 @@ labctl builds the same image."""
 Log = Callable[[str], None]
 
 
-class ImageError(ValueError):
+class ImageError(LabctlError, ValueError):
     """A lab and lock that cannot be turned into images (something unlocked, or drift)."""
 
 

@@ -31,6 +31,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from labctl.errors import LabctlError
 from labctl.gguf.store import HashMismatch, Store, is_no_space, sha256_file
 from labctl.lock.download import Cancelled, Incomplete, download
 from labctl.lock.hub import HubError, describe_error, generate_into, params_from_lock
@@ -79,7 +80,7 @@ class FetchReport:
                            for e in self.errors]}
 
 
-class FetchError(Exception):
+class FetchError(LabctlError):
     """Some files could not be fetched or verified; one line per failure, the report attached."""
 
     def __init__(self, report: FetchReport) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 from urllib.parse import unquote, urlsplit
 
+from labctl.errors import LabctlError
 from labctl.lock.treehash import Ignore, tree_sha256
 
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
@@ -27,7 +28,7 @@ MARKER = "labctl-source"
 directory that carries it, never a directory it did not make."""
 
 
-class GitRefError(RuntimeError):
+class GitRefError(LabctlError, RuntimeError):
     """A ref that does not resolve, a remote that does not answer, or a fetch that went wrong."""
 
 

@@ -28,6 +28,7 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
+from labctl.errors import LabctlError
 from labctl.gguf import headers as ggufheaders
 from labctl.gguf.read import GGUFError, Header, meta_from_headers, read_local, read_prefix
 from labctl.gguf.store import HashMismatch, Store, is_no_space, sha256_file
@@ -54,7 +55,7 @@ SMALL_NON_LFS = 64 << 20
 """A file kept in git (not LFS) has no published sha256; up to this size it is hashed by reading it."""
 
 
-class HubError(Exception):
+class HubError(LabctlError):
     """A model could not be resolved, fetched or verified; `str()` is one line naming contestant and file."""
 
     def __init__(self, contestant: str, file: str, message: str) -> None:

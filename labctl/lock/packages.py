@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from labctl.errors import LabctlError
 from labctl.lock.lockfile import PackageLock
 
 PYPI_URL = "https://pypi.org"
@@ -39,7 +40,7 @@ RUNTIMES: dict[str, tuple[Registry, str]] = {
 _SRI = re.compile(r"^sha(256|384|512)-[A-Za-z0-9+/]+={0,2}$")
 
 
-class PackageError(RuntimeError):
+class PackageError(LabctlError, RuntimeError):
     """A runtime, package or version the registry does not have, or a registry that did not answer."""
 
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from labctl.errors import LabctlError
 from labctl.lock.lockfile import ImageLock
 
 if TYPE_CHECKING:
@@ -45,11 +46,11 @@ _NAME = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[.
 _TAG = re.compile(r"^[\w][\w.-]{0,127}$")
 
 
-class RegistryError(RuntimeError):
+class RegistryError(LabctlError, RuntimeError):
     """An image that cannot be pinned: unreachable registry, unknown tag, or access denied."""
 
 
-class DockerfileError(ValueError):
+class DockerfileError(LabctlError, ValueError):
     """A Dockerfile whose base images cannot be determined (e.g. `FROM $X` with no default for X)."""
 
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from labctl.errors import LabctlError
 from labctl.gguf.meta import GGUFMeta
 from labctl.lock.gitref import lock_path_source, resolve_git
 from labctl.lock.lockfile import ImageLock, Lock, ModelLock, SourceLock, TaskLock, lock_path, read_lock
@@ -30,7 +31,7 @@ Report = Callable[[str, str], None]
 """Progress callback: (entry, what happened)."""
 
 
-class LockError(Exception):
+class LockError(LabctlError):
     """Locking failed, or the lock does not match the lab; one line per problem."""
 
     def __init__(self, problems: list[str]):

@@ -23,13 +23,14 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
+from labctl.errors import LabctlError
 from labctl.lock.treehash import file_sha256, tree_sha256
 
 Log = Callable[[str], None]
 PIP_TIMEOUT_S = 1800.0
 
 
-class SourceError(RuntimeError):
+class SourceError(LabctlError, RuntimeError):
     """A pinned file that cannot be fetched or unpacked."""
 
 

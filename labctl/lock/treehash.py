@@ -15,6 +15,8 @@ import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 
+from labctl.errors import LabctlError
+
 CHUNK = 1 << 20
 DEFAULT_IGNORED = frozenset({".git", "__pycache__"})
 """Names skipped at any depth: VCS metadata and bytecode caches are never content. `node_modules`
@@ -26,7 +28,7 @@ Ignore = Callable[[PurePosixPath], bool]
 """Takes a path relative to the tree root; True skips it (a directory: with everything below)."""
 
 
-class TreeHashError(ValueError):
+class TreeHashError(LabctlError, ValueError):
     """The tree holds something a hash cannot stand for (a socket, a device, a FIFO)."""
 
 

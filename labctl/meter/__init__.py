@@ -1,1 +1,2 @@
-"""The metering proxy between an agent and its model: the relay, the wire dialects, the state and the transcript."""
+"""The metering proxy between an agent and its model: the relay, the wire dialects, the state and the
+transcript."""

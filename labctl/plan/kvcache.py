@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from labctl.errors import LabctlError
 from labctl.gguf.meta import GGUFMeta
 
 CACHE_TYPES: dict[str, tuple[int, int]] = {
@@ -40,7 +41,7 @@ DEFAULT_VOCAB = 262_144
 """Vocabulary assumed for the output buffer when the metadata has none (the largest common one)."""
 
 
-class KVError(ValueError):
+class KVError(LabctlError, ValueError):
     """Metadata or settings llama.cpp would refuse (or that the planner cannot size)."""
 
 

@@ -23,6 +23,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from labctl.errors import LabctlError
+
 BUILD_SCRIPT = Path(__file__).resolve().parent / "build-llama-server.sh"
 ENV_BINARY = "LABCTL_LLAMA_SERVER"
 BUILD_TIMEOUT_S = 3600
@@ -30,7 +32,7 @@ BUILD_TIMEOUT_S = 3600
 StartFailure = Literal["oom", "bad_model", "unsupported_cache", "bad_args", "port", "timeout", "crash"]
 
 
-class ServerStartError(RuntimeError):
+class ServerStartError(LabctlError, RuntimeError):
     """llama-server did not become healthy; `kind` classifies why from its log."""
 
     def __init__(self, kind: StartFailure, message: str, log_tail: str = "") -> None:

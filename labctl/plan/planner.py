@@ -19,6 +19,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from labctl.errors import LabctlError
 from labctl.gguf.meta import GGUFMeta
 from labctl.gguf.read import quant_from_filename
 from labctl.gguf.tiny import TinyModelParams
@@ -34,7 +35,7 @@ ROPE_SCALING_LIMIT = 4
 """With allow_rope_scaling, `context: max` stops at this multiple of the training context (YaRN's usual)."""
 
 
-class PlanError(ValueError):
+class PlanError(LabctlError, ValueError):
     """A contestant cannot be planned (or cannot fit); the message names it and says by how much."""
 
 

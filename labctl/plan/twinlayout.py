@@ -14,12 +14,13 @@ from dataclasses import dataclass
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
+from labctl.errors import LabctlError
 from labctl.gguf.meta import GGUFMeta
 
 T = GGMLQuantizationType
 TWIN_ARCHS = ("llama", "qwen3", "qwen3moe", "qwen35moe", "gemma4")
 """Architectures a twin can be built for from metadata alone (any architecture from a locked header)."""
-class TwinError(ValueError):
+class TwinError(LabctlError, ValueError):
     """A twin cannot be built (missing numbers, unknown architecture, header not available)."""
 
 

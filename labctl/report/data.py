@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from labctl.errors import LabctlError
 from labctl.lock.lockfile import Lock, read_lock
 from labctl.meter import blobs
 from labctl.round.layout import (
@@ -48,7 +49,7 @@ OUTCOME_RANK = {"Complete": 0, "Partial": 1, "Failed": 2, "Total failure": 3}
 """Best first: the order outcome counts are listed in."""
 
 
-class ReportError(Exception):
+class ReportError(LabctlError):
     """The round cannot be reported (not a round, not unsealed, unreadable lab)."""
 
 

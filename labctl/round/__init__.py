@@ -1,1 +1,2 @@
-"""A round on disk: its records, the seal (commit-reveal), the controls, verification and the shareable bundle."""
+"""A round on disk: its records, the seal (commit-reveal), the controls, verification and the shareable
+bundle."""

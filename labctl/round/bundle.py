@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from labctl.errors import LabctlError
 from labctl.lock.treehash import file_sha256, files_below
 
 INDEX = "labctl-bundle.json"
@@ -38,7 +39,7 @@ Kind = Literal["f", "x", "l"]
 """f: file; x: owner-executable file; l: symlink (sha256 and size are of its target text)."""
 
 
-class BundleError(Exception):
+class BundleError(LabctlError):
     """A bundle cannot be written or is refused; one line per problem."""
 
     def __init__(self, problems: list[str]):

@@ -28,6 +28,7 @@ from typing import Literal
 from pydantic import Field
 
 from labctl import __version__
+from labctl.errors import LabctlError
 from labctl.lock.lockfile import Lock, lock_path
 from labctl.lock.treehash import tree_sha256
 from labctl.round.layout import (
@@ -61,7 +62,7 @@ ENVELOPES_ENV = "LABCTL_ENVELOPES"
 SALT_BYTES = 32
 
 
-class SealError(Exception):
+class SealError(LabctlError):
     """Sealing or unsealing refused; one line per problem."""
 
     def __init__(self, problems: list[str]):

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from labctl.engine.container import DockerEngine
+from labctl.errors import LabctlError
 from labctl.meter import blobs
 from labctl.spec.load import task_table
 
@@ -40,7 +41,7 @@ ORIGIN = "/origin.git"
 """Where the run's bare origin is mounted in the agent and verifier containers (the remote URL)."""
 
 
-class RunError(RuntimeError):
+class RunError(LabctlError, RuntimeError):
     """A run cannot go on; `reason` is the one line recorded in result.json."""
 
 

@@ -19,6 +19,8 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
+from labctl.errors import LabctlError
+
 Loc = tuple[str | int, ...]
 
 
@@ -43,7 +45,7 @@ class Issue:
                 "message": self.message}
 
 
-class SpecError(Exception):
+class SpecError(LabctlError):
     """A lab (or profile) file is wrong; carries every located issue found."""
 
     def __init__(self, issues: list[Issue]):

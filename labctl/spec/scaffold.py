@@ -10,12 +10,13 @@ from pathlib import Path
 
 from ruamel.yaml import YAML
 
+from labctl.errors import LabctlError
 from labctl.spec.schema import SCHEMA_FILE, lab_schema_text
 
 TEMPLATE = Path(str(resources.files("labctl.spec") / "templates" / "init"))
 
 
-class ScaffoldError(Exception):
+class ScaffoldError(LabctlError):
     pass
 
 
