@@ -30,12 +30,12 @@ from labctl.lock.treehash import tree_sha256
 from labctl.report.data import RunData, _run_metrics
 from labctl.report.why import story
 from labctl.round.layout import RunResult
-from labctl.round.seal import outcome_rules
-from labctl.run.grade import outcome, report_columns, run_metrics, run_verifier
+from labctl.run.grade import outcome, run_metrics, run_verifier
 from labctl.run.parts import WORKSPACE, Docker, make_workspace, run_labels
 from labctl.spec.lab import Lab
 from labctl.spec.load import load_lab
 from labctl.spec.located import load_yaml, validate
+from labctl.spec.task import read_task
 
 __all__ = ["runner_env"]  # test_runner's module fixture: envelopes, scratch, the smoke lock
 LAB = ROOT / "labs" / "tag-manager.yaml"
@@ -168,8 +168,8 @@ def test_published_results_table_reproduced(task_image: str, tmp_path: Path, end
     # The meter's count is the published one (a real run's meter-status.json); no transcript here.
     metrics = run_metrics(meter_state={"tool_calls": ending.tool_calls},
                           transcript=run_dir / "transcript.jsonl", ws=ws, reward=reward, wall_s=0.0,
-                          needs_model=True, stopped_by=None, columns=report_columns(task))
-    got = outcome(reward, metrics, outcome_rules(task))
+                          needs_model=True, stopped_by=None, columns=read_task(task).report_columns())
+    got = outcome(reward, metrics, read_task(task).labctl.outcome)
     stdout = (run_dir / "verifier" / "stdout.txt").read_text()
     assert got == ending.outcome, f"{got} != {ending.outcome}: {checks} {notes}\n{stdout[-3000:]}"
     if published.commits is not None:

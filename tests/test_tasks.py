@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from labctl.round.seal import outcome_rules
 from labctl.round.verify import derive_outcome
-from labctl.run.parts import RunError, repository_setup, resource_flags, task_repository
+from labctl.run.parts import resource_flags
+from labctl.spec.task import TaskError, read_task
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ROOT / "tasks"
@@ -30,9 +30,9 @@ def test_harbor_layout_and_labctl_tables(name: str) -> None:
         assert (task / f).is_file(), f
     data = tomllib.loads((task / "task.toml").read_text())
     assert data["schema_version"] == "1.0" and data["task"]["name"] == f"labctl/{name}"
-    rules = outcome_rules(task)
+    rules = read_task(task).labctl.outcome
     assert rules is not None and set(rules.partial) <= set(rules.complete)
-    repo = task_repository(task)
+    repo = read_task(task).repository_dir
     assert repo is not None and repo.is_dir()
     # Every check the outcome rules name is one the grader writes.
     grader = "\n".join(p.read_text() for p in (task / "tests").rglob("*") if p.is_file())
@@ -58,7 +58,7 @@ def test_tag_manager_checks_match_the_requirements_one_to_one() -> None:
     script = (TAG / "tests" / "test.sh").read_text()
     declared = re.search(r"^CHECKS=\(([^)]*)\)", script, flags=re.M | re.S)
     assert declared is not None and declared.group(1).split() == list(REQUIREMENTS.values())
-    assert outcome_rules(TAG).complete == list(REQUIREMENTS.values())
+    assert read_task(TAG).labctl.outcome.complete == list(REQUIREMENTS.values())
 
 
 def test_tag_manager_dependencies_are_locked_once() -> None:
@@ -108,11 +108,11 @@ def test_fetch_npm_tarball_refuses_a_wrong_hash(tmp_path: Path) -> None:
 
 
 def test_repository_setup_is_read_from_task_toml(tmp_path: Path) -> None:
-    assert repository_setup(TASKS / "smoke-hello") is None
-    assert repository_setup(TAG) == "cp -a /opt/quillpost/node_modules node_modules"
+    assert read_task(TASKS / "smoke-hello").labctl.repository.setup is None
+    assert read_task(TAG).labctl.repository.setup == "cp -a /opt/quillpost/node_modules node_modules"
     (tmp_path / "task.toml").write_text('[labctl.repository]\npath = "repo"\nsetup = ["npm", "ci"]\n')
-    with pytest.raises(RunError, match="setup must be a string"):
-        repository_setup(tmp_path)
+    with pytest.raises(TaskError, match=r"\[labctl.repository\] setup must be a string"):
+        read_task(tmp_path)
 
 
 def test_tag_manager_outcome_rules_reproduce_the_published_classes() -> None:
@@ -120,7 +120,7 @@ def test_tag_manager_outcome_rules_reproduce_the_published_classes() -> None:
     at least one pushed commit (Qwen3-Coder: one commit, no screenshot). Failed: built but never
     committed (Qwen 3.6), or a failed build (Gemma 4, Hermes 4), or nothing. Total failure: no tool
     call at all (Devstral). tests/test_tag_manager.py reproduces these from real workspaces."""
-    rules = outcome_rules(TAG)
+    rules = read_task(TAG).labctl.outcome
     names = rules.complete
     assert rules.partial == ["tags_lib", "build", "pushed"]
 
@@ -142,13 +142,13 @@ def test_resource_limits_come_from_the_environment_table(tmp_path: Path) -> None
     import os
 
     cpus = f"{min(2.0, float(os.cpu_count() or 1)):g}"
-    assert resource_flags(TAG) == ["--cpus", cpus, "--memory", "4096m"]
-    assert resource_flags(TASKS / "smoke-hello") == ["--cpus", "1", "--memory", "1024m"]
+    assert resource_flags(read_task(TAG)) == ["--cpus", cpus, "--memory", "4096m"]
+    assert resource_flags(read_task(TASKS / "smoke-hello")) == ["--cpus", "1", "--memory", "1024m"]
     (tmp_path / "task.toml").write_text("[environment]\n")
-    assert resource_flags(tmp_path) == []
+    assert resource_flags(read_task(tmp_path)) == []
     (tmp_path / "task.toml").write_text('[environment]\nmemory_mb = "lots"\n')
-    with pytest.raises(RunError, match="memory_mb must be a positive number"):
-        resource_flags(tmp_path)
+    with pytest.raises(TaskError, match=r"\[environment\] memory_mb must be a positive number"):
+        read_task(tmp_path)
 
 
 def test_validate_reports_a_broken_task_toml_before_any_run(tmp_path: Path) -> None:

@@ -30,8 +30,9 @@ from labctl.lock.mirrors import describe, how_to_fix, mirror_target, suggestion
 from labctl.lock.registry import RegistryError, dockerfile_bases, images_dir, parse_reference
 from labctl.lock.sdist import cache_root, changelog_commit, fetch_distribution, fetch_sdist, sdist_dir
 from labctl.lock.treehash import tree_sha256
-from labctl.spec.load import LoadedLab, task_table
+from labctl.spec.load import LoadedLab
 from labctl.spec.profiles import Profile
+from labctl.spec.task import read_task
 
 FORMAT = "labctl-image-v1"
 """Leads every hashed input document; bump it when the meaning of an input changes."""
@@ -351,7 +352,7 @@ def _task_spec(loaded: LoadedLab, lock: Lock, settings: BuildSettings, pin: _Pin
         bases = dockerfile_bases(original)
         text = pin_dockerfile(original.read_text(encoding="utf-8"), {b: pin(b, spec) for b in bases})
     else:
-        image = task_table(task_dir, "environment").get("docker_image")
+        image = read_task(task_dir).environment.docker_image
         if not image:
             raise ImageError(f"task {task_dir} has neither environment/Dockerfile nor a docker_image")
         text = f"FROM {pin(image, spec)}\n"

@@ -13,7 +13,6 @@ import hashlib
 import ipaddress
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ import httpx
 
 from labctl.errors import LabctlError
 from labctl.lock.lockfile import ImageLock
+from labctl.spec.task import read_task
 
 if TYPE_CHECKING:
     from python_on_whales import DockerClient
@@ -379,10 +379,8 @@ def lab_images(loaded: LoadedLab) -> list[str]:
     if engine.cuda is not None:
         found |= {engine.cuda.build_image, engine.cuda.runtime_image}
     task_toml = loaded.task_dir / "task.toml"
-    if task_toml.is_file():
-        env = tomllib.loads(task_toml.read_text(encoding="utf-8")).get("environment", {})
-        if isinstance(env, dict) and isinstance(env.get("docker_image"), str) and env["docker_image"]:
-            found.add(env["docker_image"])
+    if task_toml.is_file() and (image := read_task(loaded.task_dir).environment.docker_image):
+        found.add(image)
     dockerfiles = [loaded.task_dir / "environment" / "Dockerfile"]
     root = images_dir(loaded.base_dir)
     if root is not None:

@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from labctl.lock.treehash import file_sha256, files_below
 from labctl.spec.lab import Outcome
+from labctl.spec.task import OutcomeRules
 
 LAB_FILE = "lab.yaml"
 LOCK_FILE = "lab.lock"
@@ -69,19 +70,6 @@ class Slot(Record):
 
 Mapping = dict[str, Slot]
 """Run id → slot."""
-
-
-class OutcomeRules(Record):
-    """`[labctl.outcome]` of the task's task.toml: named checks of reward.json → outcome class.
-
-    Copied into sealed.json at seal time because the task directory is not part of the round;
-    the lock's task tree hash (also in sealed.json) pins the task.toml they came from.
-    """
-
-    complete: list[str] = Field(min_length=1)
-    """Checks that must all pass for Complete."""
-    partial: list[str] = []
-    """Checks that must all pass for Partial (empty: no Partial from checks)."""
 
 
 class SealedRound(Record):

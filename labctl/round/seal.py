@@ -19,7 +19,6 @@ import hashlib
 import os
 import secrets
 import shutil
-import tomllib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,7 +40,6 @@ from labctl.round.layout import (
     SHA256,
     UNSEALED_FILE,
     Mapping,
-    OutcomeRules,
     Record,
     SealedRound,
     Slot,
@@ -56,7 +54,8 @@ from labctl.round.layout import (
     write_json,
     write_manifest,
 )
-from labctl.spec.load import LoadedLab, task_table
+from labctl.spec.load import LoadedLab
+from labctl.spec.task import TaskError, read_task
 
 ENVELOPES_ENV = "LABCTL_ENVELOPES"
 SALT_BYTES = 32
@@ -139,12 +138,6 @@ def draw(contestants: list[str], repeats: int, run_ids: list[str], rng: secrets.
     return dict(zip(run_ids, slots, strict=True))
 
 
-def outcome_rules(task_dir: Path) -> OutcomeRules | None:
-    """`[labctl.outcome]` from the task's task.toml, or None when the task defines none."""
-    labctl = task_table(task_dir, "labctl")
-    return OutcomeRules.model_validate(labctl["outcome"]) if "outcome" in labctl else None
-
-
 @dataclass
 class Sealed:
     """What `seal_round` made: the public record and where the round is. The envelope is not here
@@ -169,9 +162,9 @@ def seal_round(loaded: LoadedLab, lock: Lock, rounds_dir: Path) -> Sealed:
                          f"(tree sha256 {tree[:12]}…, lock says {lock.task.tree_sha256[:12]}…): "
                          f"run `labctl lock {loaded.path}`"])
     try:
-        rules = outcome_rules(loaded.task_dir)
-    except (ValueError, tomllib.TOMLDecodeError) as e:
-        raise SealError([f"{loaded.task_dir / 'task.toml'}: [labctl.outcome] is invalid: {e}"]) from e
+        rules = read_task(loaded.task_dir).labctl.outcome
+    except TaskError as e:
+        raise SealError(e.problems) from e
 
     rng = secrets.SystemRandom()
     n = len(lab.contestants) * rnd.repeats

@@ -41,10 +41,10 @@ from labctl.round.bundle import (
 )
 from labctl.round.layout import LAB_FILE, LOCK_FILE, RUNS_DIR, read_sealed
 from labctl.round.verify import Problem, Verification, verify_round
-from labctl.run.parts import task_repository
 from labctl.spec.lab import LocalContestant
 from labctl.spec.load import LoadedLab, load_lab
 from labctl.spec.located import SpecError
+from labctl.spec.task import read_task
 
 LAB_PART = "lab"
 """Where a round bundle keeps the lab bundle of the lab the round ran."""
@@ -92,7 +92,7 @@ def lab_sources(loaded: LoadedLab, lock_bytes: bytes) -> tuple[str, dict[str, So
     named: list[tuple[tuple[str | int, ...], Path]] = [(("task", "path"), lab.task.path)]
     trees: list[tuple[Path, Path, Ignore | None]] = [(lab.task.path, loaded.task_dir, None)]
     files: list[tuple[Path, Path]] = []
-    repo = task_repository(loaded.task_dir)
+    repo = read_task(loaded.task_dir).repository_dir
     if repo is not None and repo.is_dir() and not repo.resolve().is_relative_to(loaded.task_dir.resolve()):
         rel = Path(os.path.relpath(repo, loaded.base_dir))
         named.append((("task", "path"), rel))

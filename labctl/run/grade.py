@@ -18,7 +18,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from labctl.round.layout import OutcomeRules
 from labctl.round.verify import Reward, derive_outcome, named_checks, read_reward
 from labctl.run.parts import (
     ORIGIN,
@@ -35,17 +34,13 @@ from labctl.run.parts import (
 )
 from labctl.run.pathology import command_results, flags, pathology
 from labctl.spec.lab import Outcome
-from labctl.spec.load import task_table
+from labctl.spec.task import OutcomeRules, read_task
 
 DEFAULT_VERIFIER_TIMEOUT_S = 600.0
 VERIFY_SCRIPT = 'git config --global --add safe.directory "*" 2>/dev/null; exec bash /tests/test.sh'
 """The workspace and origin belong to the agent's uid and the verifier runs as the task image's user
 (root): git refuses such repositories (also in the upload-pack of a local fetch, which ignores
 GIT_CONFIG_COUNT) unless the global config says they are safe; the task image has no labctl config."""
-
-
-def verifier_timeout(task_dir: Path) -> float:
-    return float(task_table(task_dir, "verifier").get("timeout_sec", DEFAULT_VERIFIER_TIMEOUT_S))
 
 
 VERIFIER_GRACE_S = 30
@@ -83,9 +78,10 @@ def run_verifier(docker: Docker, *, image: str, user: str, workdir: str, task_di
         mounts = ["-v", f"{copy}:{WORKSPACE}", "-v", f"{ws.origin}:{ORIGIN}:ro"]
         workdir = WORKSPACE
     name = object_name(round_id, run_id, "verifier")
-    timeout = verifier_timeout(task_dir)
+    task = read_task(task_dir)
+    timeout = float(task.verifier.timeout_sec)
     labels = label_flags(run_labels(round_id, run_id, "verifier"))
-    argv = ["run", "--name", name, "--network", "none", "--user", user, *labels, *resource_flags(task_dir),
+    argv = ["run", "--name", name, "--network", "none", "--user", user, *labels, *resource_flags(task),
             *mounts, "-v", f"{(task_dir / 'tests').resolve()}:/tests:ro",
             "-v", f"{vdir.resolve()}:/logs/verifier", "-w", workdir, "-e", f"LABCTL_WORKSPACE={workdir}",
             "--entrypoint", "timeout", image, f"{timeout + VERIFIER_GRACE_S:.0f}",
@@ -114,13 +110,6 @@ def checks_summary(reward: Reward | None) -> tuple[int | None, int | None]:
     if checks is None:
         return None, None
     return sum(1 for v in checks.values() if v is True or (type(v) in (int, float) and v >= 1)), len(checks)
-
-
-def report_columns(task_dir: Path) -> dict[str, str]:
-    """`[labctl.report]` of task.toml: which named checks are the report's Build and Screenshot columns
-    (`build_check`, `screenshot_check`) and the regex of the agent's build command (`build_command`),
-    whose attempts the Build column counts ("pass (attempt 2)")."""
-    return {k: v for k, v in task_table(task_dir, "labctl", "report").items() if isinstance(v, str)}
 
 
 def _check(reward: Reward | None, name: str | None) -> bool | None:

@@ -25,7 +25,7 @@ from typing import IO, Any
 from labctl.engine.container import DockerEngine
 from labctl.errors import LabctlError
 from labctl.meter import blobs
-from labctl.spec.load import task_table
+from labctl.spec.task import Task, read_task
 
 ROUND_LABEL = "labctl.round"
 RUN_LABEL = "labctl.run"
@@ -164,36 +164,16 @@ def _git(*args: str, cwd: Path | None = None, env: Mapping[str, str] | None = No
     return done.stdout.strip()
 
 
-def task_repository(task_dir: Path) -> Path | None:
-    """`[labctl.repository] path` of task.toml: the directory committed as the base commit."""
-    rel = task_table(task_dir, "labctl", "repository").get("path")
-    return None if rel is None else (task_dir / rel)
-
-
-def resource_flags(task_dir: Path) -> list[str]:
+def resource_flags(task: Task) -> list[str]:
     """`docker run` limits from task.toml's `[environment]` (Harbor's `cpus`, `memory_mb`), for the
     agent's and the verifier's containers: every contestant gets the same machine, whatever the host."""
-    env = task_table(task_dir, "environment")
     flags: list[str] = []
-    cpus, memory = env.get("cpus"), env.get("memory_mb")
-    for key, value in (("cpus", cpus), ("memory_mb", memory)):
-        if value is not None and (type(value) not in (int, float) or value <= 0):
-            raise RunError(f"{task_dir / 'task.toml'}: [environment] {key} must be a positive number")
+    cpus, memory = task.environment.cpus, task.environment.memory_mb
     if cpus:
         flags += ["--cpus", f"{min(float(cpus), float(os.cpu_count() or 1)):g}"]
     if memory:
         flags += ["--memory", f"{int(memory)}m"]
     return flags
-
-
-def repository_setup(task_dir: Path) -> str | None:
-    """`[labctl.repository] setup`: a shell command run in the workspace, as the agent's user, after
-    the clone and before the agent starts (e.g. putting the image's installed dependencies in place,
-    which a clone cannot carry and an offline agent cannot download)."""
-    cmd = task_table(task_dir, "labctl", "repository").get("setup")
-    if cmd is not None and not isinstance(cmd, str):
-        raise RunError(f"{task_dir / 'task.toml'}: [labctl.repository] setup must be a string")
-    return cmd or None
 
 
 @dataclass
@@ -211,7 +191,7 @@ def make_workspace(task_dir: Path, work: Path, branch: str) -> Workspace:
     """Commit the task's repository directory (or nothing: an empty base commit) deterministically,
     push it as `branch` into a fresh bare origin, clone that. The clone's `origin` is `ORIGIN`, the
     path where the containers see the bare repository."""
-    src = task_repository(task_dir)
+    src = read_task(task_dir).repository_dir
     seed, origin, clone = work / "seed", work / "origin.git", work / "workspace"
     for p in (seed, origin, clone):
         shutil.rmtree(p, ignore_errors=True)

@@ -37,7 +37,7 @@ from labctl.plan.llamaserver import classify_failure, server_argv
 from labctl.plan.planner import plan_lab
 from labctl.round.layout import RunResult, run_dir, write_json
 from labctl.round.seal import run_label
-from labctl.run.grade import commit_agent, outcome, report_columns, run_metrics, run_verifier
+from labctl.run.grade import commit_agent, outcome, run_metrics, run_verifier
 from labctl.run.parts import (
     ORIGIN,
     WORKSPACE,
@@ -50,13 +50,12 @@ from labctl.run.parts import (
     object_name,
     read_json,
     redact_server_log,
-    repository_setup,
     resource_flags,
     run_labels,
-    task_repository,
     work_root,
 )
 from labctl.spec.lab import CloudContestant, LocalContestant
+from labctl.spec.task import read_task
 
 if TYPE_CHECKING:
     from labctl.run.runner import RoundContext
@@ -104,9 +103,9 @@ class RunSession:
                       for role in ("agent", "meter", "server", "net-agent", "net-model", "net-egress")}
         self.stopped_by: str | None = None
         self.agent_wall_s = 0.0
-        task = ctx.loaded.task_dir
-        self.repository = task_repository(task) is not None
-        self.setup_s = SETUP_TIMEOUT_S if repository_setup(task) else 0
+        self.task = read_task(ctx.loaded.task_dir)
+        self.repository = self.task.repository_dir is not None
+        self.setup_s = SETUP_TIMEOUT_S if self.task.labctl.repository.setup else 0
         self.wall_s = float(ctx.loaded.lab.budgets.wall_time)
         if self.repository:  # the agent image's own user, in the clone
             self.user, self.workdir = "", WORKSPACE
@@ -257,7 +256,7 @@ class RunSession:
         # agent reads (its prompt, `hostname`) names the machine.
         self.docker("create", "--name", name, "--hostname", self.run_id, "--network", agent_net,
                     "--user", self.user, *label_flags({**self.labels, "labctl.role": "agent"}), *mounts,
-                    *resource_flags(task), "--entrypoint", "sleep", image, self._lifetime(self.setup_s))
+                    *resource_flags(self.task), "--entrypoint", "sleep", image, self._lifetime(self.setup_s))
         self.docker("start", name)
         if self.ws is None:
             # The agent image's log directories belong to its own user; the task's user writes them.
@@ -267,7 +266,7 @@ class RunSession:
             return
         # The clone was made by the host's user; the agent must own it to commit and push.
         self.docker("exec", "-u", "0", name, "chown", "-R", f"{self.user}:", WORKSPACE, ORIGIN)
-        if setup := repository_setup(task):
+        if setup := self.task.labctl.repository.setup:
             done = self.docker("exec", "-u", self.user, "-w", WORKSPACE, name, "sh", "-c", setup,
                                check=False, timeout=SETUP_TIMEOUT_S)
             if done.returncode != 0:
@@ -364,7 +363,7 @@ class RunSession:
         state = read_json(self.dir / "meter-status.json") if self.adapter.needs_model else None
         metrics = run_metrics(meter_state=state, transcript=self.dir / "transcript.jsonl", ws=self.ws,
                               reward=reward, wall_s=self.agent_wall_s, needs_model=self.adapter.needs_model,
-                              stopped_by=self.stopped_by, columns=report_columns(ctx.loaded.task_dir),
+                              stopped_by=self.stopped_by, columns=self.task.report_columns(),
                               verifier_s=verifier_s)
         write_json(self.dir / "metrics.json", metrics)
         result.outcome = outcome(reward, metrics, ctx.sealed.outcome_rules)

@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from labctl.spec.lab import Lab, LocalContestant
 from labctl.spec.located import Document, Issue, SpecError, load_yaml, validate
 from labctl.spec.profiles import Profile, all_profiles
+from labctl.spec.task import task_problems
 
 DEFAULT_LAB = Path("lab.yaml")
 
@@ -85,53 +84,16 @@ def _check(lab: Lab, doc: Document, base: Path) -> list[Issue]:
     return issues
 
 
-def task_table(task_dir: Path, *keys: str) -> dict[str, Any]:
-    """A table of the task's task.toml (`task_table(t, "labctl", "repository")`); {} when absent or
-    not a table. The one place task.toml is read, so every reader sees it the same way."""
-    table: Any = tomllib.loads((task_dir / "task.toml").read_text(encoding="utf-8"))
-    for key in keys:
-        table = table.get(key) if isinstance(table, dict) else None
-    return table if isinstance(table, dict) else {}
-
-
 def _check_task(doc: Document, task: Path) -> list[Issue]:
-    """A Harbor task directory: task.toml that parses, and instruction.md."""
+    """A Harbor task directory: task.toml that parses with valid tables, and instruction.md. What a
+    run would trip over later (resource limits, labctl's tables, the repository path) is said now."""
     loc = ("task", "path")
     if not task.is_dir():
         return [doc.issue(loc, f"task directory does not exist: {task}")]
-    toml = task / "task.toml"
-    if not toml.is_file():
-        return [doc.issue(loc, f"not a Harbor task: {toml} is missing")]
-    try:
-        task_table(task)
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        return [doc.issue(loc, f"{toml} does not parse: {e}")]
-    if not (task / "instruction.md").is_file():
-        return [doc.issue(loc, f"not a Harbor task: {task / 'instruction.md'} is missing")]
-    return [doc.issue(loc, p) for p in _task_table_problems(task)]
-
-
-def _task_table_problems(task: Path) -> list[str]:
-    """What a run would trip over later, said now: labctl's tables and the resource limits."""
-    from pydantic import ValidationError
-
-    from labctl.round.seal import outcome_rules
-    from labctl.run.parts import RunError, repository_setup, resource_flags, task_repository
-
-    toml = task / "task.toml"
-    problems: list[str] = []
-    for check in (resource_flags, repository_setup, outcome_rules):
-        try:
-            check(task)
-        except RunError as e:  # its message already names task.toml
-            problems.append(str(e))
-        except ValidationError as e:
-            problems += [f"{toml}: [labctl.outcome] {'.'.join(map(str, err['loc']))}: {err['msg']}"
-                         for err in e.errors()]
-    repo = task_repository(task)
-    if repo is not None and not repo.is_dir():
-        problems.append(f"{toml}: [labctl.repository] path: no such directory: {repo}")
-    return problems
+    problems = task_problems(task)
+    if not problems and not (task / "instruction.md").is_file():
+        problems = [f"not a Harbor task: {task / 'instruction.md'} is missing"]
+    return [doc.issue(loc, p) for p in problems]
 
 
 def _profile(lab: Lab, doc: Document, base: Path, override: str | None
