@@ -42,8 +42,9 @@ controls: $(STAMP) env ## Round 7's task with its controls: the oracle must be C
 	$(BIN)/labctl lock labs/tag-manager.yaml
 	$(BIN)/labctl round labs/tag-manager.yaml
 
-lint: $(STAMP) ## ruff
+lint: $(STAMP) ## ruff and the import-layer contract (pyproject.toml)
 	$(BIN)/ruff check labctl tests scripts benchmarks
+	$(BIN)/lint-imports
 
 schema: $(STAMP) ## Regenerate lab.schema.json from the spec
 	$(BIN)/labctl schema --write lab.schema.json

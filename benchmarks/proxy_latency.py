@@ -136,7 +136,7 @@ def main() -> int:
         transcript = Path(tmp) / "transcript.jsonl"
         up, up_url = start([sys.executable, "tests/fake_upstream.py", "--port", "0",
                             "--tokens", str(args.tokens)])
-        meter, meter_url = start([sys.executable, "-m", "labctl.cli.meter", "--upstream", up_url, "--dialect",
+        meter, meter_url = start([sys.executable, "-m", "labctl", "meter", "--upstream", up_url, "--dialect",
                                   "openai", "--listen", "127.0.0.1:0", "--alias", "run-bench", "--json",
                                   "--transcript", str(transcript)], cwd=args.meter_src.resolve())
         try:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from labctl.engine.container import EngineError
 from labctl.engine.fence import comment, matching_rules, rule_specs
-from labctl.run.parts import RunError
 
 LISTING = """\
 -P INPUT ACCEPT
@@ -34,7 +34,7 @@ def test_rules_are_built_from_safe_names_only() -> None:
     assert rule_specs("br-0123456789ab", "labctl:r:run-1")[0] == [
         "INPUT", "-i", "br-0123456789ab", "-m", "comment", "--comment", "labctl:r:run-1", "-j", "DROP"]
     for bad in ("br-x; reboot", "a-name-longer-than-15", ""):
-        with pytest.raises(RunError):
+        with pytest.raises(EngineError):
             rule_specs(bad, "labctl:r:run-1")
     with pytest.raises(ValueError):
         comment("r1", "run 1")

@@ -25,11 +25,11 @@ from pathlib import Path
 import pytest
 from test_runner import ROOT, SMOKE, build, derived_lab, labctl, labelled_now, runner_env, seal
 
+from labctl.engine.commands import Docker
 from labctl.lock.lockfile import lock_path, read_lock, write_lock
 from labctl.lock.resolve import spec_sha256
 from labctl.lock.treehash import tree_sha256
 from labctl.round.verify import derive_outcome, named_checks
-from labctl.run.parts import Docker
 from labctl.spec.load import load_lab
 
 __all__ = ["runner_env"]  # the module fixture of test_runner: envelopes, scratch, the smoke lock
@@ -77,7 +77,7 @@ def task_lab(tmp: Path, task: Path, contestants: str = CONTROLS) -> Path:
 
 
 def run_round(lab: Path, tmp: Path) -> tuple[subprocess.CompletedProcess[str], dict]:
-    done = subprocess.run([sys.executable, "-m", "labctl.cli.run", "round", str(lab), "--rounds-dir",
+    done = subprocess.run([sys.executable, "-m", "labctl", "round", str(lab), "--rounds-dir",
                            str(tmp / "rounds"), "--json"], cwd=tmp, capture_output=True, text=True,
                           timeout=900)
     return done, json.loads(done.stdout)
@@ -175,7 +175,7 @@ def test_kill9_leaves_nothing_running_and_resume_finds_the_lab(tmp_path: Path,
     monkeypatch.setenv("LABCTL_TEST_KEY", "sk-test-123")
     rd = seal(lab, tmp_path)
     round_id = rd.name
-    proc = subprocess.Popen([sys.executable, "-m", "labctl.cli.run", "run", str(rd), "--lab", str(lab)],
+    proc = subprocess.Popen([sys.executable, "-m", "labctl", "run", str(rd), "--lab", str(lab)],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while not {"agent", "meter"} <= {n.rsplit("-", 1)[-1] for n in running(round_id)}:  # the cloud run

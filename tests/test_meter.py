@@ -22,7 +22,7 @@ from fake_upstream import FINGERPRINT, MODEL, FakeUpstream, Reply, serve_fake
 from labctl.meter.proxy import MeterConfig, MeterHandle, meter_in_thread
 from labctl.meter.state import InterventionPolicy, MeterState, Recorder
 from labctl.meter.transcript import SSESplitter, call_signature, inject_user_text, sse_fields
-from labctl.spec.lab import Interventions
+from labctl.spec.interventions import Interventions
 
 ROOT = Path(__file__).resolve().parents[1]
 ALIAS = "run-10"
@@ -490,7 +490,7 @@ def test_cli_runs_until_sigterm(tmp_path: Path) -> None:
     ivs.write_text(json.dumps({"max_nudges": 2, "rules": []}))
     with serve_fake() as fake:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "labctl.cli.meter", "--upstream", fake.url, "--dialect", "openai",
+            [sys.executable, "-m", "labctl", "meter", "--upstream", fake.url, "--dialect", "openai",
              "--listen", "127.0.0.1:0", "--transcript", str(tmp_path / "transcript.jsonl"), "--alias", ALIAS,
              "--token-budget", "1000", "--interventions", str(ivs), "--json"],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -509,7 +509,7 @@ def test_cli_runs_until_sigterm(tmp_path: Path) -> None:
 
 
 def test_cli_rejects_bad_listen(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "labctl.cli.meter", "--upstream", "http://x",
+    done = subprocess.run([sys.executable, "-m", "labctl", "meter", "--upstream", "http://x",
                            "--dialect", "openai", "--listen", "nowhere",
                            "--transcript", str(tmp_path / "t.jsonl")],
                           cwd=ROOT, capture_output=True, text=True,

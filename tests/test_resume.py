@@ -24,11 +24,11 @@ from pathlib import Path
 import pytest
 from test_runner import ROOT, build, derived_lab, labctl, labelled_now, runner_env, seal
 
+from labctl.engine.commands import Docker
 from labctl.lock.lockfile import lock_path, read_lock, write_lock
 from labctl.lock.treehash import tree_sha256
 from labctl.round.layout import FINISHED, read_result, result_path
 from labctl.round.seal import unseal_round
-from labctl.run.parts import Docker
 
 pytestmark = pytest.mark.docker
 __all__ = ["runner_env"]  # the module fixture of test_runner: envelopes, scratch, the smoke lock
@@ -65,7 +65,7 @@ def tree_hashes(d: Path) -> dict[str, str]:
 
 
 def start_run(rd: Path, lab: Path, tmp: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "labctl.cli.run", "run", str(rd), "--lab", str(lab)],
+    return subprocess.Popen([sys.executable, "-m", "labctl", "run", str(rd), "--lab", str(lab)],
                             cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

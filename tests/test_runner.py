@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 from python_on_whales import DockerClient
 
+from labctl.engine.commands import Docker
 from labctl.engine.container import detect_engine
 from labctl.gguf.store import Store
 from labctl.images.build import build_all
@@ -34,7 +35,6 @@ from labctl.lock.resolve import require_lock, spec_sha256
 from labctl.lock.treehash import tree_sha256
 from labctl.round.layout import read_result
 from labctl.round.seal import seal_round
-from labctl.run.parts import Docker
 from labctl.run.runner import RunSession, open_round, run_round
 from labctl.spec.load import load_lab
 
@@ -114,7 +114,7 @@ def derived_lab(tmp: Path, contestants: str, *, wall: str = "3m", solve: str | N
 
 
 def labctl(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "labctl.cli.run", *map(str, args)], cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "labctl", *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, timeout=900)
 
 
@@ -134,7 +134,7 @@ def test_smoke_round_end_to_end(tmp_path: Path) -> None:
     """`round` on the smoke lab: oracle Complete, nop Failed, the tiny model's usage real; the round
     verifies, lists every file, names nobody on any docker object, and leaves nothing behind."""
     build(SMOKE)
-    proc = subprocess.Popen([sys.executable, "-m", "labctl.cli.run", "round", str(SMOKE), "--rounds-dir",
+    proc = subprocess.Popen([sys.executable, "-m", "labctl", "round", str(SMOKE), "--rounds-dir",
                              str(tmp_path / "rounds"), "--json"], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     seen: set[str] = set()
@@ -163,6 +163,9 @@ def test_smoke_round_end_to_end(tmp_path: Path) -> None:
     assert usage and usage[0]["prompt_tokens"] > 0
     assert any(r.get("timings") for r in records)  # llama.cpp's own timings: a real server answered
     assert "general.name" not in (run / "server.log").read_text()
+    sealed_images = json.loads((rd / "sealed.json").read_text())["images"]  # what the runs used
+    assert {"llama-server", "labctl", "agent-oracle", "agent-nop"} <= set(sealed_images)
+    assert all(docker.image_present(tag) for tag in sealed_images.values())
     manifest = json.loads((rd / "manifest.json").read_text())["files"]
     for r in data["runs"]:
         for f in ("result.json", "metrics.json", "agent.log", "workspace.bundle", "verifier/reward.json"):
@@ -257,7 +260,7 @@ def test_wall_time_kill_and_ctrl_c_resume(tmp_path: Path) -> None:
     build(lab)
     rd = seal(lab, tmp_path)
     rid = read_json_order(rd)
-    proc = subprocess.Popen([sys.executable, "-m", "labctl.cli.run", "run", str(rd), "--lab", str(lab)],
+    proc = subprocess.Popen([sys.executable, "-m", "labctl", "run", str(rd), "--lab", str(lab)],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     round_id = rd.name
     deadline = time.monotonic() + 120

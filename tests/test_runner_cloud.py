@@ -23,8 +23,8 @@ import pytest
 from fake_upstream import MODEL as FAKE_MODEL
 from test_runner import build, derived_lab, labelled_now, runner_env, seal  # noqa: F401 (fixture)
 
+from labctl.engine.commands import Docker, label_flags
 from labctl.round.layout import read_result
-from labctl.run.parts import Docker, label_flags
 from labctl.run.runner import RunSession, open_round, run_round
 
 pytestmark = pytest.mark.docker

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from test_runner import build, derived_lab, labelled_now, runner_env, seal  # noqa: F401  (module fixture)
 
+from labctl.engine.commands import Docker, label_flags
 from labctl.engine.container import detect_engine
 from labctl.engine.fence import Fence, Netfilter
 from labctl.images.build import build_all
@@ -30,7 +31,6 @@ from labctl.lock.lockfile import lock_path, read_lock, write_lock
 from labctl.lock.resolve import require_lock
 from labctl.lock.treehash import tree_sha256
 from labctl.round.layout import RunResult
-from labctl.run.parts import Docker, label_flags
 from labctl.run.runner import RunSession, down, open_round
 from labctl.run.session import PORT
 from labctl.spec.load import load_lab

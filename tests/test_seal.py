@@ -91,10 +91,16 @@ def make_lab(tmp: Path, **round_fields: str) -> Path:
     return path
 
 
+SEALED_IMAGES = {"task-smoke-hello": "labctl/task-smoke-hello:" + "0" * 20}
+"""What `labctl seal` records as the runs' images here: make_lab's lock is synthetic (no image pins,
+no llama.cpp sdist), so deriving the real tags is left to test_images; test_runner seals real ones."""
+
+
 @pytest.fixture
 def envelopes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     d = tmp_path / "private" / "envelopes"
     monkeypatch.setenv(ENVELOPES_ENV, str(d))
+    monkeypatch.setattr("labctl.cli.round.image_tags", lambda loaded, lock: dict(SEALED_IMAGES))
     return d
 
 

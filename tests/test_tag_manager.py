@@ -23,6 +23,7 @@ import pytest
 from round7_endings import ENDINGS, Ending
 from test_runner import ROOT, SMOKE, build, labelled_now, runner_env
 
+from labctl.engine.commands import Docker, run_labels
 from labctl.images.specs import lab_images, settings_for
 from labctl.lock.lockfile import TaskLock, lock_path, read_lock, write_lock
 from labctl.lock.resolve import LockError, require_lock, spec_sha256
@@ -31,7 +32,7 @@ from labctl.report.data import RunData, _run_metrics
 from labctl.report.why import story
 from labctl.round.layout import RunResult
 from labctl.run.grade import outcome, run_metrics, run_verifier
-from labctl.run.parts import WORKSPACE, Docker, make_workspace, run_labels
+from labctl.run.parts import WORKSPACE, make_workspace
 from labctl.spec.lab import Lab
 from labctl.spec.load import load_lab
 from labctl.spec.located import load_yaml, validate

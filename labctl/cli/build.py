@@ -1,8 +1,4 @@
-"""`labctl build` and `labctl images`: build a lab's images by input hash, list what it needs.
-
-Registered in labctl/cli/app.py as `app.command("build")(build_command)` and
-`app.command("images")(images_command)`.
-"""
+"""`labctl build` and `labctl images`: build a lab's images by input hash, list what it needs."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """`labctl meter`: run the metering proxy in the foreground (in a run's meter container, or by hand).
 
-Registered by the CLI as `app.command("meter")(meter_command)`; `python -m labctl.cli.meter` runs
-it alone (the latency benchmark starts it that way, as its own process).
+In a run it is the meter container's command (`labctl meter …` in the labctl image); the latency
+benchmark starts it the same way, as its own process.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import typer
 from pydantic import ValidationError
 
 from labctl.cli.console import EXIT_FAIL, EXIT_SPEC, emit, fail, out
-from labctl.spec.lab import Interventions
+from labctl.spec.interventions import Interventions
 
 if TYPE_CHECKING:
     from labctl.meter.proxy import MeterHandle
@@ -123,7 +123,3 @@ def _first(e: ValidationError) -> str:
     first = e.errors(include_url=False)[0]
     where = ".".join(str(p) for p in first["loc"])
     return f"{where + ': ' if where else ''}{first['msg'].removeprefix('Value error, ')}"
-
-
-if __name__ == "__main__":
-    typer.run(meter_command)

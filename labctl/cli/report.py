@@ -1,8 +1,7 @@
 """`labctl report ROUND`: write the round's report (Markdown, JSON or HTML) and chart into it.
 
 Thin on purpose: refusal reasons come from `labctl.report.data.ReportError`, one line each, so the CLI
-and any other caller say the same thing. Register it in labctl/cli/app.py with
-`app.command("report")(report_command)`.
+and any other caller say the same thing.
 """
 
 from __future__ import annotations

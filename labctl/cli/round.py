@@ -15,9 +15,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from labctl.cli.console import DEFAULT_LAB, EXIT_FAIL, JsonOpt, LabArg, emit, err, fail, open_lab, out, refuse
-from labctl.lock.resolve import LockError, require_lock
+from labctl.errors import LabctlError
+from labctl.images.specs import image_tags
+from labctl.lock.resolve import require_lock
 from labctl.round.layout import Mapping
-from labctl.round.seal import SealError, run_label, seal_round, unseal_round
+from labctl.round.seal import run_label, seal_round, unseal_round
 from labctl.round.verify import verify_round
 
 RoundsDirOpt = Annotated[Path, typer.Option("--rounds-dir", help="Where round directories are created.")]
@@ -30,8 +32,8 @@ def seal_command(lab: LabArg = DEFAULT_LAB, rounds_dir: RoundsDirOpt = Path("rou
     loaded = open_lab(lab, as_json=as_json)
     try:
         lock = require_lock(loaded)
-        made = seal_round(loaded, lock, rounds_dir)
-    except (LockError, SealError) as e:
+        made = seal_round(loaded, lock, rounds_dir, image_tags(loaded, lock))
+    except LabctlError as e:
         raise refuse(e.problems, as_json) from None
     except OSError as e:
         raise fail(f"cannot create the round: {e}", as_json) from None
@@ -65,7 +67,7 @@ def unseal_command(
     """Reveal salt and mapping once every run finished; checks the envelope against the commitment."""
     try:
         u = unseal_round(round_dir, force=force)
-    except SealError as e:
+    except LabctlError as e:
         raise refuse(e.problems, as_json) from None
     if as_json:
         emit({"ok": True, "round": u.round, "commitment": u.commitment, "forced": u.forced,

@@ -1,10 +1,6 @@
 """`labctl run`, `labctl round`, `labctl down`: execute a sealed round, do a whole round in one go, and
 remove what a round left running.
 
-To be registered in labctl/cli/app.py as `app.command("run")(run_command)`,
-`app.command("round")(round_command)` and `app.command("down")(down_command)`;
-`python -m labctl.cli.run run|round|down …` works without that.
-
 Before unseal nothing printed here names a contestant: runs are named by `run_label` only.
 """
 
@@ -171,7 +167,7 @@ def round_command(lab: LabArg = DEFAULT_LAB, profile: ProfileOpt = None,
                             console=console)
         if failed := [r for r in results if r.status == "failed"]:
             raise RunError(f"image {failed[0].name} failed to build (see .labctl/logs)")
-        made = seal_round(loaded, lock, rounds_dir)
+        made = seal_round(loaded, lock, rounds_dir, {s.name: s.tag for s in specs})
         say(f"sealed {made.record.round}: commitment {made.record.commitment}")
         ctx = open_round(made.round_dir, loaded.path, profile)
         summaries = run_round(ctx, say)
@@ -199,27 +195,17 @@ def down_command(round_dir: Annotated[Path | None, typer.Argument(
                      help="Round directory or round id; none: every labctl round")] = None,
                  as_json: JsonOpt = False) -> None:
     """Remove every container, network and volume labelled for the round (or for any round)."""
-    from labctl.run.parts import Docker, RunError
+    from labctl.engine.commands import Docker
     from labctl.run.runner import down
 
     round_id = None if round_dir is None else round_dir.name
     try:
         removed = down(Docker.detect(), round_id)
-    except RunError as e:
-        raise fail(str(e), as_json) from None
+    except LabctlError as e:
+        raise fail(one_line(e), as_json) from None
     if as_json:
         emit({"ok": True, "round": round_id, "removed": removed})
         return
     n = sum(len(v) for v in removed.values())
     out.print(f"removed {n} object{'' if n == 1 else 's'} of {round_id or 'all labctl rounds'}: "
               + ", ".join(f"{len(v)} {k}" for k, v in removed.items()), highlight=False)
-
-
-app = typer.Typer(help="labctl run / round / down (standalone until wired into labctl.cli.app).",
-                  pretty_exceptions_enable=False)
-app.command("run")(run_command)
-app.command("round")(round_command)
-app.command("down")(down_command)
-
-if __name__ == "__main__":
-    app()

@@ -73,6 +73,11 @@ class ContainerEngine(Protocol):
 
     name: str
 
+    @property
+    def cli(self) -> list[str]:
+        """The client command line (`["docker"]`, `["podman"]`, with --host/--context)."""
+        ...
+
     def builder(self) -> Builder:
         """Which builder `build` will use."""
         ...

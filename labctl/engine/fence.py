@@ -23,7 +23,7 @@ rules with a labctl comment are ever deleted; no chain is ever flushed or create
 Who applies them: root (CI) runs the host's `iptables`/`ip6tables`. Anyone else (a user in the
 docker group) cannot, but can ask the engine for a short-lived helper container of the labctl image
 (which carries Debian's iptables) with `--network host --cap-add NET_ADMIN`; a failure of either is a
-RunError that stops the run: a run is never started unfenced. The same script runs in both places
+EngineError that stops the run: a run is never started unfenced. The same script runs in both places
 and uses the iptables backend (nft or legacy) the engine's own DOCKER-USER chain lives in.
 """
 
@@ -36,7 +36,8 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
-from labctl.run.parts import Docker, RunError, label_flags
+from labctl.engine.commands import Docker, label_flags
+from labctl.engine.container import EngineError
 
 PREFIX = "labctl"
 HELPER_LABEL = "org.labctl.image"
@@ -69,7 +70,7 @@ def comment(round_id: str | None, run_id: str | None = None) -> str:
 def rule_specs(bridge: str, tag: str) -> list[list[str]]:
     """The rules fencing one bridge (arguments after `-I`/`-D`), as documented above."""
     if not _BRIDGE.match(bridge):
-        raise RunError(f"not a bridge interface name: {bridge!r}")
+        raise EngineError(f"not a bridge interface name: {bridge!r}")
     mark = ["-m", "comment", "--comment", tag, "-j", "DROP"]
     return [["INPUT", "-i", bridge, *mark], ["FORWARD", "-i", bridge, "!", "-o", bridge, *mark]]
 
@@ -119,7 +120,7 @@ class Netfilter:
         if done.returncode != 0:
             how = ("the host's iptables" if self.direct() else
                    f"a helper container (--network host --cap-add NET_ADMIN) of {self.helper_image}")
-            raise RunError(f"cannot {what} through {how}: {(done.stderr or done.stdout).strip()[-300:]} — "
+            raise EngineError(f"cannot {what} through {how}: {(done.stderr or done.stdout).strip()[-300:]} — "
                            "labctl needs root or a Docker engine that may run a NET_ADMIN container, "
                            "to keep the run's networks off the host")
         return done.stdout
@@ -128,7 +129,7 @@ class Netfilter:
         found = self.docker("images", "--filter", f"label={HELPER_LABEL}=labctl", "--format",
                             "{{.Repository}}:{{.Tag}}", check=False).stdout.split()
         if not found:
-            raise RunError("no labctl image to run iptables in (not root): run `labctl build`")
+            raise EngineError("no labctl image to run iptables in (not root): run `labctl build`")
         self.helper_image = found[0]
         return found[0]
 

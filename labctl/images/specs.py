@@ -446,3 +446,8 @@ def _labctl_spec(settings: BuildSettings, root: Path, pin: _Pinner) -> ImageSpec
 
     spec.prepare = prepare
     return spec
+
+
+def image_tags(loaded: LoadedLab, lock: Lock) -> dict[str, str]:
+    """Image name → tag for the lab on its profile: what a round seals and its runs use."""
+    return {s.name: s.tag for s in lab_images(loaded, lock, loaded.profile, settings_for(loaded))}

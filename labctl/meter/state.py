@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from labctl.meter import blobs
 from labctl.meter.transcript import Dialect, call_signature, inject_user_text
-from labctl.spec.lab import Intervention, Interventions
+from labctl.spec.interventions import Intervention, Interventions
 
 
 class MeterConfig(BaseModel):

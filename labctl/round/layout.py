@@ -107,6 +107,9 @@ class SealedRound(Record):
     lab_dir: str | None = None
     """Absolute directory of the lab file at seal time: the round's own lab.yaml keeps its relative
     paths (task.path, models, profiles), so `labctl run` resolves them from here, wherever it runs."""
+    images: dict[str, str] = {}
+    """Image name → tag (an input hash) the runs use, fixed at seal time on the lab's profile:
+    `labctl run` reads them instead of deriving every image spec again (empty in older rounds)."""
 
 
 class Unsealed(Record):

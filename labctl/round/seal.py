@@ -148,9 +148,11 @@ class Sealed:
     envelope: Path = field(repr=False)
 
 
-def seal_round(loaded: LoadedLab, lock: Lock, rounds_dir: Path) -> Sealed:
+def seal_round(loaded: LoadedLab, lock: Lock, rounds_dir: Path,
+               images: dict[str, str] | None = None) -> Sealed:
     """Create `rounds_dir/<round-id>/` with lab.yaml, lab.lock, sealed.json and manifest.json, and the
-    envelope outside it. `lock` is the lab's current lock (`require_lock`)."""
+    envelope outside it. `lock` is the lab's current lock (`require_lock`); `images` (name → tag) is
+    what the runs will use (`labctl.images.specs.image_tags`), recorded in sealed.json."""
     lab, rnd = loaded.lab, loaded.lab.round
     lock_file = lock_path(loaded.path)
     lock_bytes = lock_file.read_bytes()
@@ -188,7 +190,7 @@ def seal_round(loaded: LoadedLab, lock: Lock, rounds_dir: Path) -> Sealed:
         lock_sha256=lock.sha256(), lock_file_sha256=hashlib.sha256(lock_bytes).hexdigest(),
         task_tree_sha256=lock.task.tree_sha256, run_ids=run_ids, order=order, repeats=rnd.repeats,
         sealed=rnd.seal, mapping=None if rnd.seal else mapping, commitment=commitment,
-        salt_bits=SALT_BYTES * 8, outcome_rules=rules, lab_dir=str(loaded.base_dir),
+        salt_bits=SALT_BYTES * 8, outcome_rules=rules, lab_dir=str(loaded.base_dir), images=images or {},
     )
     # Build the round beside its final place and rename it in, after the envelope exists: a round
     # directory is never visible without the envelope that can open it.

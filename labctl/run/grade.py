@@ -18,18 +18,15 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from labctl.engine.commands import Docker, label_flags, object_name, run_labels
+from labctl.engine.container import EngineError
 from labctl.round.verify import Reward, derive_outcome, named_checks, read_reward
 from labctl.run.parts import (
     ORIGIN,
     WORKSPACE,
-    Docker,
-    RunError,
     Workspace,
-    label_flags,
-    object_name,
     pushed_commits,
     resource_flags,
-    run_labels,
     transcript_records,
 )
 from labctl.run.pathology import command_results, flags, pathology
@@ -93,7 +90,7 @@ def run_verifier(docker: Docker, *, image: str, user: str, workdir: str, task_di
             if done.returncode != 0:
                 note = f"verifier exited {done.returncode}: {done.stderr.strip()[-300:]}"
                 log.write(done.stderr)
-        except RunError:
+        except EngineError:  # the verifier outlived its time-out
             note = f"verifier timed out after {timeout:.0f}s"
         finally:
             docker("rm", "-f", name, check=False)

@@ -20,16 +20,11 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from labctl.engine.container import DockerEngine
 from labctl.errors import LabctlError
 from labctl.meter import blobs
 from labctl.spec.task import Task, read_task
-
-ROUND_LABEL = "labctl.round"
-RUN_LABEL = "labctl.run"
-ROLE_LABEL = "labctl.role"
 
 BASE_DATE = "2000-01-01T00:00:00+00:00"
 """Author and committer date of a task's base commit: with fixed names it makes the hash portable."""
@@ -45,107 +40,12 @@ class RunError(LabctlError, RuntimeError):
     """A run cannot go on; `reason` is the one line recorded in result.json."""
 
 
-def run_labels(round_id: str, run_id: str, role: str | None = None) -> dict[str, str]:
-    labels = {ROUND_LABEL: round_id, RUN_LABEL: run_id}
-    if role:
-        labels[ROLE_LABEL] = role
-    return labels
-
-
-def object_name(round_id: str, run_id: str, role: str) -> str:
-    """`lc-<round>-<run>-<role>`: unique per run, meaningful to an operator, naming nobody."""
-    return re.sub(r"[^a-zA-Z0-9_.-]", "-", f"lc-{round_id}-{run_id}-{role}")
-
-
 def work_root() -> Path:
     """Scratch space of running runs (workspace clones, meter files), outside the round directory so
     the manifest never lists half-written scratch: `$LABCTL_WORK_DIR` or ~/.cache/labctl/work."""
     env = os.environ.get("LABCTL_WORK_DIR")
     base = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "labctl"
     return (base if env else base / "work").resolve()
-
-
-@dataclass
-class Docker:
-    """The docker CLI (the same client command the engine module uses)."""
-
-    cli: list[str]
-
-    @classmethod
-    def detect(cls) -> Docker:
-        return cls(DockerEngine().cli)
-
-    def __call__(self, *args: str, check: bool = True, timeout: float | None = 120,
-                 stdout: IO[Any] | int | None = subprocess.PIPE) -> subprocess.CompletedProcess[str]:
-        try:
-            done = subprocess.run([*self.cli, *args], stdout=stdout, stderr=subprocess.PIPE, text=True,
-                                  timeout=timeout, stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired:
-            raise RunError(f"docker {args[0]} timed out after {timeout:.0f}s") from None
-        if check and done.returncode != 0:
-            raise RunError(f"docker {' '.join(args[:2])}: {done.stderr.strip().splitlines()[-1:] or ''}")
-        return done
-
-    def ok(self, *args: str, timeout: float | None = 30) -> bool:
-        try:
-            return self(*args, check=False, timeout=timeout).returncode == 0
-        except RunError:
-            return False
-
-    def image_present(self, tag: str) -> bool:
-        return self.ok("image", "inspect", tag)
-
-    def image_user(self, tag: str) -> str:
-        done = self("image", "inspect", "--format", "{{.Config.User}}", tag)
-        return done.stdout.strip()
-
-    def image_workdir(self, tag: str) -> str:
-        """The image's WORKDIR ("/" when it sets none, as `docker run` does)."""
-        done = self("image", "inspect", "--format", "{{.Config.WorkingDir}}", tag)
-        return done.stdout.strip() or "/"
-
-    def running(self, name: str) -> bool:
-        done = self("container", "inspect", "--format", "{{.State.Running}}", name, check=False)
-        return done.stdout.strip() == "true"
-
-    def labelled(self, labels: Mapping[str, str | None]) -> dict[str, list[str]]:
-        """Names of containers, networks and volumes carrying all `labels` (None: any value)."""
-        flt: list[str] = []
-        for k, v in labels.items():
-            flt += ["--filter", f"label={k}" + ("" if v is None else f"={v}")]
-        return {
-            "containers": self("ps", "-a", "--format", "{{.Names}}", *flt).stdout.split(),
-            "networks": self("network", "ls", "--format", "{{.Name}}", *flt).stdout.split(),
-            "volumes": self("volume", "ls", "--format", "{{.Name}}", *flt).stdout.split(),
-        }
-
-    def labelled_images(self, labels: Mapping[str, str | None]) -> list[str]:
-        """Ids of images carrying all `labels`: only a run's committed agent filesystem (`docker
-        commit` keeps the container's labels), never a built image (those carry no round label)."""
-        flt: list[str] = []
-        for k, v in labels.items():
-            flt += ["--filter", f"label={k}" + ("" if v is None else f"={v}")]
-        return sorted(set(self("image", "ls", "-q", "--no-trunc", *flt).stdout.split()))
-
-    def remove_labelled(self, labels: Mapping[str, str | None]) -> dict[str, list[str]]:
-        """Remove everything carrying `labels`, containers first (they hold networks and volumes).
-
-        The one cleanup path for a run, an interrupted round and `labctl down`: by label, so a
-        crashed labctl leaves nothing a later call cannot find.
-        """
-        if not labels:
-            raise ValueError("refusing to remove by an empty label set")
-        found = self.labelled(labels)
-        if found["containers"]:
-            self("rm", "-f", "-v", *found["containers"], check=False, timeout=120)
-        for net in found["networks"]:
-            self("network", "rm", net, check=False)
-        if found["volumes"]:
-            self("volume", "rm", "-f", *found["volumes"], check=False)
-        if images := self.labelled_images(labels):
-            self("image", "rm", "-f", *images, check=False, timeout=120)
-            found["images"] = images
-        return found
 
 
 # --- the workspace repository --------------------------------------------------------------------
@@ -240,20 +140,6 @@ def redact_server_log(text: str) -> str:
     """llama-server prints the GGUF's general.* metadata while loading; those lines can name the
     model, so they are dropped before the log enters the round (the path is already neutral)."""
     return "".join(line for line in text.splitlines(keepends=True) if not _IDENTIFYING.search(line))
-
-
-def exec_env_flags(env: Mapping[str, str]) -> list[str]:
-    flags: list[str] = []
-    for k, v in sorted(env.items()):
-        flags += ["-e", f"{k}={v}"]
-    return flags
-
-
-def label_flags(labels: Mapping[str, str]) -> list[str]:
-    flags: list[str] = []
-    for k, v in labels.items():
-        flags += ["--label", f"{k}={v}"]
-    return flags
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

@@ -22,113 +22,35 @@ SIGINT/SIGTERM stop the current run, remove everything labelled for it, and leav
 
 from __future__ import annotations
 
-import contextlib
-import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
+from labctl.engine.commands import ROUND_LABEL, RUN_LABEL, Docker
+from labctl.engine.container import EngineError
 from labctl.engine.fence import Fence, Netfilter
-from labctl.gguf.store import Store
-from labctl.lock.lockfile import Lock
-from labctl.lock.resolve import require_lock
-from labctl.lock.treehash import tree_sha256
 from labctl.round.layout import (
     FINISHED,
-    LAB_FILE,
     RunResult,
-    SealedRound,
     read_result,
-    read_sealed,
     result_path,
     run_dir,
     write_manifest,
     write_result,
 )
-from labctl.round.seal import check_envelope, load_envelope, sealed_files_changed
-from labctl.run.parts import ROUND_LABEL, RUN_LABEL, Docker, RunError, read_json
-from labctl.run.session import RunSession, _signals_deferred
-from labctl.spec.load import LoadedLab, load_lab
+from labctl.round.seal import sealed_files_changed
+from labctl.run.context import (
+    Interrupted,
+    RoundContext,
+    open_round,
+    signals_deferred,
+    sigterm_raises,
+)
+from labctl.run.parts import RunError, read_json
+from labctl.run.session import RunSession
 
 Say = Callable[[str], None]
-
-
-class Interrupted(BaseException):
-    """SIGTERM, raised like KeyboardInterrupt so every `finally` cleans up."""
-
-
-@dataclass
-class RoundContext:
-    """What every run of a round shares: the lab it was sealed from, images, store and the envelope
-    (read here, never printed)."""
-
-    round_dir: Path
-    sealed: SealedRound
-    loaded: LoadedLab
-    lock: Lock
-    images: dict[str, str]
-    docker: Docker
-    store: Store
-    mapping: dict[str, str] = field(repr=False)
-    """run id → contestant id (from the envelope: never print it, never write it into the round)."""
-
-
-def round_lab(round_dir: Path, sealed: SealedRound, lab: Path | None,
-              profile: str | None = None) -> LoadedLab:
-    """The lab a round runs with: its own lab.yaml and lab.lock copies, whose relative paths start at
-    the lab's directory recorded at seal time (`lab_dir`), wherever labctl is started. `lab` (`--lab`)
-    overrides; `open_round` then checks that its lock is the one sealed."""
-    if lab is not None:
-        return load_lab(lab, profile=profile)
-    base = Path(sealed.lab_dir) if sealed.lab_dir else None
-    if base is None or not base.is_dir():
-        where = f"its lab directory {base} is gone" if base else "it records no lab directory"
-        raise RunError(f"cannot resolve the paths of round {sealed.round}'s lab.yaml ({where}): "
-                       "pass --lab PATH (the lab it was sealed from)")
-    return load_lab(round_dir / LAB_FILE, profile=profile, base_dir=base)
-
-
-def open_round(round_dir: Path, lab: Path | None = None, profile: str | None = None,
-               docker: Docker | None = None, store: Store | None = None) -> RoundContext:
-    """Load and cross-check everything a run needs, before any container starts: the lab and its lock
-    must be the ones sealed, the envelope must open the commitment, every image must exist."""
-    from labctl.images.specs import lab_images, settings_for  # heavy imports only when running
-
-    sealed = read_sealed(round_dir)
-    loaded = round_lab(round_dir, sealed, lab, profile)
-    lock = require_lock(loaded)
-    if lock.sha256() != sealed.lock_sha256:
-        raise RunError(f"{loaded.path}'s lock is not the one round {sealed.round} was sealed with "
-                       "(a different lab, or one locked again since)")
-    if (tree := tree_sha256(loaded.task_dir)) != sealed.task_tree_sha256:
-        raise RunError(f"task {loaded.task_dir} changed since round {sealed.round} was sealed "
-                       f"(tree sha256 {tree[:12]}…, sealed {sealed.task_tree_sha256[:12]}…)")
-    env = load_envelope(sealed.round)
-    if problems := check_envelope(env, sealed):
-        raise RunError("; ".join(problems))
-    docker = docker or Docker.detect()
-    tags = {s.name: s.tag for s in lab_images(loaded, lock, loaded.profile, settings_for(loaded))}
-    missing = [t for t in tags.values() if not docker.image_present(t)]
-    if missing:
-        raise RunError(f"image {missing[0]} is missing ({len(missing)} missing): "
-                       f"run `labctl build {loaded.path}`")
-    return RoundContext(round_dir=round_dir, sealed=sealed, loaded=loaded, lock=lock, images=tags,
-                        docker=docker, store=store or Store(),
-                        mapping={rid: slot.contestant for rid, slot in env.mapping.items()})
-
-
-@contextlib.contextmanager
-def _sigterm_raises() -> Iterator[None]:
-    def handler(signum: int, frame: Any) -> None:
-        raise Interrupted(f"signal {signum}")
-
-    old = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
 
 
 def now() -> datetime:
@@ -153,7 +75,7 @@ def execute_run(ctx: RoundContext, run_id: str, attempts: int, say: Say = lambda
         result.ended = now()
         write_result(ctx.round_dir, result)  # still `running`: a re-run resumes it
         raise
-    except RunError as e:
+    except (RunError, EngineError) as e:  # an engine command that failed ends the run as errored
         result.status, result.reason = "errored", str(e)
     finally:
         session.cleanup()
@@ -181,7 +103,7 @@ def run_round(ctx: RoundContext, say: Say = lambda s: None, retry_errored: bool 
         # Rewriting the manifest below would bless the change; refuse instead.
         raise RunError("the round changed since it was sealed: " + "; ".join(changed))
     out: list[RunSummary] = []
-    with _sigterm_raises():
+    with sigterm_raises():
         for rid in ctx.sealed.order:
             attempts = 1
             if result_path(ctx.round_dir, rid).is_file():
@@ -198,7 +120,7 @@ def run_round(ctx: RoundContext, say: Say = lambda s: None, retry_errored: bool 
             try:
                 res = execute_run(ctx, rid, attempts, say)
             finally:
-                with _signals_deferred():
+                with signals_deferred():
                     write_manifest(ctx.round_dir)
             say(f"{rid}: {res.status}" + (f", {res.outcome}" if res.outcome else "")
                 + (f" ({res.reason})" if res.reason else ""))
@@ -206,7 +128,7 @@ def run_round(ctx: RoundContext, say: Say = lambda s: None, retry_errored: bool 
         if all(s.skipped for s in out):
             # Nothing ran: a kill between the last result.json and its manifest rewrite left the
             # manifest stale, and no later run would ever rewrite it.
-            with _signals_deferred():
+            with signals_deferred():
                 write_manifest(ctx.round_dir)
     return out
 

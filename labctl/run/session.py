@@ -19,17 +19,15 @@ longer than that: the agent's `sleep`, the meter's and the server's `timeout`, t
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
 
 from labctl.agents import Invocation, adapter
+from labctl.engine.commands import exec_env_flags, label_flags, object_name, run_labels
 from labctl.engine.fence import Fence, Netfilter
 from labctl.lock.fetch import model_files
 from labctl.lock.hub import HubError
@@ -37,6 +35,7 @@ from labctl.plan.llamaserver import classify_failure, server_argv
 from labctl.plan.planner import plan_lab
 from labctl.round.layout import RunResult, run_dir, write_json
 from labctl.round.seal import run_label
+from labctl.run.context import RoundContext, signals_deferred
 from labctl.run.grade import commit_agent, outcome, run_metrics, run_verifier
 from labctl.run.parts import (
     ORIGIN,
@@ -44,22 +43,14 @@ from labctl.run.parts import (
     RunError,
     Workspace,
     bundle,
-    exec_env_flags,
-    label_flags,
     make_workspace,
-    object_name,
     read_json,
     redact_server_log,
     resource_flags,
-    run_labels,
     work_root,
 )
 from labctl.spec.lab import CloudContestant, LocalContestant
 from labctl.spec.task import read_task
-
-if TYPE_CHECKING:
-    from labctl.run.runner import RoundContext
-
 
 PORT = 8080
 INSTRUCTION = "/labctl/instruction.md"
@@ -179,8 +170,7 @@ class RunSession:
         model_net = self._net("model", internal=True)
         argv = server_argv("llama-server", MODEL_PATH, row.server, "0.0.0.0", PORT, alias=self.run_id)[1:]
         name = self.names["server"]
-        from labctl.engine.container import DockerEngine
-        gpu = DockerEngine().gpu_run_args(self.ctx.loaded.profile)
+        gpu = self.docker.gpu_run_args(self.ctx.loaded.profile)
         life = self._lifetime(SERVER_HEALTH_TIMEOUT_S, METER_START_S, self.setup_s)
         self.docker("create", "--name", name, "--network", model_net, "--network-alias", "server",
                     *label_flags({**self.labels, "labctl.role": "server"}), *gpu,
@@ -379,7 +369,7 @@ class RunSession:
 
     def cleanup(self) -> None:
         """Remove every container, network and volume of this run, its scratch and its firewall rules."""
-        with _signals_deferred():
+        with signals_deferred():
             self.docker.remove_labelled(self.labels)
             shutil.rmtree(self.work, ignore_errors=True)
             self.fence.clear()
@@ -387,14 +377,3 @@ class RunSession:
 
 def _task_image(images: dict[str, str]) -> str:
     return next(n for n in images if n.startswith("task-"))
-
-
-@contextlib.contextmanager
-def _signals_deferred() -> Iterator[None]:
-    """Cleanup must finish even when Ctrl-C is pressed again; the signal is delivered afterwards."""
-    sigs = {signal.SIGINT, signal.SIGTERM}
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)

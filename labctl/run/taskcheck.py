@@ -94,7 +94,7 @@ def check_task(loaded: LoadedLab, lock: Lock, task: Path, say: Say = lambda s: N
         results = build_all(detect_engine(), specs, log_dir=loaded.base_dir / ".labctl" / "logs")
         if failed := [r for r in results if r.status == "failed"]:
             raise RunError(f"image {failed[0].name} failed to build (see .labctl/logs)")
-        made = seal_round(new, new_lock, tmp / "rounds")
+        made = seal_round(new, new_lock, tmp / "rounds", {s.name: s.tag for s in specs})
         try:
             ctx = open_round(made.round_dir, lab)
             run_round(ctx, say)

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Discriminator,
     Field,
@@ -23,6 +22,8 @@ from pydantic import (
 
 from labctl.gguf.meta import GGUFMeta
 from labctl.gguf.tinyparams import TinyModelParams
+from labctl.spec.base import ID, Spec
+from labctl.spec.interventions import Interventions
 from labctl.spec.profiles import Profile
 from labctl.spec.published import (
     BuildResult as BuildResult,  # re-exported: labctl.spec.lab is where records look
@@ -31,12 +32,6 @@ from labctl.spec.published import Outcome as Outcome
 from labctl.spec.published import Published, PublishedSetup, TokenGap
 from labctl.spec.units import COUNT_PATTERN, Count, Duration, Size, parse_count
 
-
-class Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
-
-
-ID = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")]
 CacheType = Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"]
 """KV cache element types llama-server accepts for `-ctk` / `-ctv`."""
 
@@ -349,54 +344,6 @@ class Budgets(Spec):
     """Total tokens (prompt + completion) across the run, enforced at the proxy."""
     steps: int | None = Field(default=None, ge=1)
     """Agent steps (model calls); always set one for agents that cannot price local models."""
-
-
-class Trigger(Spec):
-    """When an intervention fires; exactly one condition."""
-
-    idle: Duration | None = None
-    """No model request for this long."""
-    repeated_tool_call: int | None = Field(default=None, ge=2)
-    """The same tool call this many times in a row."""
-    repeated_failure: int | None = Field(default=None, ge=2)
-    """The same command failing this many times in a row."""
-    elapsed: Duration | None = None
-    """This much wall time has passed."""
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> Trigger:
-        if sum(v is not None for v in self.model_dump().values()) != 1:
-            raise ValueError("a trigger needs exactly one of: idle, repeated_tool_call, "
-                             "repeated_failure, elapsed")
-        return self
-
-
-class Intervention(Spec):
-    """A declared nudge or stop, applied by the proxy to every agent alike."""
-
-    name: ID
-    """Name shown in the transcript and metrics."""
-    action: Literal["nudge", "stop"]
-    """nudge: inject `message` as a user message; stop: end the run (after `message`, if any)."""
-    trigger: Trigger
-    message: str | None = None
-    """Text of the nudge."""
-    max: int | None = Field(default=None, ge=1)
-    """Most times this intervention may fire in one run."""
-
-    @model_validator(mode="after")
-    def _nudge_has_message(self) -> Intervention:
-        if self.action == "nudge" and not self.message:
-            raise ValueError("a nudge needs a message")
-        return self
-
-
-class Interventions(Spec):
-    """Declared interventions; `[]` reproduces a zero-hand-holding round."""
-
-    max_nudges: int | None = Field(default=None, ge=0)
-    """Most nudges of all kinds in one run."""
-    rules: list[Intervention] = []
 
 
 class Lab(Spec):
