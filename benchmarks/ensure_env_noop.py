@@ -2,7 +2,7 @@
 
 Why: `make test`, `make demo` and every Docker test fixture call it; with nothing to do it must
 cost next to nothing (goal: < 2 s, best of 3), or every command pays for a check. The test
-(tests/test_engine.py) proves that it does nothing; this measures how long doing nothing takes.
+(tests/engine/test_engine.py) proves that it does nothing; this measures how long doing nothing takes.
 
     .venv/bin/python benchmarks/ensure_env_noop.py
 

@@ -14,7 +14,7 @@ model's code, changed where the article names the model's mistake:
 | run-12 | Hermes 4 14B | the route imports `../../../lib/tags` (one level short); no commit | Failed |
 | run-10 | Devstral 24B | no tool call at all: the base commit as cloned | Total failure |
 
-Nothing is graded here: tests/test_tag_manager.py runs the task's own tests/test.sh in the task image
+Nothing is graded here: tests/run/test_tag_manager.py runs the task's own tests/test.sh in the task image
 on these workspaces and derives the class with the runner's `run_metrics` and `derive_outcome`.
 """
 

@@ -325,7 +325,7 @@ def compute_buffer(meta: GGUFMeta, kv: KVEstimate, *, flash_attention: FlashAtte
     largest single-layer working set: the attention scores without flash attention
     (n_kv × n_ubatch × n_head f32, plus Q/K/V), else the larger of the FFN activations (≈4 tensors
     of n_ff × n_ubatch f32) and Q/K/V/output/residual. Fitted against the CPU llama-server of the pinned tree
-    (tests/test_plan.py compares them). With `cuda`, flash attention over a cache that is not f16 also
+    (tests/plan/test_plan.py compares them). With `cuda`, flash attention over a cache that is not f16 also
     holds an f16 copy of one layer's K and V (ggml-cuda/fattn.cu: the MMA / tile kernels of prompt
     processing need f16, and the copy is part of the node's allocation) — from the source, not measured.
     """

@@ -11,8 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_upstream import FINGERPRINT, MODEL, Reply, serve_fake
-from test_meter import (
+
+from labctl.meter import blobs
+from labctl.meter.sserelay import StreamRelay, parse_events
+from labctl.meter.transcript import Reassembler
+from labctl.report.data import transcript_summary
+from labctl.round.verify import verify_round
+from labctl.run.parts import transcript_records
+from tests.fake_upstream import FINGERPRINT, MODEL, Reply, serve_fake
+from tests.meter.test_meter import (
     ALIAS,
     CALL,
     PATHS,
@@ -28,13 +35,6 @@ from test_meter import (
     records,
     stream,
 )
-
-from labctl.meter import blobs
-from labctl.meter.sserelay import StreamRelay, parse_events
-from labctl.meter.transcript import Reassembler
-from labctl.report.data import transcript_summary
-from labctl.round.verify import verify_round
-from labctl.run.parts import transcript_records
 
 # ------------------------------------------------------------------ the stream relay
 

@@ -16,8 +16,6 @@ from pathlib import Path
 
 import pytest
 import typer
-from conftest import in_ci
-from hfserver import HubServer, hub_server  # noqa: F401
 from typer.testing import CliRunner
 
 from labctl.cli.store import fetch_command, store_app
@@ -29,6 +27,8 @@ from labctl.lock.lockfile import Lock, ModelLock, SourceLock, TaskLock, lock_pat
 from labctl.lock.resolve import spec_sha256
 from labctl.spec.lab import LocalContestant, ModelSource
 from labctl.spec.load import load_lab
+from tests.conftest import in_ci
+from tests.hfserver import HubServer, hub_server  # noqa: F401
 
 BIG = TinyModelParams(seed=2, n_layer=4, n_embd=256, vocab_size=4096)  # ≈ 13 MB: more than one 10 MiB chunk
 

@@ -8,11 +8,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from hfserver import HubServer, hub_server  # noqa: F401  (fixture)
-from registry import json_routes, serve
 
 from labctl.gguf.tiny import TinyModelParams, write_tiny_gguf
 from tests.helpers import run_cli
+from tests.hfserver import HubServer, hub_server  # noqa: F401  (fixture)
+from tests.registry import json_routes, serve
 
 WHEEL = "mini_swe_agent-2.4.6-py3-none-any.whl"
 PYPI = {

@@ -15,17 +15,7 @@ from pathlib import Path, PurePosixPath
 
 import httpx
 import pytest
-from helpers import lab_copy
 from python_on_whales import DockerClient
-from registry import (
-    MANIFEST_DIGEST,
-    Server,
-    distribution_registry,
-    free_port,
-    json_routes,
-    serve,
-    token_registry,
-)
 
 from labctl.lock.gitref import GitRefError, fetch_source, lock_path_source, resolve_git
 from labctl.lock.packages import PackageError, resolve_package, resolve_pypi
@@ -43,6 +33,16 @@ from labctl.lock.registry import (
 )
 from labctl.lock.treehash import TreeHashError, file_sha256, tree_sha256
 from labctl.spec.load import load_lab
+from tests.helpers import lab_copy
+from tests.registry import (
+    MANIFEST_DIGEST,
+    Server,
+    distribution_registry,
+    free_port,
+    json_routes,
+    serve,
+    token_registry,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -391,7 +391,7 @@ def test_lab_images(tmp_path: Path) -> None:
     (tmp_path / "images" / "agent").mkdir(parents=True)
     (tmp_path / "images" / "agent" / "Dockerfile").write_text("FROM python:3.12-slim AS x\nFROM x\n")
     (tmp_path / "labs").mkdir()
-    smoke = (Path(__file__).parents[1] / "labs" / "smoke.yaml").read_text()
+    smoke = (Path(__file__).parents[2] / "labs" / "smoke.yaml").read_text()
     (tmp_path / "labs" / "smoke.yaml").write_text(smoke)
     assert lab_images(load_lab(tmp_path / "labs" / "smoke.yaml")) == ["debian:bookworm-slim",
                                                                          "python:3.12-slim"]

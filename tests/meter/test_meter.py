@@ -17,14 +17,14 @@ from typing import Any
 
 import httpx
 import pytest
-from fake_upstream import FINGERPRINT, MODEL, FakeUpstream, Reply, serve_fake
 
 from labctl.meter.proxy import MeterConfig, MeterHandle, meter_in_thread
 from labctl.meter.state import InterventionPolicy, MeterState, Recorder
 from labctl.meter.transcript import SSESplitter, call_signature, inject_user_text, sse_fields
 from labctl.spec.interventions import Interventions
+from tests.fake_upstream import FINGERPRINT, MODEL, FakeUpstream, Reply, serve_fake
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ALIAS = "run-10"
 REAL_KEY = "sk-real-4f9c1e0b7a6d5c3e2f1a0b9c8d7e6f5a"
 DUMMY_KEY = "sk-dummy-agent-key"

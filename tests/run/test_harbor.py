@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 import pytest
-from test_runner import ROOT, SMOKE, build, derived_lab, labctl, labelled_now, runner_env, seal
 
 from labctl.engine.commands import Docker
 from labctl.lock.lockfile import lock_path, read_lock, write_lock
@@ -31,10 +30,11 @@ from labctl.lock.resolve import spec_sha256
 from labctl.lock.treehash import tree_sha256
 from labctl.round.verify import derive_outcome, named_checks
 from labctl.spec.load import load_lab
+from tests.run.test_runner import ROOT, SMOKE, build, derived_lab, labctl, labelled_now, runner_env, seal
 
 __all__ = ["runner_env"]  # the module fixture of test_runner: envelopes, scratch, the smoke lock
 
-TASKS = Path(__file__).resolve().parent / "harbor_tasks"
+TASKS = Path(__file__).resolve().parents[1] / "harbor_tasks"
 CONTROLS = "  - id: oracle\n    kind: oracle\n  - id: nop\n    kind: nop\n"
 NOTHING = {"containers": [], "networks": [], "volumes": []}
 

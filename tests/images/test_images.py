@@ -26,7 +26,6 @@ from typing import Any
 import httpx
 import pytest
 import typer
-from conftest import BASE_IMAGE, ROOT, remove_labelled
 from python_on_whales import DockerClient
 from python_on_whales.exceptions import DockerException
 from typer.testing import CliRunner
@@ -65,6 +64,7 @@ from labctl.lock.sdist import HashMismatch, fetch_sdist
 from labctl.lock.treehash import tree_sha256
 from labctl.spec.load import LoadedLab, load_lab
 from labctl.spec.profiles import find_profile
+from tests.conftest import BASE_IMAGE, ROOT, remove_labelled
 
 SDIST_SHA = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"  # llama-cpp-python 0.3.36
 AGENT_SHA = "a35463c553ac825c7773b03cfa69cd44958e3af20155dcc5711fdf9e4c67cd54"  # mini-swe-agent 2.4.6 wheel

@@ -18,7 +18,7 @@ from labctl.round.verify import derive_outcome
 from labctl.run.parts import resource_flags
 from labctl.spec.task import TaskError, read_task
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TASKS = ROOT / "tasks"
 TAG = TASKS / "tag-manager"
 
@@ -119,7 +119,7 @@ def test_tag_manager_outcome_rules_reproduce_the_published_classes() -> None:
     """Complete: every requirement. Partial: working code shipped: the tags library, the build, and
     at least one pushed commit (Qwen3-Coder: one commit, no screenshot). Failed: built but never
     committed (Qwen 3.6), or a failed build (Gemma 4, Hermes 4), or nothing. Total failure: no tool
-    call at all (Devstral). tests/test_tag_manager.py reproduces these from real workspaces."""
+    call at all (Devstral). tests/run/test_tag_manager.py reproduces these from real workspaces."""
     rules = read_task(TAG).labctl.outcome
     names = rules.complete
     assert rules.partial == ["tags_lib", "build", "pushed"]
@@ -154,7 +154,7 @@ def test_resource_limits_come_from_the_environment_table(tmp_path: Path) -> None
 def test_validate_reports_a_broken_task_toml_before_any_run(tmp_path: Path) -> None:
     """Mistakes in labctl's tables or the resource limits of task.toml are found by `labctl validate`
     (exit 2, located at the lab's task.path), not by an errored run an hour later."""
-    from helpers import run_cli
+    from tests.helpers import run_cli
 
     task = tmp_path / "task"
     shutil.copytree(TASKS / "smoke-hello", task)

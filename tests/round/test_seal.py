@@ -44,7 +44,7 @@ from labctl.round.seal import ENVELOPES_ENV, envelope_path, load_envelope, seal_
 from labctl.round.verify import derive_outcome
 from labctl.spec.load import load_lab
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 IDS = {"tiny-llama": "zqx-local-model", "oracle": "zqx-ref-solution", "nop": "zqx-idle-agent"}
 """The smoke lab's contestants renamed to ids that cannot occur by accident in any other text."""

@@ -10,7 +10,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from hfserver import HubServer, hub_server  # noqa: F401
 from typer.testing import CliRunner
 
 from labctl.cli.app import app
@@ -27,7 +26,8 @@ from labctl.plan.twin import TwinError, layout_bytes, tensors, write_twin
 from labctl.spec.lab import LocalContestant, ModelSource
 from labctl.spec.load import load_lab
 from tests.helpers import ROOT
-from tests.test_hub import write_moe
+from tests.hfserver import HubServer, hub_server  # noqa: F401
+from tests.lock.test_hub import write_moe
 
 TWINS = ROOT / "labs" / "twins.yaml"
 MiB = 1 << 20

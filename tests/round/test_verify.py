@@ -12,7 +12,7 @@ import pytest
 from labctl.round.layout import OutcomeRules, read_result, read_sealed, read_unsealed, run_dir
 from labctl.round.seal import load_envelope
 from labctl.round.verify import derive_outcome, read_reward, verify_round
-from tests.test_seal import CHECKS, NOP, ORACLE, cli, envelopes, fake_runs, sealed_lab  # noqa: F401
+from tests.round.test_seal import CHECKS, NOP, ORACLE, cli, envelopes, fake_runs, sealed_lab  # noqa: F401
 
 Problems = list[dict[str, str | None]]
 

@@ -18,8 +18,9 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
-from test_images import SDIST_SHA
+
+from tests.conftest import ROOT
+from tests.images.test_images import SDIST_SHA
 
 SCRIPT = ROOT / "scripts" / "build-llama-server.sh"
 V = "0.3.36"
@@ -123,7 +124,7 @@ def test_a_prebuilt_llama_server_is_named_and_refused_in_ci(tmp_path: Path) -> N
     fake.write_text('#!/bin/sh\necho "version: 42 (deadbeef)"\n')
     fake.chmod(0o755)
     argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--collect-only",
-            "tests/test_engine.py::test_remove_labelled_refuses_empty_labels"]  # a light module
+            "tests/engine/test_engine.py::test_remove_labelled_refuses_empty_labels"]  # a light module
     env = {**os.environ, "LABCTL_LLAMA_SERVER": str(fake)}
     local = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, env={**env, "CI": ""})
     assert local.returncode == 0, local.stdout + local.stderr

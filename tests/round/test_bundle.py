@@ -1,9 +1,9 @@
 """`labctl bundle` / `unbundle` / `verify round.tar`: a lab and a round shared as one deterministic
 file; a bundle that does not match its own index, or would write outside its directory, is refused;
 a round bundle verifies on a machine with no labctl state and no network, and every tampering of
-tests/test_verify.py, applied inside the tar, still fails it.
+tests/round/test_verify.py, applied inside the tar, still fails it.
 
-No Docker: the round is the sealed smoke round of tests/test_seal.py with runs faked as the runner
+No Docker: the round is the sealed smoke round of tests/round/test_seal.py with runs faked as the runner
 writes them, unsealed for real.
 """
 
@@ -33,8 +33,8 @@ from labctl.round.layout import run_dir
 from labctl.spec.lab import LocalContestant
 from labctl.spec.load import load_lab
 from tests.helpers import ROOT, run_cli
-from tests.test_seal import CHECKS, LOCAL, NOP, ORACLE, envelopes, make_lab, sealed_lab  # noqa: F401
-from tests.test_verify import round_dir  # noqa: F401
+from tests.round.test_seal import CHECKS, LOCAL, NOP, ORACLE, envelopes, make_lab, sealed_lab  # noqa: F401
+from tests.round.test_verify import round_dir  # noqa: F401
 
 
 def real_lock(lab: Path, store: Path) -> None:

@@ -210,7 +210,7 @@ def test_build_attempts_and_screenshot_from_checks(tmp_path: Path, monkeypatch: 
     import labctl.run.grade as grade
 
     monkeypatch.setattr(grade, "pushed_commits", lambda ws: 2)
-    columns = read_task(Path(__file__).resolve().parents[1] / "tasks" / "tag-manager").report_columns()
+    columns = read_task(Path(__file__).resolve().parents[2] / "tasks" / "tag-manager").report_columns()
     assert columns == {"build_check": "build", "screenshot_check": "screenshot",
                        "build_command": r"\b(npm run build|npx next build|next build)\b"}
     cmds = ["ls", "npm run build", "vim x", "cd /workspace && npm run build 2>&1 | tail", "git push"]

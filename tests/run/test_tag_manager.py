@@ -20,8 +20,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-from round7_endings import ENDINGS, Ending
-from test_runner import ROOT, SMOKE, build, labelled_now, runner_env
 
 from labctl.engine.commands import Docker, run_labels
 from labctl.images.specs import lab_images, settings_for
@@ -37,6 +35,8 @@ from labctl.spec.lab import Lab
 from labctl.spec.load import load_lab
 from labctl.spec.located import load_yaml, validate
 from labctl.spec.task import read_task
+from tests.round7_endings import ENDINGS, Ending
+from tests.run.test_runner import ROOT, SMOKE, build, labelled_now, runner_env
 
 __all__ = ["runner_env"]  # test_runner's module fixture: envelopes, scratch, the smoke lock
 LAB = ROOT / "labs" / "tag-manager.yaml"

@@ -20,7 +20,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_runner import build, derived_lab, labelled_now, runner_env, seal  # noqa: F401  (module fixture)
 
 from labctl.engine.commands import Docker, label_flags
 from labctl.engine.container import detect_engine
@@ -34,6 +33,7 @@ from labctl.round.layout import RunResult
 from labctl.run.runner import RunSession, down, open_round
 from labctl.run.session import PORT
 from labctl.spec.load import load_lab
+from tests.run.test_runner import build, derived_lab, labelled_now, runner_env, seal  # noqa: F401  (module fixture)
 
 pytestmark = pytest.mark.docker
 NOTHING = {"containers": [], "networks": [], "volumes": []}
@@ -198,7 +198,7 @@ def test_ipv6_is_fenced_too_and_a_non_root_user_gets_the_helper(
     """On a network with IPv6 (a daemon with IPv6 on), the host answers over IPv6 until the fence is
     up; the fence here goes through the helper container a user without root gets, and the rules
     it writes are the host's own (same iptables backend as docker's)."""
-    smoke = load_lab(Path(__file__).resolve().parents[1] / "labs" / "smoke.yaml")
+    smoke = load_lab(Path(__file__).resolve().parents[2] / "labs" / "smoke.yaml")
     spec = next(s for s in lab_images(smoke, require_lock(smoke), settings=settings_for(smoke))
                 if s.name == "labctl")
     [built] = build_all(detect_engine(), [spec], log_dir=tmp_path / "logs")

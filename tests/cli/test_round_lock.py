@@ -4,7 +4,7 @@ on as far as it can; only drift against an existing lock stops it.
 The lab is a fresh `labctl init` scaffold. Its references are real ones (llama.cpp on GitHub,
 mini-swe-agent on PyPI), so the test points them at loopback stand-ins the way a user behind a mirror
 would: git's own `url.<base>.insteadOf` for the llama.cpp repository (a local repository with the
-b9660 tag) and `LABCTL_PYPI_URL` for the package index (tests/test_lock.py's PyPI JSON server).
+b9660 tag) and `LABCTL_PYPI_URL` for the package index (tests/lock/test_lock.py's PyPI JSON server).
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_lock import llama_repo, pypi  # noqa: F401  (pypi: a fixture)
 
 from tests.helpers import run_cli
+from tests.lock.test_lock import llama_repo, pypi  # noqa: F401  (pypi: a fixture)
 
 UPSTREAM = "https://github.com/ggml-org/llama.cpp"
 

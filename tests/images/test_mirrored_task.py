@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 from python_on_whales import DockerClient
-from test_runner import labelled_now, runner_env  # noqa: F401  (module fixture: envelopes, scratch, CA)
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.run.test_runner import labelled_now, runner_env  # noqa: F401  (module fixture: envelopes, scratch, CA)
+
+ROOT = Path(__file__).resolve().parents[2]
 TASK = ROOT / "tests" / "harbor_tasks" / "mirrored"
 pytestmark = pytest.mark.docker
 

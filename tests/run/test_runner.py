@@ -38,7 +38,7 @@ from labctl.round.seal import seal_round
 from labctl.run.runner import RunSession, open_round, run_round
 from labctl.spec.load import load_lab
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "labs" / "smoke.yaml"
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 pytestmark = pytest.mark.docker
@@ -64,11 +64,10 @@ def runner_env(tmp_path_factory: pytest.TempPathFactory, docker_engine: DockerCl
 def ensure_smoke_lock(docker: DockerClient) -> None:
     """labs/smoke.lock as `labctl lock` writes it, made offline: the registry facts (the sdist's and
     the wheel's sha256) are the recorded ones test_images uses; the rest is derived here."""
-    from test_images import make_lock
-
     from labctl.lock.hub import lock_model
     from labctl.lock.resolve import LockError
     from labctl.spec.lab import LocalContestant
+    from tests.images.test_images import make_lock
 
     loaded = load_lab(SMOKE)
     try:
@@ -225,7 +224,7 @@ SLEEPER = "#!/usr/bin/env bash\nsleep 100000\n"
 
 def test_image_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A sealed round whose images are gone names `labctl build`. (A lab without a lock is no longer an
-    error for `labctl round`: it locks on its first run; tests/test_round_lock.py has that and the
+    error for `labctl round`: it locks on its first run; tests/cli/test_round_lock.py has that and the
     drift that does stop it.)"""
     lab = derived_lab(tmp_path, "  - id: oracle\n    kind: oracle\n")
     rd = seal(lab, tmp_path)

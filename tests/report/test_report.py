@@ -1,6 +1,6 @@
 """`labctl report`: the published round's tables computed from a synthetic unsealed round.
 
-No Docker, no model: the smoke lab is sealed with a constructed lock (tests/test_seal.py's
+No Docker, no model: the smoke lab is sealed with a constructed lock (tests/round/test_seal.py's
 `make_lab`), runs are written as the runner would leave them (metrics.json with some keys missing,
 a transcript with llama.cpp timings), then unsealed. The browser test renders the HTML page in a
 real headless Chromium and checks the tables are in its DOM.
@@ -30,7 +30,7 @@ from labctl.round.verify import derive_outcome
 from labctl.spec.lab import Lab
 from labctl.spec.located import load_yaml, validate
 from tests.conftest import in_ci
-from tests.test_seal import CHECKS, LOCAL, NOP, ORACLE, ROOT, envelopes, make_lab  # noqa: F401
+from tests.round.test_seal import CHECKS, LOCAL, NOP, ORACLE, ROOT, envelopes, make_lab  # noqa: F401
 
 app = typer.Typer()
 app.command("report")(report_command)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-from conftest import (
+from python_on_whales import DockerClient
+
+from tests.conftest import (
     BASE_IMAGE,
     BASE_IMAGE_ALIAS,
     ENSURE_ENV,
@@ -14,7 +16,6 @@ from conftest import (
     labelled,
     remove_labelled,
 )
-from python_on_whales import DockerClient
 
 
 def _labelled_objects(client: DockerClient, labels: dict[str, str]) -> dict[str, list[str]]:

@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as Q
 from gguf import GGUFValueType, LlamaFileType
-from hfserver import HubServer, client_pointed_at, free_port, hub_server  # noqa: F401
 
 from labctl.gguf.read import (
     GGUFError,
@@ -33,6 +32,7 @@ from labctl.gguf.store import Store
 from labctl.gguf.tiny import TinyModelParams, canonical_params_json, write_tiny_gguf
 from labctl.lock.hub import HubError, lock_generated, lock_hf, lock_local, shard_names
 from labctl.spec.lab import ModelSource
+from tests.hfserver import HubServer, client_pointed_at, free_port, hub_server  # noqa: F401
 
 BIG = TinyModelParams(seed=1, n_layer=2, n_embd=128, vocab_size=6000)  # header ≈ 120 KB
 

@@ -20,16 +20,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fake_upstream import MODEL as FAKE_MODEL
-from test_runner import build, derived_lab, labelled_now, runner_env, seal  # noqa: F401 (fixture)
 
 from labctl.engine.commands import Docker, label_flags
 from labctl.round.layout import read_result
 from labctl.run.runner import RunSession, open_round, run_round
+from tests.fake_upstream import MODEL as FAKE_MODEL
+from tests.run.test_runner import build, derived_lab, labelled_now, runner_env, seal  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.docker
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 ALIAS = "fake-anthropic"
 PORT = 8080
 VENV_PY = "/opt/labctl/venv/bin/python"  # the labctl image's venv: aiohttp is there, not in python3
@@ -49,7 +49,7 @@ REPLIES = [
 SERVE = f"""
 import asyncio, json, os, sys
 sys.path.insert(0, "/tests")
-from fake_upstream import FakeUpstream, Reply, start_fake
+from tests.fake_upstream import FakeUpstream, Reply, start_fake
 
 class Recording(FakeUpstream):
     async def _receive(self, request, dialect):
