@@ -33,6 +33,7 @@ EXIT_FAIL = 1
 
 LabArg = Annotated[Path, typer.Argument(help="Lab file.", show_default=True)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+RoundArg = Annotated[Path, typer.Argument(help="Round directory, e.g. rounds/<round-id>.")]
 ProfileOpt = Annotated[
     str | None, typer.Option("--profile", "-p", help="Hardware profile (overrides the lab's).")
 ]

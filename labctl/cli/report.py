@@ -24,11 +24,12 @@ class ReportFormat(StrEnum):
     html = "html"
 
 
-RoundArg = Annotated[Path, typer.Argument(help="Round directory, e.g. rounds/<round-id> (unsealed).")]
+UnsealedRoundArg = Annotated[Path, typer.Argument(help="Round directory, e.g. rounds/<round-id> (unsealed).")]
 FormatOpt = Annotated[ReportFormat, typer.Option("--format", "-f", help="Report file format.")]
 
 
-def report_command(round_dir: RoundArg, fmt: FormatOpt = ReportFormat.md, as_json: JsonOpt = False) -> None:
+def report_command(round_dir: UnsealedRoundArg, fmt: FormatOpt = ReportFormat.md,
+                   as_json: JsonOpt = False) -> None:
     """Write report.<format> and report.png into an unsealed round; the manifest is updated."""
     from labctl.report.data import ReportError
     from labctl.report.render import write_report

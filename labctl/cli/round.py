@@ -14,7 +14,19 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from labctl.cli.console import DEFAULT_LAB, EXIT_FAIL, JsonOpt, LabArg, emit, err, fail, open_lab, out, refuse
+from labctl.cli.console import (
+    DEFAULT_LAB,
+    EXIT_FAIL,
+    JsonOpt,
+    LabArg,
+    RoundArg,
+    emit,
+    err,
+    fail,
+    open_lab,
+    out,
+    refuse,
+)
 from labctl.errors import LabctlError
 from labctl.images.specs import image_tags
 from labctl.lock.resolve import require_lock
@@ -23,7 +35,6 @@ from labctl.round.seal import run_label, seal_round, unseal_round
 from labctl.round.verify import verify_round
 
 RoundsDirOpt = Annotated[Path, typer.Option("--rounds-dir", help="Where round directories are created.")]
-RoundArg = Annotated[Path, typer.Argument(help="Round directory, e.g. rounds/<round-id>.")]
 
 
 def seal_command(lab: LabArg = DEFAULT_LAB, rounds_dir: RoundsDirOpt = Path("rounds"),

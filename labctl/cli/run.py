@@ -18,6 +18,7 @@ from labctl.cli.console import (
     JsonOpt,
     LabArg,
     ProfileOpt,
+    RoundArg,
     emit,
     err,
     fail,
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
     from labctl.run.runner import RunSummary
     from labctl.spec.load import LoadedLab
 
-RoundArg = Annotated[Path, typer.Argument(help="Round directory, e.g. rounds/<round-id>.")]
 LabOpt = Annotated[Path | None, typer.Option(
     "--lab", help="The lab file the round was sealed from (default: lab.yaml or labs/<lab>.yaml).")]
 

@@ -100,7 +100,7 @@ def ls_command(store: StoreOpt = None, as_json: JsonOpt = False) -> None:
 
 
 @store_app.command("verify")
-def verify_command(
+def store_verify_command(
     sha256: Annotated[str | None, typer.Argument(help="Only this blob (full sha256).")] = None,
     store: StoreOpt = None,
     as_json: JsonOpt = False,

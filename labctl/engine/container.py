@@ -62,7 +62,7 @@ class ImageInfo:
 
 
 @dataclass(frozen=True)
-class RunResult:
+class CommandResult:
     returncode: int
     stdout: str
     stderr: str
@@ -100,7 +100,7 @@ class ContainerEngine(Protocol):
 
     def run(self, image: str, argv: Sequence[str], *, entrypoint: str | None = None,
             user: str | None = None, labels: Mapping[str, str] | None = None,
-            network: str | None = "none", timeout: float = 300) -> RunResult:
+            network: str | None = "none", timeout: float = 300) -> CommandResult:
         """A one-off `run --rm`, capturing stdout and stderr (no network by default)."""
         ...
 
@@ -201,7 +201,7 @@ class DockerEngine:
 
     def run(self, image: str, argv: Sequence[str], *, entrypoint: str | None = None,
             user: str | None = None, labels: Mapping[str, str] | None = None,
-            network: str | None = "none", timeout: float = 300) -> RunResult:
+            network: str | None = "none", timeout: float = 300) -> CommandResult:
         cmd = [*self.cli, "run", "--rm"]
         if network:
             cmd += ["--network", network]
@@ -217,7 +217,7 @@ class DockerEngine:
                                   stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired:
             raise EngineError(f"{image} {' '.join(argv)} timed out after {timeout:.0f}s") from None
-        return RunResult(done.returncode, done.stdout, done.stderr)
+        return CommandResult(done.returncode, done.stdout, done.stderr)
 
     def gpu_run_args(self, profile: Profile) -> list[str]:
         return ["--gpus", "all"] if profile.is_gpu else []

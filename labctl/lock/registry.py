@@ -368,7 +368,7 @@ def images_dir(base_dir: Path) -> Path | None:
     return next((d / "images" for d in chain[: top + 1] if (d / "images").is_dir()), None)
 
 
-def lab_images(loaded: LoadedLab) -> list[str]:
+def image_references(loaded: LoadedLab) -> list[str]:
     """Every image reference a lab needs, as written (the keys of `lab.lock`'s images), sorted.
 
     The CUDA build/runtime images, the CPU build image, the task's `[environment] docker_image` or

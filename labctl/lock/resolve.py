@@ -60,7 +60,7 @@ def resolve(loaded: LoadedLab, store: Store, report: Report = _noop) -> Lock:
     """Resolve every entry (network: git, registries, the Hub); raises LockError listing failures."""
     from labctl.lock.hub import lock_model
     from labctl.lock.packages import resolve_package
-    from labctl.lock.registry import lab_images
+    from labctl.lock.registry import image_references
 
     lab = loaded.lab
     problems: list[str] = []
@@ -78,7 +78,7 @@ def resolve(loaded: LoadedLab, store: Store, report: Report = _noop) -> Lock:
     source = attempt("llama_cpp", lambda: _source(loaded))
     images: dict[str, ImageLock] = {}
     mirrors = {**lab.build.image_mirrors, **loaded.profile.image_mirrors}
-    for ref in attempt("images", lambda: lab_images(loaded)) or []:
+    for ref in attempt("images", lambda: image_references(loaded)) or []:
         pinned = attempt(f"images.{ref}", lambda ref=ref: _image(ref, mirrors))
         if pinned is not None:
             images[ref] = pinned

@@ -34,7 +34,7 @@ class SourceError(LabctlError, RuntimeError):
     """A pinned file that cannot be fetched or unpacked."""
 
 
-class HashMismatch(SourceError):
+class SourceHashMismatch(SourceError):
     """Downloaded or cached bytes differ from what lab.lock pins: nothing was built from them."""
 
 
@@ -78,10 +78,10 @@ def pip_download(requirement: str, dest: Path, *, binary: bool | None, log: Log 
 
 
 def verify_sha256(path: Path, expected: str, what: str) -> None:
-    """Raise HashMismatch unless the file's sha256 is `expected`."""
+    """Raise SourceHashMismatch unless the file's sha256 is `expected`."""
     actual = file_sha256(path)
     if actual != expected:
-        raise HashMismatch(f"{what}: {path.name} has sha256 {actual}, but lab.lock pins {expected} "
+        raise SourceHashMismatch(f"{what}: {path.name} has sha256 {actual}, but lab.lock pins {expected} "
                            "(a re-uploaded file, a wrong lock, or a corrupt download); nothing was built")
 
 
@@ -121,7 +121,7 @@ def fetch_sdist(requirement: str, sha256: str, subdir: str, *, filename: str | N
     if tree_sha256_expected is not None:
         actual = tree_sha256(tree)
         if actual != tree_sha256_expected:
-            raise HashMismatch(f"{requirement}: tree hash of {subdir} is {actual}, lab.lock pins "
+            raise SourceHashMismatch(f"{requirement}: tree hash of {subdir} is {actual}, lab.lock pins "
                                f"{tree_sha256_expected}; delete {root} to re-extract, or re-lock")
     return tree
 

@@ -33,7 +33,7 @@ from typer.testing import CliRunner
 from labctl.agents import Invocation, adapter, check_no_secrets
 from labctl.agents.base import AgentConfigError, wrapper_script
 from labctl.cli.build import build_command, images_command
-from labctl.engine.container import BuildRequest, DockerEngine, ImageInfo, PodmanEngine, RunResult
+from labctl.engine.container import BuildRequest, CommandResult, DockerEngine, ImageInfo, PodmanEngine
 from labctl.gguf.tiny import TinyModelParams, write_tiny_gguf
 from labctl.images.build import build_all, prune_build_stages, version_text
 from labctl.images.context import pin_dockerfile
@@ -60,7 +60,7 @@ from labctl.lock.lockfile import (
     write_lock,
 )
 from labctl.lock.resolve import spec_sha256
-from labctl.lock.sdist import HashMismatch, fetch_sdist
+from labctl.lock.sdist import SourceHashMismatch, fetch_sdist
 from labctl.lock.treehash import tree_sha256
 from labctl.spec.load import LoadedLab, load_lab
 from labctl.spec.profiles import find_profile
@@ -148,8 +148,8 @@ class FakeEngine:
                           ) -> list[str]:
         return []
 
-    def run(self, image: str, argv: list[str], **kw: Any) -> RunResult:
-        return RunResult(0, "version: 1 (abc)\nbuilt with GNU for x86_64\n", "")
+    def run(self, image: str, argv: list[str], **kw: Any) -> CommandResult:
+        return CommandResult(0, "version: 1 (abc)\nbuilt with GNU for x86_64\n", "")
 
     def gpu_run_args(self, profile: Any) -> list[str]:
         return []
@@ -435,14 +435,14 @@ def test_fetch_sdist_verifies_then_extracts_only_the_subdir(fake_index: FakeInde
     assert changelog_commit(sdist_dir(fake_index.sha256, cache) / "CHANGELOG.md", "1.0") == "abcdef123"
     os.environ["PIP_INDEX_URL"] = "http://127.0.0.1:9/nowhere"  # cached: no network needed any more
     assert fetch_sdist("fake-vendor==1.0", fake_index.sha256, "vendor/thing", cache=cache) == tree
-    with pytest.raises(HashMismatch, match="tree hash"):
+    with pytest.raises(SourceHashMismatch, match="tree hash"):
         fetch_sdist("fake-vendor==1.0", fake_index.sha256, "vendor/thing", cache=cache,
                     tree_sha256_expected="0" * 64)
 
 
 def test_wrong_sdist_hash_extracts_nothing(fake_index: FakeIndex, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
-    with pytest.raises(HashMismatch, match=f"lab.lock pins {'0' * 64}"):
+    with pytest.raises(SourceHashMismatch, match=f"lab.lock pins {'0' * 64}"):
         fetch_sdist("fake-vendor==1.0", "0" * 64, "vendor/thing", cache=cache)
     assert not list((cache / "src").glob("*/vendor"))
 

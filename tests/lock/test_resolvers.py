@@ -24,7 +24,7 @@ from labctl.lock.registry import (
     RegistryError,
     apply_mirrors,
     dockerfile_bases,
-    lab_images,
+    image_references,
     parse_challenge,
     parse_reference,
     registry_digest,
@@ -385,7 +385,7 @@ def test_dockerfile_bases(tmp_path: Path) -> None:
 
 def test_lab_images(tmp_path: Path) -> None:
     lab = load_lab(lab_copy(tmp_path))  # Round 7: CUDA images + CPU image; tag-manager has no Dockerfile
-    assert lab_images(lab) == ["debian:bookworm-slim", "nvidia/cuda:13.1.0-devel-ubuntu24.04",
+    assert image_references(lab) == ["debian:bookworm-slim", "nvidia/cuda:13.1.0-devel-ubuntu24.04",
                                "nvidia/cuda:13.1.0-runtime-ubuntu24.04"]
     (tmp_path / ".git").mkdir()  # the repository root: labs/ below it share its images/
     (tmp_path / "images" / "agent").mkdir(parents=True)
@@ -393,7 +393,7 @@ def test_lab_images(tmp_path: Path) -> None:
     (tmp_path / "labs").mkdir()
     smoke = (Path(__file__).parents[2] / "labs" / "smoke.yaml").read_text()
     (tmp_path / "labs" / "smoke.yaml").write_text(smoke)
-    assert lab_images(load_lab(tmp_path / "labs" / "smoke.yaml")) == ["debian:bookworm-slim",
+    assert image_references(load_lab(tmp_path / "labs" / "smoke.yaml")) == ["debian:bookworm-slim",
                                                                          "python:3.12-slim"]
 
 
