@@ -44,6 +44,7 @@ from labctl.transcript import (
     error_event,
     models_body,
     new_record,
+    reassembler,
     rewrite_identity,
     scrub,
     scrub_bytes,
@@ -53,7 +54,8 @@ from labctl.transcript import (
 __all__ = ["MeterConfig", "MeterHandle", "MeterState", "meter_in_thread", "start_meter"]
 
 METERED: dict[str, Dialect] = {"/v1/chat/completions": "openai", "/chat/completions": "openai",
-                               "/v1/messages": "anthropic", "/messages": "anthropic"}
+                               "/v1/messages": "anthropic", "/messages": "anthropic",
+                               "/v1/responses": "responses", "/responses": "responses"}
 """Model calls: recorded, budgeted, open to interventions. Other model-calling paths
 (/v1/completions, /completion, …) are refused, so nothing reaches the model unmetered."""
 PASSTHROUGH = {"/health", "/v1/health", "/v1/messages/count_tokens"}
@@ -199,7 +201,7 @@ class Meter:
         self.state.requests += 1
         self.state.last_request_time = t0
         rec = new_record(self.seq, t0, dialect, path)
-        asm = Reassembler(dialect, self.cfg.alias)
+        asm = reassembler(dialect, self.cfg.alias)
         try:
             size = request.content_length
             if size is not None and size > self.cfg.max_request_bytes:

@@ -1,0 +1,437 @@
+"""A deterministic scripted model: a real loopback HTTP server that drives any agent runtime
+through a fixed plan of shell commands, in whichever wire protocol and tool schema it speaks.
+
+Why: proving a runtime end to end (build, seal, meter, run, grade → Complete) needs a model that
+does the task every time; the tiny random model never does, and a cloud key is never in CI. Unlike
+tests/fake_upstream.py (replies queued by the test, for the meter's own tests), this stand-in reads
+the conversation it is sent and answers by it, so it needs no knowledge of the runtime:
+
+* it finds the shell tool among the tools the client declares, by name (`SHELL_TOOLS`: Bash,
+  bash, shell, run_shell_command, execute, exec_command, …), and fills that tool's own parameter
+  schema — the command as a string, or as an argv array (`["bash", "-lc", cmd]`) where the schema
+  says array (codex's `shell`), required flags given their defaults;
+* the step is the number of shell calls already in the conversation (assistant tool_calls /
+  tool_use blocks / Responses function_call items), so the answer depends on the request alone:
+  a retried request gets the same answer, and side requests a runtime makes without the shell
+  tool (titles, summaries, quota probes) get the final text and change nothing;
+* step n < len(commands) answers one call of commands[n]; after that, `final` text, no calls.
+
+Wire protocols, each as one JSON body or as SSE with the real event names and shapes:
+OpenAI chat completions (`/v1/chat/completions`, tool_calls deltas, `stream_options.include_usage`),
+Anthropic Messages (`/v1/messages`: tool_use blocks, input_json_delta, message_delta usage; plus
+`/v1/messages/count_tokens`) and OpenAI Responses (`/v1/responses`: function_call items,
+response.function_call_arguments.delta, response.completed with usage). Usage is derived from the
+request and the answer's length, so the metered tokens are real numbers that differ per turn.
+
+    with serve_scripted(Plan(commands=["ls"])) as model: model.url ...          # in tests
+    python tests/scripted_model.py --host 0.0.0.0 --port 8080 --plan plan.json   # in a container
+        [--record received.jsonl] [--key-env VAR]   (VAR: the key the meter must inject)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+MODEL = "scripted-model-1"
+"""The name this server gives itself (the meter must hide it from the agent)."""
+SHELL_TOOLS = ("bash", "shell", "run_shell_command", "execute", "exec_command", "shell_command",
+               "run_terminal_cmd", "terminal", "run_command", "command")
+"""Shell tool names of the runtimes, matched case-insensitively, in order of preference."""
+COMMAND_KEYS = ("command", "cmd", "commands", "script", "code")
+SMOKE_WORK = ("printf 'Hello, lab!\\n' > hello.txt && git add hello.txt && git commit -qm 'Add greeting'"
+              " && git push -q origin HEAD")
+SUBMIT = "echo COMPLETE_TASK_AND_SUBMIT_FINAL_OUTPUT"
+"""mini-swe-agent ends its run on this output line; to other runtimes it is a harmless echo."""
+
+
+@dataclass
+class Plan:
+    """What the scripted model does: one shell command per turn, then the final text."""
+
+    commands: list[str] = field(default_factory=lambda: [SMOKE_WORK, SUBMIT])
+    """Default: the smoke task (tasks/smoke-hello) done and, for mini-swe-agent, submitted."""
+    final: str = "Done: hello.txt is committed and pushed."
+
+    @classmethod
+    def load(cls, path: Path) -> Plan:
+        data = json.loads(path.read_text())
+        return cls(commands=list(data.get("commands", cls().commands)), final=data.get("final", cls().final))
+
+
+# ------------------------------------------------------------------ reading the request
+
+
+def tool_schemas(dialect: str, body: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(name, JSON schema of the arguments) of every function tool the client declares."""
+    out = []
+    for t in body.get("tools") or []:
+        if not isinstance(t, dict):
+            continue
+        if dialect == "openai":
+            fn = t.get("function") or {}
+            name, schema = fn.get("name"), fn.get("parameters")
+        elif dialect == "anthropic":
+            name, schema = t.get("name"), t.get("input_schema")
+        else:
+            name, schema = t.get("name"), t.get("parameters")
+        if isinstance(name, str):
+            out.append((name, schema if isinstance(schema, dict) else {}))
+    return out
+
+
+def shell_tool(tools: list[tuple[str, dict[str, Any]]]) -> tuple[str, dict[str, Any]] | None:
+    """The declared tool that runs shell commands, by name (first match in SHELL_TOOLS order)."""
+    by_name = {name.lower(): (name, schema) for name, schema in tools}
+    for want in SHELL_TOOLS:
+        if want in by_name:
+            return by_name[want]
+    return None
+
+
+def _default(prop: dict[str, Any], name: str) -> Any:
+    if "default" in prop:
+        return prop["default"]
+    kind = prop.get("type")
+    if kind == "boolean":
+        return False
+    if kind in ("integer", "number"):
+        return 120000 if "ms" in name.lower() else 120
+    if kind == "array":
+        return []
+    if kind == "object":
+        return {}
+    return "scripted step"
+
+
+def shell_arguments(schema: dict[str, Any], command: str) -> dict[str, Any]:
+    """Arguments for the shell tool: the command under its schema's key, as a string or (schema
+    type array) an argv running it through bash; other required parameters at their defaults."""
+    props: dict[str, Any] = schema.get("properties") or {}
+    key = next((k for k in COMMAND_KEYS if k in props), "command")
+    prop = props.get(key) or {}
+    args: dict[str, Any] = {key: ["bash", "-lc", command] if prop.get("type") == "array" else command}
+    for name in schema.get("required") or []:
+        if name not in args:
+            args[name] = _default(props.get(name) or {}, name)
+    return args
+
+
+def steps_taken(dialect: str, body: dict[str, Any], tool: str) -> int:
+    """Shell calls already in the conversation: the turn this request is."""
+    n = 0
+    if dialect == "responses":
+        items = body.get("input")
+        for item in items if isinstance(items, list) else []:
+            if isinstance(item, dict) and item.get("type") == "function_call" and item.get("name") == tool:
+                n += 1
+        return n
+    for msg in body.get("messages") or []:
+        if not isinstance(msg, dict) or msg.get("role") != "assistant":
+            continue
+        if dialect == "openai":
+            n += sum(1 for c in msg.get("tool_calls") or []
+                     if (c.get("function") or {}).get("name") == tool)
+        elif isinstance(msg.get("content"), list):
+            n += sum(1 for b in msg["content"]
+                     if isinstance(b, dict) and b.get("type") == "tool_use" and b.get("name") == tool)
+    return n
+
+
+@dataclass
+class Answer:
+    text: str
+    call: tuple[str, dict[str, Any]] | None
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def pieces(text: str, size: int = 4) -> list[str]:
+    """'Tokens': fixed-size slices, so stream fragments cut words and JSON mid-way like real ones."""
+    return [text[i:i + size] for i in range(0, len(text), size)] or [""]
+
+
+def decide(plan: Plan, dialect: str, body: dict[str, Any]) -> Answer:
+    tool = shell_tool(tool_schemas(dialect, body))
+    step = steps_taken(dialect, body, tool[0]) if tool else 0
+    prompt = 10 + len(json.dumps(body.get("input" if dialect == "responses" else "messages") or [])) // 4
+    if tool is not None and step < len(plan.commands):
+        command = plan.commands[step]
+        args = shell_arguments(tool[1], command)
+        text = f"Step {step + 1}: running `{command[:60]}`."
+        completion = len(pieces(text)) + len(pieces(json.dumps(args)))
+        return Answer(text, (tool[0], args), prompt, completion)
+    return Answer(plan.final, None, prompt, len(pieces(plan.final)))
+
+
+def _id(prefix: str, *parts: Any) -> str:
+    """Ids derived from the content, so the same request gives the same bytes twice."""
+    return prefix + hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _sse(data: Any, event: str | None = None) -> bytes:
+    line = f"data: {json.dumps(data, separators=(',', ':'))}\n\n"
+    return (f"event: {event}\n{line}" if event else line).encode()
+
+
+# ------------------------------------------------------------------ the three wires
+
+
+def chat_completion(a: Answer, body: dict[str, Any]) -> tuple[dict[str, Any] | None, list[bytes]]:
+    ident = _id("chatcmpl-", body.get("messages"))
+    usage = {"prompt_tokens": a.prompt_tokens, "completion_tokens": a.completion_tokens,
+             "total_tokens": a.prompt_tokens + a.completion_tokens}
+    finish = "tool_calls" if a.call else "stop"
+    calls = ([{"id": _id("call_", ident, a.call), "type": "function",
+               "function": {"name": a.call[0], "arguments": json.dumps(a.call[1])}}] if a.call else [])
+    if not body.get("stream"):
+        msg: dict[str, Any] = {"role": "assistant", "content": a.text}
+        if calls:
+            msg["tool_calls"] = calls
+        return {"id": ident, "object": "chat.completion", "created": 1700000000, "model": MODEL,
+                "choices": [{"index": 0, "message": msg, "finish_reason": finish}], "usage": usage}, []
+
+    def chunk(delta: dict[str, Any], reason: str | None = None) -> bytes:
+        return _sse({"id": ident, "object": "chat.completion.chunk", "created": 1700000000, "model": MODEL,
+                     "choices": [{"index": 0, "delta": delta, "finish_reason": reason}]})
+
+    events = [chunk({"role": "assistant", "content": ""})]
+    events += [chunk({"content": p}) for p in pieces(a.text)]
+    for i, c in enumerate(calls):
+        events.append(chunk({"tool_calls": [{"index": i, "id": c["id"], "type": "function",
+                                             "function": {"name": c["function"]["name"], "arguments": ""}}]}))
+        events += [chunk({"tool_calls": [{"index": i, "function": {"arguments": frag}}]})
+                   for frag in pieces(c["function"]["arguments"], 7)]
+    events.append(chunk({}, finish))
+    if (body.get("stream_options") or {}).get("include_usage"):
+        events.append(_sse({"id": ident, "object": "chat.completion.chunk", "created": 1700000000,
+                            "model": MODEL, "choices": [], "usage": usage}))
+    events.append(b"data: [DONE]\n\n")
+    return None, events
+
+
+def anthropic_message(a: Answer, body: dict[str, Any]) -> tuple[dict[str, Any] | None, list[bytes]]:
+    ident = _id("msg_", body.get("messages"))
+    blocks: list[dict[str, Any]] = [{"type": "text", "text": a.text}]
+    if a.call:
+        blocks.append({"type": "tool_use", "id": _id("toolu_", ident, a.call), "name": a.call[0],
+                       "input": a.call[1]})
+    usage = {"input_tokens": a.prompt_tokens, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
+             "output_tokens": a.completion_tokens}
+    stop = "tool_use" if a.call else "end_turn"
+    message = {"id": ident, "type": "message", "role": "assistant", "model": MODEL, "content": blocks,
+               "stop_reason": stop, "stop_sequence": None, "usage": usage}
+    if not body.get("stream"):
+        return message, []
+    start = {**message, "content": [], "stop_reason": None, "usage": {**usage, "output_tokens": 1}}
+    events = [_sse({"type": "message_start", "message": start}, "message_start")]
+    for i, b in enumerate(blocks):
+        empty = {"type": "text", "text": ""} if b["type"] == "text" else {**b, "input": {}}
+        events.append(_sse({"type": "content_block_start", "index": i, "content_block": empty},
+                           "content_block_start"))
+        if i == 0:
+            events.append(_sse({"type": "ping"}, "ping"))
+        deltas = ([{"type": "text_delta", "text": x} for x in pieces(b["text"])] if b["type"] == "text"
+                  else [{"type": "input_json_delta", "partial_json": x}
+                        for x in pieces(json.dumps(b["input"]), 7)])
+        events += [_sse({"type": "content_block_delta", "index": i, "delta": d}, "content_block_delta")
+                   for d in deltas]
+        events.append(_sse({"type": "content_block_stop", "index": i}, "content_block_stop"))
+    events.append(_sse({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None},
+                        "usage": {"output_tokens": a.completion_tokens}}, "message_delta"))
+    events.append(_sse({"type": "message_stop"}, "message_stop"))
+    return None, events
+
+
+def responses_answer(a: Answer, body: dict[str, Any]) -> tuple[dict[str, Any] | None, list[bytes]]:
+    ident = _id("resp_", body.get("input"))
+    msg_id = _id("msg_", ident)
+    text_part = {"type": "output_text", "text": a.text, "annotations": []}
+    message = {"type": "message", "id": msg_id, "status": "completed", "role": "assistant",
+               "content": [text_part]}
+    output: list[dict[str, Any]] = [message]
+    if a.call:
+        fc_id = _id("fc_", ident, a.call)
+        output.append({"type": "function_call", "id": fc_id, "call_id": _id("call_", fc_id),
+                       "name": a.call[0], "arguments": json.dumps(a.call[1]), "status": "completed"})
+    usage = {"input_tokens": a.prompt_tokens, "input_tokens_details": {"cached_tokens": 0},
+             "output_tokens": a.completion_tokens, "output_tokens_details": {"reasoning_tokens": 0},
+             "total_tokens": a.prompt_tokens + a.completion_tokens}
+    response = {"id": ident, "object": "response", "created_at": 1700000000, "status": "completed",
+                "model": MODEL, "output": output, "usage": usage, "error": None, "incomplete_details": None}
+    if not body.get("stream"):
+        return response, []
+    seq = iter(range(1 << 30))
+
+    def ev(kind: str, **data: Any) -> bytes:
+        return _sse({"type": kind, "sequence_number": next(seq), **data}, kind)
+
+    pending = {**response, "status": "in_progress", "output": [], "usage": None}
+    events = [ev("response.created", response=pending), ev("response.in_progress", response=pending)]
+    events.append(ev("response.output_item.added", output_index=0,
+                     item={**message, "status": "in_progress", "content": []}))
+    events.append(ev("response.content_part.added", item_id=msg_id, output_index=0, content_index=0,
+                     part={**text_part, "text": ""}))
+    events += [ev("response.output_text.delta", item_id=msg_id, output_index=0, content_index=0, delta=p)
+               for p in pieces(a.text)]
+    events.append(ev("response.output_text.done", item_id=msg_id, output_index=0, content_index=0,
+                     text=a.text))
+    events.append(ev("response.content_part.done", item_id=msg_id, output_index=0, content_index=0,
+                     part=text_part))
+    events.append(ev("response.output_item.done", output_index=0, item=message))
+    if a.call:
+        fc = output[1]
+        events.append(ev("response.output_item.added", output_index=1,
+                         item={**fc, "arguments": "", "status": "in_progress"}))
+        events += [ev("response.function_call_arguments.delta", item_id=fc["id"], output_index=1, delta=frag)
+                   for frag in pieces(fc["arguments"], 7)]
+        events.append(ev("response.function_call_arguments.done", item_id=fc["id"], output_index=1,
+                         arguments=fc["arguments"]))
+        events.append(ev("response.output_item.done", output_index=1, item=fc))
+    events.append(ev("response.completed", response=response))
+    return None, events
+
+
+WIRES = {"openai": chat_completion, "anthropic": anthropic_message, "responses": responses_answer}
+
+
+# ------------------------------------------------------------------ server
+
+
+class ScriptedModel:
+    def __init__(self, plan: Plan | None = None, require_key: str | None = None,
+                 record: Path | None = None) -> None:
+        self.plan = plan or Plan()
+        self.require_key = require_key
+        self.record = record
+        self.received: list[dict[str, Any]] = []
+        """Every model call: {path, headers, body}; also appended to `record` (JSONL) when given."""
+        self.end_after: int | None = None
+        """A fault: end each stream after this many events, without its terminal event."""
+        self.url = ""
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 << 20)
+        for prefix in ("/v1", ""):
+            app.router.add_post(f"{prefix}/chat/completions", self._handler("openai"))
+            app.router.add_post(f"{prefix}/messages", self._handler("anthropic"))
+            app.router.add_post(f"{prefix}/responses", self._handler("responses"))
+            app.router.add_post(f"{prefix}/messages/count_tokens", self.count_tokens)
+            app.router.add_get(f"{prefix}/models", self.models)
+        app.router.add_get("/health", self.health)
+        return app
+
+    def _authorized(self, request: web.Request) -> bool:
+        if self.require_key is None:
+            return True
+        return (request.headers.get("x-api-key") == self.require_key
+                or request.headers.get("Authorization") == f"Bearer {self.require_key}")
+
+    def _handler(self, dialect: str) -> Any:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            body = await request.json()
+            seen = {"path": request.path, "headers": dict(request.headers), "body": body}
+            self.received.append(seen)
+            if self.record is not None:
+                with self.record.open("a") as f:
+                    f.write(json.dumps(seen) + "\n")
+            if not self._authorized(request):
+                err = ({"type": "error", "error": {"type": "authentication_error", "message": "bad key"}}
+                       if dialect == "anthropic" else
+                       {"error": {"message": "bad key", "type": "invalid_request_error",
+                                  "code": "invalid_api_key"}})
+                return web.json_response(err, status=401)
+            whole, events = WIRES[dialect](decide(self.plan, dialect, body), body)
+            if whole is not None:
+                return web.json_response(whole)
+            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                               "Cache-Control": "no-cache"})
+            await resp.prepare(request)
+            for ev in events[:self.end_after]:
+                await resp.write(ev)
+            await resp.write_eof()
+            return resp
+        return handle
+
+    async def count_tokens(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        return web.json_response({"input_tokens": 10 + len(json.dumps(body.get("messages") or [])) // 4})
+
+    async def models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list",
+                                  "data": [{"id": MODEL, "object": "model", "owned_by": "labctl"}]})
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+
+async def start_scripted(model: ScriptedModel, host: str = "127.0.0.1", port: int = 0) -> web.AppRunner:
+    runner = web.AppRunner(model.app(), access_log=None, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    model.url = f"http://{host}:{runner.addresses[0][1]}"
+    return runner
+
+
+@contextlib.contextmanager
+def serve_scripted(plan: Plan | None = None, **kwargs: Any) -> Iterator[ScriptedModel]:
+    """A ScriptedModel on its own loop in a background thread; `.url` is its base URL."""
+    model = ScriptedModel(plan, **kwargs)
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    box: dict[str, web.AppRunner] = {}
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        box["runner"] = loop.run_until_complete(start_scripted(model))
+        ready.set()
+        loop.run_forever()
+        loop.run_until_complete(box["runner"].cleanup())
+        loop.close()
+
+    thread = threading.Thread(target=run, name="scripted-model", daemon=True)
+    thread.start()
+    assert ready.wait(10), "scripted model did not start"
+    try:
+        yield model
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--plan", type=Path, help="JSON {commands: [...], final: '...'}; default: the smoke task")
+    ap.add_argument("--record", type=Path, help="append every model call here (JSONL)")
+    ap.add_argument("--key-env", help="environment variable holding the key every call must carry")
+    args = ap.parse_args()
+    key = os.environ[args.key_env] if args.key_env else None
+    model = ScriptedModel(Plan.load(args.plan) if args.plan else None, require_key=key, record=args.record)
+
+    async def run() -> None:
+        runner = await start_scripted(model, args.host, args.port)
+        print(json.dumps({"listening": model.url}), flush=True)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()
