@@ -36,6 +36,7 @@ from labctl.runparts import (
 )
 from labctl.spec import Outcome
 from labctl.verify import Reward, derive_outcome, named_checks, read_reward
+from labctl.wire_responses import request_turns
 
 DEFAULT_VERIFIER_TIMEOUT_S = 600.0
 VERIFY_SCRIPT = 'git config --global --add safe.directory "*" 2>/dev/null; exec bash /tests/test.sh'
@@ -173,7 +174,7 @@ def run_metrics(*, meter_state: dict[str, Any] | None, transcript: Path, ws: Wor
     m.update({
         "tool_calls": int(s.get("tool_calls", 0)),
         "requests": int(s.get("requests", len(exchanges))),
-        "messages": len(last_req.get("messages") or []) if last_req else 0,
+        "messages": len(request_turns(last_req) or []) if last_req else 0,
         "prompt_tokens": int(s.get("prompt_tokens", 0)),
         "completion_tokens": int(s.get("completion_tokens", 0)),
         "cached_tokens": int(s.get("cached_tokens", 0)),

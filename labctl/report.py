@@ -40,6 +40,7 @@ from labctl.rounddir import (
 )
 from labctl.spec import CloudContestant, Contestant, Lab, LocalContestant, Published
 from labctl.verify import named_checks, read_reward
+from labctl.wire_responses import request_turns
 
 Format = Literal["md", "json", "html"]
 FORMATS: tuple[Format, ...] = ("md", "json", "html")
@@ -141,7 +142,7 @@ def transcript_summary(path: Path) -> dict[str, Any]:
         for k in keys:
             out[k] += int((rec.get("usage") or {}).get(k) or 0)
         out["tool_calls"] += len((rec.get("response") or {}).get("tool_calls") or [])
-        msgs = (blobs.resolve(rec, path).get("request") or {}).get("messages")  # a blob: read back
+        msgs = request_turns(blobs.resolve(rec, path).get("request") or {})  # a blob: read back
         messages = len(msgs) if isinstance(msgs, list) else messages
         for k in speed:
             speed[k] += float((rec.get("timings") or {}).get(k) or 0)

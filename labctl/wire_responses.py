@@ -179,3 +179,30 @@ def inject_user_text(body: dict[str, Any], text: str) -> None:
         items = []
     items.append({"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]})
     body["input"] = items
+
+
+def request_turns(request: dict[str, Any]) -> list[Any] | None:
+    """A recorded request's conversation as chat-style turns, whatever its wire: `messages` as they
+    are; Responses `input` items mapped (a message keeps its role and content, a function_call is
+    an assistant turn, a function_call_output a `tool` turn holding the command's output), so
+    metrics and pathology read codex's runs like any other. None when there is no conversation."""
+    msgs = request.get("messages")
+    if isinstance(msgs, list):
+        return msgs
+    given = request.get("input")
+    if isinstance(given, str):
+        return [{"role": "user", "content": given}]
+    if not isinstance(given, list):
+        return None
+    turns: list[Any] = []
+    for item in given:
+        if not isinstance(item, dict):
+            continue
+        kind = item.get("type")
+        if kind == "function_call":
+            turns.append({"role": "assistant", "content": None, "tool_calls": [item]})
+        elif kind == "function_call_output":
+            turns.append({"role": "tool", "content": item.get("output")})
+        elif "role" in item:
+            turns.append({"role": item["role"], "content": item.get("content")})
+    return turns

@@ -255,3 +255,18 @@ def test_local_messages_and_responses_through_real_llama_server(
         assert t["predicted_n"] == u["completion_tokens"], (t, u)
         assert t["prompt_n"] + t["cache_n"] == u["prompt_tokens"], (t, u)
     assert "secret-tiny-model" not in (tmp_path / "transcript.jsonl").read_text()
+
+
+def test_responses_requests_read_like_chat_for_metrics() -> None:
+    """A recorded Responses request's `input` reads as chat turns: the command's output (a
+    function_call_output) is the observation pathology reads return codes from."""
+    from labctl.pathology import observation_codes
+    from labctl.wire_responses import request_turns
+
+    request = {"input": [{"role": "user", "content": [{"type": "input_text", "text": "Fix it."}]},
+                         {"type": "function_call", "call_id": "c1", "name": "shell", "arguments": "{}"},
+                         {"type": "function_call_output", "call_id": "c1", "output": "returncode: 2\nno"}]}
+    turns = request_turns(request)
+    assert [t["role"] for t in turns or []] == ["user", "assistant", "tool"]
+    assert observation_codes(request) == [2]
+    assert request_turns({"input": "hi"}) == [{"role": "user", "content": "hi"}]
