@@ -232,7 +232,12 @@ def test_local_messages_and_responses_through_real_llama_server(
     llama.cpp sends them — timings that agree with it."""
     body: dict[str, Any] = {"model": ALIAS, "stream": stream, "temperature": 0, "seed": 0}
     if dialect == "responses":
-        body |= {"input": [{"role": "user", "content": "Say hello."}], "max_output_tokens": 8}
+        # a second turn as codex sends it: its shell call and the call's output as input items
+        turn = [{"type": "function_call", "call_id": "call_1", "name": "shell",
+                 "arguments": json.dumps({"command": ["bash", "-lc", "ls"]})},
+                {"type": "function_call_output", "call_id": "call_1", "output": "hello.txt"}]
+        body |= {"input": [{"role": "user", "content": "Say hello."}, *turn], "max_output_tokens": 8,
+                 "tools": TOOLS["responses"]}
     else:
         body |= {"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8}
     with metered(tmp_path, llama, "openai") as meter:
