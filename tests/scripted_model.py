@@ -14,7 +14,9 @@ the conversation it is sent and answers by it, so it needs no knowledge of the r
   tool_use blocks / Responses function_call items), so the answer depends on the request alone:
   a retried request gets the same answer, and side requests a runtime makes without the shell
   tool (titles, summaries, quota probes) get the final text and change nothing;
-* step n < len(commands) answers one call of commands[n]; after that, `final` text, no calls.
+* step n < len(commands) answers one call of commands[n]; after that, `final` text, no calls;
+* a client that declares no tools at all (aider, text-protocol agents) gets each command as a
+  fenced block in the text instead (```bash … ```), the step being its earlier assistant turns.
 
 Wire protocols, each as one JSON body or as SSE with the real event names and shapes:
 OpenAI chat completions (`/v1/chat/completions`, tool_calls deltas, `stream_options.include_usage`),
@@ -63,11 +65,15 @@ class Plan:
     commands: list[str] = field(default_factory=lambda: [SMOKE_WORK, SUBMIT])
     """Default: the smoke task (tasks/smoke-hello) done and, for mini-swe-agent, submitted."""
     final: str = "Done: hello.txt is committed and pushed."
+    fence: str = "bash"
+    """Info string of the fenced block that carries a command to a client without tools."""
 
     @classmethod
     def load(cls, path: Path) -> Plan:
         data = json.loads(path.read_text())
-        return cls(commands=list(data.get("commands", cls().commands)), final=data.get("final", cls().final))
+        default = cls()
+        return cls(commands=list(data.get("commands", default.commands)),
+                   final=data.get("final", default.final), fence=data.get("fence", default.fence))
 
 
 # ------------------------------------------------------------------ reading the request
@@ -128,19 +134,25 @@ def shell_arguments(schema: dict[str, Any], command: str) -> dict[str, Any]:
     return args
 
 
-def steps_taken(dialect: str, body: dict[str, Any], tool: str) -> int:
-    """Shell calls already in the conversation: the turn this request is."""
+def steps_taken(dialect: str, body: dict[str, Any], tool: str | None) -> int:
+    """Shell calls already in the conversation (`tool` None: assistant turns): the turn this is."""
     n = 0
     if dialect == "responses":
         items = body.get("input")
         for item in items if isinstance(items, list) else []:
-            if isinstance(item, dict) and item.get("type") == "function_call" and item.get("name") == tool:
+            if not isinstance(item, dict):
+                continue
+            if tool is None:
+                n += item.get("role") == "assistant"
+            elif item.get("type") == "function_call" and item.get("name") == tool:
                 n += 1
         return n
     for msg in body.get("messages") or []:
         if not isinstance(msg, dict) or msg.get("role") != "assistant":
             continue
-        if dialect == "openai":
+        if tool is None:
+            n += 1
+        elif dialect == "openai":
             n += sum(1 for c in msg.get("tool_calls") or []
                      if (c.get("function") or {}).get("name") == tool)
         elif isinstance(msg.get("content"), list):
@@ -163,9 +175,13 @@ def pieces(text: str, size: int = 4) -> list[str]:
 
 
 def decide(plan: Plan, dialect: str, body: dict[str, Any]) -> Answer:
-    tool = shell_tool(tool_schemas(dialect, body))
-    step = steps_taken(dialect, body, tool[0]) if tool else 0
+    declared = tool_schemas(dialect, body)
+    tool = shell_tool(declared)
+    step = steps_taken(dialect, body, tool[0] if tool else None)
     prompt = 10 + len(json.dumps(body.get("input" if dialect == "responses" else "messages") or [])) // 4
+    if not declared and step < len(plan.commands):  # no tools: the command as a fenced block
+        text = f"Step {step + 1}:\n\n```{plan.fence}\n{plan.commands[step]}\n```"
+        return Answer(text, None, prompt, len(pieces(text)))
     if tool is not None and step < len(plan.commands):
         command = plan.commands[step]
         args = shell_arguments(tool[1], command)

@@ -16,6 +16,7 @@ runner's own cleanup removes that network. Nothing but these containers and loop
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import time
 from collections.abc import Iterator
@@ -77,7 +78,7 @@ def scripted_upstream(image: str, out: Path, labels: dict[str, str], plan: Plan 
     plan = plan or Plan()
     out.mkdir(parents=True)
     out.chmod(0o777)  # the labctl image runs as its own user
-    (out / "plan.json").write_text(json.dumps({"commands": plan.commands, "final": plan.final}))
+    (out / "plan.json").write_text(json.dumps(dataclasses.asdict(plan)))
     d = Docker.detect()
     suffix = labels["labctl.test"][:12]
     net, name = f"labctl-test-scriptnet-{suffix}", f"labctl-test-scripted-{suffix}"

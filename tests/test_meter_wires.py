@@ -275,3 +275,18 @@ def test_responses_requests_read_like_chat_for_metrics() -> None:
     assert [t["role"] for t in turns or []] == ["user", "assistant", "tool"]
     assert observation_codes(request) == [2]
     assert request_turns({"input": "hi"}) == [{"role": "user", "content": "hi"}]
+
+
+def test_scripted_model_without_tools_writes_fenced_commands() -> None:
+    """A client that declares no tools (aider) gets each command as a fenced block, one per
+    assistant turn so far, then the final text."""
+    from scripted_model import decide
+
+    plan = Plan(commands=["ls", "git push"], final="Done.")
+    user = {"role": "user", "content": "Do it."}
+    first = decide(plan, "openai", {"messages": [user]})
+    answered = {"role": "assistant", "content": first.text}
+    second = decide(plan, "anthropic", {"messages": [user, answered, user]})
+    last = decide(plan, "openai", {"messages": [user, *[{"role": "assistant", "content": "x"}, user] * 2]})
+    assert first.call is None and first.text.endswith("```bash\nls\n```")
+    assert second.text.endswith("```bash\ngit push\n```") and last.text == "Done." and last.call is None
