@@ -49,6 +49,7 @@ from labctl.transcript import (
     scrub,
     scrub_bytes,
     upstream_headers,
+    with_model,
 )
 
 __all__ = ["MeterConfig", "MeterHandle", "MeterState", "meter_in_thread", "start_meter"]
@@ -185,9 +186,12 @@ class Meter:
     async def passthrough(self, request: web.Request) -> web.StreamResponse:
         assert self.session is not None
         headers = upstream_headers(request.headers, self.cfg.dialect, self.key)
+        body = await request.read()
+        if self.cfg.upstream_model and request.path.endswith("/count_tokens"):
+            body = with_model(body, self.cfg.upstream_model)  # counted for the real model, not the alias
         try:
             async with self.session.request(request.method, self.url(request.path, request.query_string),
-                                            data=await request.read(), headers=headers) as up:
+                                            data=body, headers=headers) as up:
                 data = scrub_bytes(await up.read(), self.cfg.alias, self.names)
                 return web.Response(body=data, status=up.status, headers=downstream_headers(up.headers))
         except (TimeoutError, aiohttp.ClientError) as e:

@@ -268,6 +268,17 @@ def _pair(key: str, value: str | None) -> bytes:
     return json.dumps({key: value}, separators=(",", ":")).encode()[1:-1]
 
 
+def with_model(raw: bytes, model: str) -> bytes:
+    """A JSON request body naming `model` instead of the agent's alias (unchanged if not an object)."""
+    try:
+        obj = json.loads(raw)
+    except ValueError:
+        return raw
+    if not isinstance(obj, dict) or "model" not in obj:
+        return raw
+    return dump({**obj, "model": model}).encode()
+
+
 def scrub(obj: dict[str, Any], alias: str) -> bool:
     """Rewrite what names the upstream model in a response body or event: `model` (top level and
     Anthropic's `message.model`) becomes the alias, `system_fingerprint` (engine build) goes.

@@ -382,6 +382,7 @@ class ScriptedModel:
 
     async def count_tokens(self, request: web.Request) -> web.Response:
         body = await request.json()
+        self.received.append({"path": request.path, "headers": dict(request.headers), "body": body})
         return web.json_response({"input_tokens": 10 + len(json.dumps(body.get("messages") or [])) // 4})
 
     async def models(self, request: web.Request) -> web.Response:

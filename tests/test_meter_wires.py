@@ -290,3 +290,18 @@ def test_scripted_model_without_tools_writes_fenced_commands() -> None:
     last = decide(plan, "openai", {"messages": [user, *[{"role": "assistant", "content": "x"}, user] * 2]})
     assert first.call is None and first.text.endswith("```bash\nls\n```")
     assert second.text.endswith("```bash\ngit push\n```") and last.text == "Done." and last.call is None
+
+
+def test_count_tokens_names_the_cloud_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Claude Code's `/v1/messages/count_tokens` is passed through with the real key and the
+    contestant's model in place of the alias (the provider counts for a model it knows)."""
+    monkeypatch.setenv("SCRIPTED_KEY", "sk-real")
+    cfg = {"api_key_env": "SCRIPTED_KEY", "upstream_model": "claude-x"}
+    with serve_scripted(require_key="sk-real") as model, \
+            metered(tmp_path, model.url, "anthropic", **cfg) as meter, \
+            httpx.Client(timeout=30, trust_env=False) as c:
+        resp = c.post(meter.url + "/v1/messages/count_tokens", headers={"x-api-key": "dummy"},
+                      json={"model": ALIAS, "messages": [{"role": "user", "content": "hi"}]})
+    assert resp.status_code == 200 and resp.json()["input_tokens"] > 0, resp.text
+    [seen] = model.received
+    assert seen["body"]["model"] == "claude-x" and seen["headers"]["x-api-key"] == "sk-real"
