@@ -85,7 +85,7 @@ class Meter:
             if not self.key:
                 raise ValueError(f"environment variable {cfg.api_key_env} (the API key) is not set")
         self.state = MeterState(alias=cfg.alias, dialect=cfg.dialect, started_at=time.time(),
-                                token_budget=cfg.token_budget)
+                                token_budget=cfg.token_budget, request_budget=cfg.request_budget)
         self.recorder = Recorder(cfg.transcript, cfg.status_file(), cfg.alias,
                                  secrets=[self.key] if self.key else [], blob_bytes=cfg.blob_bytes)
         self.names = self.recorder.names  # upstream model names seen: redacted wherever they appear
@@ -245,6 +245,7 @@ class Meter:
         st = self.state
         if st.stopped:
             why = ("the token budget is spent" if st.stopped_reason == "token_budget"
+                   else "the request budget is spent" if st.stopped_reason == "request_budget"
                    else f"the run was stopped ({st.stopped_reason})")
             kind = "budget_exceeded" if st.budget_exceeded else "run_stopped"
             msg = f"labctl meter: {why}; no more model calls"

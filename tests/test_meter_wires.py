@@ -305,3 +305,16 @@ def test_count_tokens_names_the_cloud_model(tmp_path: Path, monkeypatch: pytest.
     assert resp.status_code == 200 and resp.json()["input_tokens"] > 0, resp.text
     [seen] = model.received
     assert seen["body"]["model"] == "claude-x" and seen["headers"]["x-api-key"] == "sk-real"
+
+
+def test_request_budget_stops_a_runtime_without_a_turn_limit(tmp_path: Path) -> None:
+    """`request_budget` 2: the second call completes and stops the run, the third is a 429 that
+    never reaches the model (a runner polling status.json stops the agent at the stop)."""
+    with serve_scripted(Plan(commands=["true"] * 5)) as model, \
+            metered(tmp_path, model.url, "openai", request_budget=2) as meter:
+        got = [call(meter.url, "responses", first_request("responses", False)) for _ in range(3)]
+        meter.drain()
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert [r.status_code for r, _ in got] == [200, 200, 429], got
+    assert "request budget is spent" in json.loads(got[2][1])["error"]["message"]
+    assert len(model.received) == 2 and status["stopped_reason"] == "request_budget" and status["stopped"]
