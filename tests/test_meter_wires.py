@@ -238,8 +238,9 @@ def test_local_messages_and_responses_through_real_llama_server(
                 {"type": "function_call_output", "call_id": "call_1", "output": "hello.txt"}]
         body |= {"input": [{"role": "user", "content": "Say hello."}, *turn], "max_output_tokens": 8,
                  "tools": TOOLS["responses"]}
-    else:
-        body |= {"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8}
+    else:  # Claude Code's shape: tools with input_schema, a system prompt as text blocks
+        body |= {"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8,
+                 "system": [{"type": "text", "text": "You are a coding agent."}], "tools": TOOLS["anthropic"]}
     with metered(tmp_path, llama, "openai") as meter:
         resp, raw = call(meter.url, dialect, body)
         [rec] = records(tmp_path, 1)
