@@ -319,3 +319,32 @@ def test_request_budget_stops_a_runtime_without_a_turn_limit(tmp_path: Path) -> 
     assert [r.status_code for r, _ in got] == [200, 200, 429], got
     assert "request budget is spent" in json.loads(got[2][1])["error"]["message"]
     assert len(model.received) == 2 and status["stopped_reason"] == "request_budget" and status["stopped"]
+
+
+def test_llama_cpp_shaped_responses_stream_reassembles() -> None:
+    """A function call as the pinned llama.cpp streams it (server-task.cpp): no output_index or
+    sequence numbers, argument deltas named by item_id only, the whole call again at the end, its
+    timings on the data of the last event, no `[DONE]`."""
+    evs = [("response.created", {"response": {"id": "r", "object": "response", "status": "in_progress"}}),
+           ("response.output_item.added", {"item": {"id": "fc_abc", "arguments": "", "call_id": "call_abc",
+                                                    "name": "shell", "type": "function_call",
+                                                    "status": "in_progress"}}),
+           ("response.function_call_arguments.delta", {"delta": '{"command":', "item_id": "fc_abc"}),
+           ("response.function_call_arguments.delta", {"delta": ' "ls"}', "item_id": "fc_abc"}),
+           ("response.output_item.done", {"item": {"id": "fc_abc", "type": "function_call",
+                                                   "status": "completed", "arguments": '{"command": "ls"}',
+                                                   "call_id": "call_abc", "name": "shell"}}),
+           ("response.completed", {"response": {"id": "r", "status": "completed", "model": "secret-tiny",
+                                                "usage": {"input_tokens": 30, "output_tokens": 9,
+                                                          "input_tokens_details": {"cached_tokens": 4}}},
+                                   "timings": {"prompt_n": 26, "cache_n": 4, "predicted_n": 9}})]
+    raw = b"".join(f"event: {k}\ndata: {json.dumps({'type': k, **v})}\n\n".encode() for k, v in evs)
+    asm = reassembler("responses", ALIAS)
+    for name, obj in parse_events(raw):
+        asm.event(name, obj)
+    assert asm.done and asm.upstream_models == {"secret-tiny"} and asm.timings == evs[-1][1]["timings"]
+    call_ = {"id": "call_abc", "name": "shell", "arguments": '{"command": "ls"}'}
+    assert asm.response()["tool_calls"] == [call_]
+    assert asm.response()["finish_reason"] == "tool_calls"
+    assert asm.usage() == {"prompt_tokens": 30, "completion_tokens": 9, "cached_tokens": 4,
+                           "total_tokens": 39, "raw": evs[-1][1]["response"]["usage"]}
