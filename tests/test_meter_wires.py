@@ -348,3 +348,27 @@ def test_llama_cpp_shaped_responses_stream_reassembles() -> None:
     assert asm.response()["finish_reason"] == "tool_calls"
     assert asm.usage() == {"prompt_tokens": 30, "completion_tokens": 9, "cached_tokens": 4,
                            "total_tokens": 39, "raw": evs[-1][1]["response"]["usage"]}
+
+
+def test_idle_nudge_on_responses_and_repeated_call_stop(tmp_path: Path) -> None:
+    """Interventions on the Responses wire: an idle nudge reaches the model as one more user input
+    item; the same function call three turns running stops the run (a Responses 429)."""
+    from labctl.spec import Interventions
+
+    rules = Interventions.model_validate({"rules": [
+        {"name": "wake", "action": "nudge", "trigger": {"idle": "1h"}, "message": "Keep going.", "max": 1},
+        {"name": "loop", "action": "stop", "trigger": {"repeated_tool_call": 3}}]})
+    body = first_request("responses", True)
+    with serve_scripted(Plan(commands=["ls"] * 9)) as model, \
+            metered(tmp_path, model.url, "openai", interventions=rules) as meter:
+        call(meter.url, "responses", body)
+        records(tmp_path, 1)
+        meter.state.last_response_time -= 3600  # the agent idled an hour
+        got = [call(meter.url, "responses", body) for _ in range(3)]
+        meter.drain()
+    nudged = model.received[1]["body"]["input"]
+    nudge = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Keep going."}]}
+    assert nudged[-1] == nudge
+    assert nudged[:-1] == body["input"] and model.received[2]["body"]["input"] == body["input"]
+    assert [r.status_code for r, _ in got] == [200, 200, 429] and len(model.received) == 3
+    assert meter.state.stopped_reason == "intervention:loop" and meter.state.nudges == 1
