@@ -67,6 +67,8 @@ def meter_command(
     api_key_env: Annotated[str | None, typer.Option(
         help="Host environment variable with the real API key (replaces whatever the agent sends).")] = None,
     token_budget: Annotated[int | None, typer.Option(help="Total tokens before calls are refused.")] = None,
+    request_budget: Annotated[int | None, typer.Option(
+        help="Model calls forwarded before later ones are refused (runtimes without a turn limit).")] = None,
     alias: Annotated[str, typer.Option(help="The only model name the agent sees (e.g. the run id).")]
     = "model",
     upstream_model: Annotated[str | None, typer.Option(help="Model id sent upstream (cloud).")] = None,
@@ -90,7 +92,8 @@ def meter_command(
         host, port = parse_listen(listen)
         cfg = MeterConfig(upstream=upstream, dialect=dialect, transcript=transcript, host=host, port=port,
                           alias=alias, upstream_model=upstream_model, api_key_env=api_key_env,
-                          token_budget=token_budget, interventions=load_interventions(interventions),
+                          token_budget=token_budget, request_budget=request_budget,
+                          interventions=load_interventions(interventions),
                           status_path=status, max_request_bytes=max_request_bytes,
                           blob_bytes=None if blob_bytes < 0 else blob_bytes)
     except (ValueError, ValidationError, OSError) as e:

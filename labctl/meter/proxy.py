@@ -44,16 +44,19 @@ from labctl.meter.transcript import (
     error_event,
     models_body,
     new_record,
+    reassembler,
     rewrite_identity,
     scrub,
     scrub_bytes,
     upstream_headers,
+    with_model,
 )
 
 __all__ = ["MeterConfig", "MeterHandle", "MeterState", "meter_in_thread", "start_meter"]
 
 METERED: dict[str, Dialect] = {"/v1/chat/completions": "openai", "/chat/completions": "openai",
-                               "/v1/messages": "anthropic", "/messages": "anthropic"}
+                               "/v1/messages": "anthropic", "/messages": "anthropic",
+                               "/v1/responses": "responses", "/responses": "responses"}
 """Model calls: recorded, budgeted, open to interventions. Other model-calling paths
 (/v1/completions, /completion, …) are refused, so nothing reaches the model unmetered."""
 PASSTHROUGH = {"/health", "/v1/health", "/v1/messages/count_tokens"}
@@ -82,7 +85,7 @@ class Meter:
             if not self.key:
                 raise ValueError(f"environment variable {cfg.api_key_env} (the API key) is not set")
         self.state = MeterState(alias=cfg.alias, dialect=cfg.dialect, started_at=time.time(),
-                                token_budget=cfg.token_budget)
+                                token_budget=cfg.token_budget, request_budget=cfg.request_budget)
         self.recorder = Recorder(cfg.transcript, cfg.status_file(), cfg.alias,
                                  secrets=[self.key] if self.key else [], blob_bytes=cfg.blob_bytes)
         self.names = self.recorder.names  # upstream model names seen: redacted wherever they appear
@@ -183,9 +186,12 @@ class Meter:
     async def passthrough(self, request: web.Request) -> web.StreamResponse:
         assert self.session is not None
         headers = upstream_headers(request.headers, self.cfg.dialect, self.key)
+        body = await request.read()
+        if self.cfg.upstream_model and request.path.endswith("/count_tokens"):
+            body = with_model(body, self.cfg.upstream_model)  # counted for the real model, not the alias
         try:
             async with self.session.request(request.method, self.url(request.path, request.query_string),
-                                            data=await request.read(), headers=headers) as up:
+                                            data=body, headers=headers) as up:
                 data = scrub_bytes(await up.read(), self.cfg.alias, self.names)
                 return web.Response(body=data, status=up.status, headers=downstream_headers(up.headers))
         except (TimeoutError, aiohttp.ClientError) as e:
@@ -199,7 +205,7 @@ class Meter:
         self.state.requests += 1
         self.state.last_request_time = t0
         rec = new_record(self.seq, t0, dialect, path)
-        asm = Reassembler(dialect, self.cfg.alias)
+        asm = reassembler(dialect, self.cfg.alias)
         try:
             size = request.content_length
             if size is not None and size > self.cfg.max_request_bytes:
@@ -239,6 +245,7 @@ class Meter:
         st = self.state
         if st.stopped:
             why = ("the token budget is spent" if st.stopped_reason == "token_budget"
+                   else "the request budget is spent" if st.stopped_reason == "request_budget"
                    else f"the run was stopped ({st.stopped_reason})")
             kind = "budget_exceeded" if st.budget_exceeded else "run_stopped"
             msg = f"labctl meter: {why}; no more model calls"

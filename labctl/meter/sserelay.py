@@ -17,11 +17,13 @@ import json
 import re
 from typing import Any
 
+from labctl.meter import wire_responses
 from labctl.meter.transcript import (
     Dialect,
     Reassembler,
     SSESplitter,
     dump,
+    identity_holders,
     rewrite_identity,
     scrub,
     scrub_bytes,
@@ -31,6 +33,7 @@ from labctl.meter.transcript import (
 _TERMINAL = {
     "openai": re.compile(rb"(?m)^data: ?\[DONE\]\r?$"),
     "anthropic": re.compile(rb'(?m)^event: ?message_stop\r?$|"type"\s*:\s*"message_stop"'),
+    "responses": wire_responses.TERMINAL,
 }
 """The dialect's end-of-stream event, found in bytes (JSON strings hold no raw newline or
 unescaped quote, so model text cannot fake it): a stream without it was dropped."""
@@ -148,7 +151,7 @@ class StreamRelay:
             return scrub_bytes(ev, self.alias, self.names)
         if not isinstance(obj, dict):
             return ev
-        for holder in (obj, obj.get("message")):
+        for holder in identity_holders(obj):
             if isinstance(holder, dict):
                 model = holder.get("model")
                 if isinstance(model, str) and model and model != self.alias:

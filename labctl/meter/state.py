@@ -49,6 +49,10 @@ class MeterConfig(BaseModel):
     """Host environment variable holding the real API key, injected into every upstream request."""
     token_budget: int | None = Field(default=None, ge=1)
     """Prompt + completion tokens across the run; once spent, requests are refused with 429."""
+    request_budget: int | None = Field(default=None, ge=1)
+    """Model calls forwarded across the run; the call that reaches it completes, later ones are
+    refused with 429 and the run is stopped (`request_budget`). The backstop for runtimes with no
+    turn limit of their own."""
     interventions: Interventions = Interventions()
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 900.0
@@ -81,8 +85,10 @@ class MeterState(BaseModel):
     cached_tokens: int = 0
     total_tokens: int = 0
     token_budget: int | None = None
+    request_budget: int | None = None
     budget_exceeded: bool = False
-    """The budget is spent (total_tokens >= token_budget): later calls are refused."""
+    """A budget is spent (total_tokens >= token_budget, forwarded >= request_budget): later calls
+    are refused."""
     errors: int = 0
     """Upstream failures: 5xx, bad key/URL, unreachable, dropped streams."""
     errored: bool = False
@@ -108,9 +114,10 @@ class MeterState(BaseModel):
             self.cached_tokens += usage["cached_tokens"]
             self.total_tokens += usage["total_tokens"]
         spent = self.token_budget is not None and self.total_tokens >= self.token_budget
-        if spent and not self.budget_exceeded:
+        calls = self.request_budget is not None and self.forwarded >= self.request_budget
+        if (spent or calls) and not self.budget_exceeded:
             self.budget_exceeded = True
-            self.stop("token_budget")
+            self.stop("token_budget" if spent else "request_budget")
 
     def stop(self, reason: str) -> None:
         if not self.stopped:

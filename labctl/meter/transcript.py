@@ -15,7 +15,11 @@ import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
-Dialect = Literal["openai", "anthropic"]
+from labctl.meter import wire_responses
+
+Dialect = Literal["openai", "anthropic", "responses"]
+"""A request's wire format: chat completions, Anthropic messages, or OpenAI's Responses API
+(labctl/meter/wire_responses.py). As a meter's provider dialect only the first two occur."""
 
 _EVENT_END = re.compile(rb"\r?\n\r?\n")
 
@@ -218,6 +222,13 @@ class Reassembler:
         return normalize_usage(self.dialect, self.raw_usage)
 
 
+def reassembler(dialect: Dialect, alias: str) -> Reassembler | wire_responses.ResponsesReassembler:
+    """The reassembler of a request's dialect (both have the same attributes and `response()`)."""
+    if dialect == "responses":
+        return wire_responses.ResponsesReassembler(alias)
+    return Reassembler(dialect, alias)
+
+
 def rewrite_identity(raw: bytes, obj: dict[str, Any], alias: str) -> bytes | None:
     """`raw` (the bytes `obj` was parsed from) with the model renamed and the fingerprint removed
     by exact byte edits, so everything else reaches the agent untouched and no re-serialisation is
@@ -225,7 +236,7 @@ def rewrite_identity(raw: bytes, obj: dict[str, Any], alias: str) -> bytes | Non
     upstreams write (`"model":"x"`); otherwise None, and the caller falls back to `scrub`. A pair
     with unescaped quotes cannot hide inside a JSON string, so a match is the field itself."""
     out = raw
-    for holder in (obj, obj.get("message")):
+    for holder in identity_holders(obj):
         if not isinstance(holder, dict):
             continue
         model = holder.get("model")
@@ -245,10 +256,27 @@ def rewrite_identity(raw: bytes, obj: dict[str, Any], alias: str) -> bytes | Non
     return out
 
 
+def identity_holders(obj: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """Where a body or event names the model: top level, Anthropic's `message_start.message`,
+    a Responses stream event's `response`."""
+    return obj, obj.get("message"), obj.get("response")
+
+
 @functools.lru_cache(maxsize=64)
 def _pair(key: str, value: str | None) -> bytes:
     """`"key":"value"` as compact JSON bytes (cached: the same few pairs recur in every event)."""
     return json.dumps({key: value}, separators=(",", ":")).encode()[1:-1]
+
+
+def with_model(raw: bytes, model: str) -> bytes:
+    """A JSON request body naming `model` instead of the agent's alias (unchanged if not an object)."""
+    try:
+        obj = json.loads(raw)
+    except ValueError:
+        return raw
+    if not isinstance(obj, dict) or "model" not in obj:
+        return raw
+    return dump({**obj, "model": model}).encode()
 
 
 def scrub(obj: dict[str, Any], alias: str) -> bool:
@@ -256,7 +284,7 @@ def scrub(obj: dict[str, Any], alias: str) -> bool:
     Anthropic's `message.model`) becomes the alias, `system_fingerprint` (engine build) goes.
     True when anything changed, so untouched events are forwarded byte for byte."""
     changed = False
-    for holder in (obj, obj.get("message")):
+    for holder in identity_holders(obj):
         if isinstance(holder, dict):
             if "model" in holder and holder["model"] != alias:
                 holder["model"] = alias
@@ -332,12 +360,17 @@ def error_event(dialect: Dialect, message: str, kind: str = "api_error") -> byte
     """The event that ends a broken stream: Anthropic's `event: error`, OpenAI's `data: {"error"}`."""
     if dialect == "anthropic":
         return sse_event(error_body(dialect, message, kind), event="error")
+    if dialect == "responses":
+        return wire_responses.error_event(message, kind)
     return sse_event(error_body(dialect, message, kind, code="upstream_error"))
 
 
 def inject_user_text(dialect: Dialect, body: dict[str, Any], text: str) -> None:
     """Add a user turn saying `text`. When the last turn is already the user's (Anthropic tool
     results, a pending prompt) the text joins it: strict chat templates reject two user turns."""
+    if dialect == "responses":
+        wire_responses.inject_user_text(body, text)
+        return
     msgs = body.setdefault("messages", [])
     last = msgs[-1] if msgs else None
     if last is not None and last.get("role") == "user":

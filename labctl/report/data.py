@@ -25,6 +25,7 @@ from typing import Any, Literal
 from labctl.errors import LabctlError
 from labctl.lock.lockfile import Lock, read_lock
 from labctl.meter import blobs
+from labctl.meter.wire_responses import request_turns
 from labctl.round.layout import (
     LAB_FILE,
     LOCK_FILE,
@@ -142,7 +143,7 @@ def transcript_summary(path: Path) -> dict[str, Any]:
         for k in keys:
             out[k] += int((rec.get("usage") or {}).get(k) or 0)
         out["tool_calls"] += len((rec.get("response") or {}).get("tool_calls") or [])
-        msgs = (blobs.resolve(rec, path).get("request") or {}).get("messages")  # a blob: read back
+        msgs = request_turns(blobs.resolve(rec, path).get("request") or {})  # a blob: read back
         messages = len(msgs) if isinstance(msgs, list) else messages
         for k in speed:
             speed[k] += float((rec.get("timings") or {}).get(k) or 0)

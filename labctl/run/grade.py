@@ -20,6 +20,7 @@ from typing import Any
 
 from labctl.engine.commands import Docker, label_flags, object_name, run_labels
 from labctl.engine.container import EngineError
+from labctl.meter.wire_responses import request_turns
 from labctl.round.verify import Reward, derive_outcome, named_checks, read_reward
 from labctl.run.parts import (
     ORIGIN,
@@ -159,7 +160,7 @@ def run_metrics(*, meter_state: dict[str, Any] | None, transcript: Path, ws: Wor
     m.update({
         "tool_calls": int(s.get("tool_calls", 0)),
         "requests": int(s.get("requests", len(exchanges))),
-        "messages": len(last_req.get("messages") or []) if last_req else 0,
+        "messages": len(request_turns(last_req) or []) if last_req else 0,
         "prompt_tokens": int(s.get("prompt_tokens", 0)),
         "completion_tokens": int(s.get("completion_tokens", 0)),
         "cached_tokens": int(s.get("cached_tokens", 0)),

@@ -20,6 +20,8 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+from labctl.meter.wire_responses import request_turns
+
 STREAK_THRESHOLD = 3
 """A streak of this many identical consecutive steps is a flag."""
 
@@ -109,7 +111,7 @@ def repeated_text_streak(records: Iterable[Record]) -> int:
 def observation_codes(request: Record | None) -> list[int]:
     """Return codes in the messages after the request's last assistant message (the observations of
     the previous step's commands), in order."""
-    msgs = request.get("messages") if isinstance(request, dict) else None
+    msgs = request_turns(request) if isinstance(request, dict) else None
     if not isinstance(msgs, list):
         return []
     last = max((i for i, m in enumerate(msgs) if isinstance(m, dict) and m.get("role") == "assistant"),
