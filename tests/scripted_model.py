@@ -46,7 +46,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.scripted_wires import MODEL, WIRES, Answer, pieces
+from scripted_wires import MODEL, WIRES, Answer, pieces
 
 __all__ = ["MODEL", "Plan", "ScriptedModel", "decide", "serve_scripted", "shell_arguments", "shell_tool",
            "tool_schemas"]
