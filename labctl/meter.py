@@ -10,22 +10,19 @@ blob beside it: labctl/blobs.py), answers 413 itself above `max_request_bytes`, 
 `MeterState` (in memory, as `status.json`, at `GET /_labctl/status`) that a runner in another
 process or container polls to stop or mark the run.
 
-API: `MeterConfig` → `await start_meter(cfg)` → `MeterHandle` (url, state, `await stop()`), or
-`with meter_in_thread(cfg) as handle:` from synchronous code. Wire formats live in
-labctl/transcript.py; config, state, the file writer and interventions in labctl/meterstate.py.
+`Meter` is the proxy's logic (routing, one model call from gate to record); serving it (the
+listening socket, its event loop, `start_meter`, `meter_in_thread`, `MeterHandle`) is in
+labctl/meterserver.py. Wire formats live in labctl/transcript.py; config, state, the file writer
+and interventions in labctl/meterstate.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import re
-import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -42,6 +39,7 @@ from labctl.transcript import (
     dump,
     error_body,
     error_event,
+    loads,
     models_body,
     new_record,
     rewrite_identity,
@@ -50,7 +48,7 @@ from labctl.transcript import (
     upstream_headers,
 )
 
-__all__ = ["MeterConfig", "MeterHandle", "MeterState", "meter_in_thread", "start_meter"]
+__all__ = ["Meter", "MeterConfig", "MeterState"]
 
 METERED: dict[str, Dialect] = {"/v1/chat/completions": "openai", "/chat/completions": "openai",
                                "/v1/messages": "anthropic", "/messages": "anthropic"}
@@ -210,7 +208,7 @@ class Meter:
                 return await self.too_large(request, rec, dialect, None)
             rec["request_bytes"] = len(raw)
             try:
-                body = json.loads(raw)
+                body = loads(raw)
                 if not isinstance(body, dict):
                     raise ValueError("not an object")
             except ValueError as e:
@@ -336,7 +334,7 @@ class Meter:
                           up: aiohttp.ClientResponse) -> web.StreamResponse:
         data = await up.read()
         try:
-            obj = json.loads(data)
+            obj = loads(data)
         except ValueError:
             obj = None
         if isinstance(obj, dict):
@@ -404,88 +402,3 @@ class Meter:
                                 event=asm.error)
         self.recorder.write(rec)
         self.publish()
-
-
-@dataclass
-class MeterHandle:
-    """A running meter: where it listens, its live state, and how to stop it."""
-
-    meter: Meter
-    runner: web.AppRunner
-    host: str
-    port: int
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    @property
-    def state(self) -> MeterState:
-        return self.meter.state
-
-    def drain(self) -> None:
-        """Block until every record and status so far is on disk (from any thread but the meter's)."""
-        loop = self.meter.loop
-        if loop is not None and loop.is_running():
-            asyncio.run_coroutine_threadsafe(self.meter.flush(), loop).result(30)
-        self.meter.recorder.drain()
-
-    async def stop(self) -> None:
-        await self.runner.cleanup()
-        await self.meter.close()
-
-
-async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
-    response.headers["Server"] = "labctl-meter"  # the same for every contestant
-
-
-async def start_meter(cfg: MeterConfig) -> MeterHandle:
-    """Start listening on the running loop; stop with `await handle.stop()`."""
-    meter = Meter(cfg)
-    await meter.open()
-    app = web.Application(client_max_size=cfg.max_request_bytes)  # long contexts exceed aiohttp's 1 MiB
-    app.on_response_prepare.append(_server_header)
-    app.router.add_route("*", "/{tail:.*}", meter.handle)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, cfg.host, cfg.port).start()
-    except OSError:
-        await runner.cleanup()
-        await meter.close()
-        raise
-    return MeterHandle(meter, runner, cfg.host, runner.addresses[0][1])
-
-
-@contextlib.contextmanager
-def meter_in_thread(cfg: MeterConfig) -> Iterator[MeterHandle]:
-    """A meter on its own event loop in a background thread (tests, in-process runners)."""
-    loop = asyncio.new_event_loop()
-    box: dict[str, Any] = {}
-    ready = threading.Event()
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        try:
-            box["handle"] = loop.run_until_complete(start_meter(cfg))
-        except BaseException as e:  # re-raised in the caller's thread
-            box["error"] = e
-            ready.set()
-            loop.close()
-            return
-        ready.set()
-        loop.run_forever()
-        loop.run_until_complete(box["handle"].stop())
-        loop.close()
-
-    thread = threading.Thread(target=run, name="labctl-meter", daemon=True)
-    thread.start()
-    if not ready.wait(30):
-        raise TimeoutError("the meter did not start within 30 s")
-    if "error" in box:
-        raise box["error"]
-    try:
-        yield box["handle"]
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(30)

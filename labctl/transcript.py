@@ -15,6 +15,8 @@ import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
+import orjson
+
 Dialect = Literal["openai", "anthropic"]
 
 _EVENT_END = re.compile(rb"\r?\n\r?\n")
@@ -63,6 +65,16 @@ def sse_event(data: dict[str, Any], event: str | None = None) -> bytes:
     """Serialise one event the way the upstreams do (compact JSON, `event:` line for Anthropic)."""
     body = f"data: {dump(data)}\n\n"
     return (f"event: {event}\n" + body if event else body).encode()
+
+
+def loads(data: bytes | str) -> Any:
+    """`json.loads`, through orjson (2-3x faster: every streamed token and every request body
+    is parsed once). What orjson refuses and Python's json takes (NaN, integers past 64 bits)
+    is parsed by json, so the two never disagree on what is valid."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)
 
 
 def dump(obj: Any) -> str:

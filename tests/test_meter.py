@@ -19,8 +19,8 @@ import httpx
 import pytest
 from fake_upstream import FINGERPRINT, MODEL, FakeUpstream, Reply, serve_fake
 
-from labctl.meter import MeterConfig, MeterHandle, meter_in_thread
-from labctl.meterstate import InterventionPolicy, MeterState, Recorder
+from labctl.meterserver import MeterHandle, meter_in_thread
+from labctl.meterstate import InterventionPolicy, MeterConfig, MeterState, Recorder
 from labctl.spec import Interventions
 from labctl.transcript import SSESplitter, call_signature, inject_user_text, sse_fields
 
