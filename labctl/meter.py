@@ -30,7 +30,7 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from labctl.meterstate import InterventionPolicy, MeterConfig, MeterState, Recorder
+from labctl.meterstate import InterventionPolicy, MeterConfig, MeterState, Recorder, StatusPublisher
 from labctl.sserelay import StreamRelay
 from labctl.transcript import (
     Dialect,
@@ -58,8 +58,6 @@ PASSTHROUGH = {"/health", "/v1/health", "/v1/messages/count_tokens"}
 """Forwarded as they are (no tokens spent). Introspection such as llama-server's /props, /slots
 or /metrics is refused: it names the model file, its chat template and its size."""
 STATUS_PATH = "/_labctl/status"
-STATUS_INTERVAL_S = 0.1
-"""Longest delay of status.json behind the live state (a stop or an error is written at once)."""
 _INFRA = {401, 403, 404}
 """Upstream answers meaning our side is wrong (key, URL or model id): the run errored."""
 _MODEL_FAULT = re.compile(rb"model produced output that does not match|failed to parse (tool call|input)",
@@ -92,14 +90,14 @@ class Meter:
         self.policy = InterventionPolicy(cfg.interventions)
         self.session: aiohttp.ClientSession | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
-        self._status_timer: asyncio.TimerHandle | None = None
-        self._published = (False, False)
         self._urls: dict[str, URL] = {}
         self.seq = 0
+        self.status = StatusPublisher(self.state, self.recorder)
+        self.publish = self.status.publish
         self.publish(now=True)
 
     async def open(self) -> None:
-        self.loop = asyncio.get_running_loop()
+        self.loop = self.status.loop = asyncio.get_running_loop()
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.cfg.connect_timeout_s,
                                         sock_read=self.cfg.read_timeout_s)
         connector = aiohttp.TCPConnector(limit=64, keepalive_timeout=self.cfg.keepalive_s)
@@ -114,29 +112,9 @@ class Meter:
         await self.flush()
         self.recorder.close()
 
-    def publish(self, now: bool = False) -> None:
-        """Hand the state to the recorder for status.json: at once when it changes what a runner
-        acts on (stopped, errored), otherwise at most every STATUS_INTERVAL_S. Why: replacing the
-        file on every call cost more CPU than the call itself, and the runner polls at 0.25 s."""
-        st = self.state
-        if self.recorder.failed and not st.errored:
-            st.errored, st.last_error = True, self.recorder.failed
-        if not now and (st.stopped, st.errored) == self._published:
-            if self._status_timer is None and self.loop is not None:
-                self._status_timer = self.loop.call_later(STATUS_INTERVAL_S, self.publish, True)
-            if self._status_timer is not None:
-                return
-        if self._status_timer is not None:
-            self._status_timer.cancel()
-            self._status_timer = None
-        st.updated_at = time.time()
-        self._published = (st.stopped, st.errored)
-        self.recorder.publish(st)
-
     async def flush(self) -> None:
         """Publish a state still waiting for its turn (drain, shutdown)."""
-        if self._status_timer is not None:
-            self.publish(now=True)
+        self.status.flush()
 
     def upstream_url(self, path: str) -> URL:
         """`url(path)` parsed once per path (the model-call paths are few; parsing cost per call)."""
