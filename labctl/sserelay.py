@@ -18,6 +18,7 @@ import json
 import re
 from typing import Any
 
+from labctl.streamtext import feed_openai_events
 from labctl.transcript import (
     Dialect,
     Reassembler,
@@ -219,8 +220,13 @@ class StreamRelay:
                 raw.append(item)
                 continue
             if raw:
-                for name, obj in parse_events(b"".join(raw)):
-                    self.asm.event(name, obj)
+                joined = b"".join(raw)
+                lines = _data_lines(joined) if self.dialect == "openai" else None
+                if lines is not None:
+                    feed_openai_events(lines, self.asm)
+                else:
+                    for name, obj in parse_events(joined):
+                        self.asm.event(name, obj)
                 raw.clear()
             if item is not None:
                 self.asm.event(*item)
@@ -258,19 +264,24 @@ def parse_events(raw: bytes) -> list[tuple[str | None, dict[str, Any]]]:
     return out
 
 
-def _data_only(raw: bytes) -> list[Any] | None:
-    """OpenAI's shape, `data: <one line>` + blank line per event, parsed as one JSON array: the
-    separators become commas. Only when the newline count proves there is no other line."""
+def _data_lines(raw: bytes) -> list[bytes] | None:
+    """OpenAI's shape, `data: <one line>` + blank line per event: each event's data, `[DONE]`
+    left out. Only when the newline count proves there is no other line."""
     events = raw.count(b"\n\n")
     if not raw.startswith(b"data: ") or raw.count(b"\n") != 2 * events or not raw.endswith(b"\n\n"):
         return None
     if raw.count(b"\n\ndata: ") != events - 1:
         return None
-    body = raw[6:-2]
-    if body.endswith(b"[DONE]"):
-        body, events = body[:-6].removesuffix(b"\n\ndata: "), events - 1
+    return [line for line in raw[6:-2].split(b"\n\ndata: ") if line != b"[DONE]"]
+
+
+def _data_only(raw: bytes) -> list[Any] | None:
+    """The events of OpenAI's shape (`_data_lines`) parsed as one JSON array."""
+    lines = _data_lines(raw)
+    if lines is None:
+        return None
     try:
-        objs = loads(b"[" + body.replace(b"\n\ndata: ", b",") + b"]")
+        objs = loads(b"[" + b",".join(lines) + b"]")
     except ValueError:
         return None
-    return objs if isinstance(objs, list) and len(objs) == events else None
+    return objs if isinstance(objs, list) and len(objs) == len(lines) else None

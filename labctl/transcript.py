@@ -69,8 +69,8 @@ def sse_event(data: dict[str, Any], event: str | None = None) -> bytes:
 
 def loads(data: bytes | str) -> Any:
     """`json.loads`, through orjson (2-3x faster: every streamed token and every request body
-    is parsed once). What orjson refuses and Python's json takes (NaN, integers past 64 bits)
-    is parsed by json, so the two never disagree on what is valid."""
+    is parsed once). What orjson refuses (NaN, integers past 64 bits, lone surrogates) goes to
+    Python's json, which took it before orjson was used."""
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
@@ -183,6 +183,11 @@ class Reassembler:
             self.done = True
         elif kind == "error":
             self.error = obj.get("error") or obj
+
+    def text_deltas(self, reasoning: bool, texts: list[str]) -> None:
+        """Streamed events that carried nothing but these text deltas (labctl/streamtext.py)."""
+        self.events += len(texts)
+        (self.reasoning if reasoning else self.text).extend(texts)
 
     def _model(self, obj: dict[str, Any]) -> None:
         m = obj.get("model")
