@@ -6,9 +6,10 @@ an event split, a rewrite per event) cost the meter about a third of direct thro
 upstream chunk is cut at its last whole event and forwarded after plain `bytes.replace` edits
 (model name → alias, fingerprint removed) over the whole chunk, checked to be complete by
 counting; the chunk's bytes are kept and parsed into the `Reassembler` in one batch once the
-agent has its last byte. A chunk the byte edits cannot vouch for (a model name not seen yet,
-another JSON spacing, the usage chunk the agent did not ask for) takes the careful path: each
-event parsed, edited or dropped, as before. Both paths feed the reassembler in stream order.
+agent has its last byte (OpenAI-style text deltas read back by template: labctl/streamtext.py).
+A chunk the byte edits cannot vouch for (a model name not seen yet, another JSON spacing, the
+usage chunk the agent did not ask for) takes the careful path: each event parsed, edited or
+dropped, as before. Both paths feed the reassembler in stream order.
 """
 
 from __future__ import annotations
