@@ -45,7 +45,6 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-
 from scripted_wires import MODEL, WIRES, Answer, pieces
 
 __all__ = ["MODEL", "Plan", "ScriptedModel", "decide", "serve_scripted", "shell_arguments", "shell_tool",

@@ -20,7 +20,7 @@ from labctl.cli.console import EXIT_FAIL, EXIT_SPEC, emit, fail, out
 from labctl.spec.interventions import Interventions
 
 if TYPE_CHECKING:
-    from labctl.meter.proxy import MeterHandle
+    from labctl.meter.server import MeterHandle
     from labctl.meter.state import MeterConfig, MeterState
 
 
@@ -41,8 +41,9 @@ def load_interventions(path: Path | None) -> Interventions:
 
 async def serve_until_signalled(cfg: MeterConfig, ready: Callable[[MeterHandle], None] | None = None
                                 ) -> MeterState:
-    from labctl.meter.proxy import start_meter
     """Run until SIGINT/SIGTERM; `ready(handle)` is called once listening. Returns the final state."""
+    from labctl.meter.server import start_meter
+
     handle = await start_meter(cfg)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -112,7 +113,9 @@ def meter_command(
             out.file.flush()
 
     try:
-        state = asyncio.run(serve_until_signalled(cfg, ready))
+        from labctl.meter.server import run_loop
+
+        state = run_loop(serve_until_signalled(cfg, ready))
     except (ValueError, OSError) as e:
         raise fail(str(e), as_json, code=EXIT_FAIL) from None
     if as_json:

@@ -10,22 +10,19 @@ blob beside it: labctl/meter/blobs.py), answers 413 itself above `max_request_by
 `MeterState` (in memory, as `status.json`, at `GET /_labctl/status`) that a runner in another
 process or container polls to stop or mark the run.
 
-API: `MeterConfig` → `await start_meter(cfg)` → `MeterHandle` (url, state, `await stop()`), or
-`with meter_in_thread(cfg) as handle:` from synchronous code. Wire formats live in
-labctl/meter/transcript.py; config, state, the file writer and interventions in labctl/meter/state.py.
+`Meter` is the proxy's logic (routing, one model call from gate to record); serving it (the
+listening socket, its event loop, `start_meter`, `meter_in_thread`, `MeterHandle`) is in
+labctl/meter/server.py. Wire formats live in labctl/meter/transcript.py; config, state, the file
+writer and interventions in labctl/meter/state.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import re
-import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -34,7 +31,7 @@ from aiohttp import web
 from yarl import URL
 
 from labctl.meter.sserelay import StreamRelay
-from labctl.meter.state import InterventionPolicy, MeterConfig, MeterState, Recorder
+from labctl.meter.state import InterventionPolicy, MeterConfig, MeterState, Recorder, StatusPublisher
 from labctl.meter.transcript import (
     Dialect,
     Reassembler,
@@ -42,6 +39,7 @@ from labctl.meter.transcript import (
     dump,
     error_body,
     error_event,
+    loads,
     models_body,
     new_record,
     reassembler,
@@ -52,7 +50,7 @@ from labctl.meter.transcript import (
     with_model,
 )
 
-__all__ = ["MeterConfig", "MeterHandle", "MeterState", "meter_in_thread", "start_meter"]
+__all__ = ["Meter", "MeterConfig", "MeterState"]
 
 METERED: dict[str, Dialect] = {"/v1/chat/completions": "openai", "/chat/completions": "openai",
                                "/v1/messages": "anthropic", "/messages": "anthropic",
@@ -63,8 +61,6 @@ PASSTHROUGH = {"/health", "/v1/health", "/v1/messages/count_tokens"}
 """Forwarded as they are (no tokens spent). Introspection such as llama-server's /props, /slots
 or /metrics is refused: it names the model file, its chat template and its size."""
 STATUS_PATH = "/_labctl/status"
-STATUS_INTERVAL_S = 0.1
-"""Longest delay of status.json behind the live state (a stop or an error is written at once)."""
 _INFRA = {401, 403, 404}
 """Upstream answers meaning our side is wrong (key, URL or model id): the run errored."""
 _MODEL_FAULT = re.compile(rb"model produced output that does not match|failed to parse (tool call|input)",
@@ -97,14 +93,14 @@ class Meter:
         self.policy = InterventionPolicy(cfg.interventions)
         self.session: aiohttp.ClientSession | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
-        self._status_timer: asyncio.TimerHandle | None = None
-        self._published = (False, False)
         self._urls: dict[str, URL] = {}
         self.seq = 0
+        self.status = StatusPublisher(self.state, self.recorder)
+        self.publish = self.status.publish
         self.publish(now=True)
 
     async def open(self) -> None:
-        self.loop = asyncio.get_running_loop()
+        self.loop = self.status.loop = asyncio.get_running_loop()
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.cfg.connect_timeout_s,
                                         sock_read=self.cfg.read_timeout_s)
         connector = aiohttp.TCPConnector(limit=64, keepalive_timeout=self.cfg.keepalive_s)
@@ -119,29 +115,9 @@ class Meter:
         await self.flush()
         self.recorder.close()
 
-    def publish(self, now: bool = False) -> None:
-        """Hand the state to the recorder for status.json: at once when it changes what a runner
-        acts on (stopped, errored), otherwise at most every STATUS_INTERVAL_S. Why: replacing the
-        file on every call cost more CPU than the call itself, and the runner polls at 0.25 s."""
-        st = self.state
-        if self.recorder.failed and not st.errored:
-            st.errored, st.last_error = True, self.recorder.failed
-        if not now and (st.stopped, st.errored) == self._published:
-            if self._status_timer is None and self.loop is not None:
-                self._status_timer = self.loop.call_later(STATUS_INTERVAL_S, self.publish, True)
-            if self._status_timer is not None:
-                return
-        if self._status_timer is not None:
-            self._status_timer.cancel()
-            self._status_timer = None
-        st.updated_at = time.time()
-        self._published = (st.stopped, st.errored)
-        self.recorder.publish(st)
-
     async def flush(self) -> None:
         """Publish a state still waiting for its turn (drain, shutdown)."""
-        if self._status_timer is not None:
-            self.publish(now=True)
+        self.status.flush()
 
     def upstream_url(self, path: str) -> URL:
         """`url(path)` parsed once per path (the model-call paths are few; parsing cost per call)."""
@@ -216,7 +192,7 @@ class Meter:
                 return await self.too_large(request, rec, dialect, None)
             rec["request_bytes"] = len(raw)
             try:
-                body = json.loads(raw)
+                body = loads(raw)
                 if not isinstance(body, dict):
                     raise ValueError("not an object")
             except ValueError as e:
@@ -343,7 +319,7 @@ class Meter:
                           up: aiohttp.ClientResponse) -> web.StreamResponse:
         data = await up.read()
         try:
-            obj = json.loads(data)
+            obj = loads(data)
         except ValueError:
             obj = None
         if isinstance(obj, dict):
@@ -411,88 +387,3 @@ class Meter:
                                 event=asm.error)
         self.recorder.write(rec)
         self.publish()
-
-
-@dataclass
-class MeterHandle:
-    """A running meter: where it listens, its live state, and how to stop it."""
-
-    meter: Meter
-    runner: web.AppRunner
-    host: str
-    port: int
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    @property
-    def state(self) -> MeterState:
-        return self.meter.state
-
-    def drain(self) -> None:
-        """Block until every record and status so far is on disk (from any thread but the meter's)."""
-        loop = self.meter.loop
-        if loop is not None and loop.is_running():
-            asyncio.run_coroutine_threadsafe(self.meter.flush(), loop).result(30)
-        self.meter.recorder.drain()
-
-    async def stop(self) -> None:
-        await self.runner.cleanup()
-        await self.meter.close()
-
-
-async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
-    response.headers["Server"] = "labctl-meter"  # the same for every contestant
-
-
-async def start_meter(cfg: MeterConfig) -> MeterHandle:
-    """Start listening on the running loop; stop with `await handle.stop()`."""
-    meter = Meter(cfg)
-    await meter.open()
-    app = web.Application(client_max_size=cfg.max_request_bytes)  # long contexts exceed aiohttp's 1 MiB
-    app.on_response_prepare.append(_server_header)
-    app.router.add_route("*", "/{tail:.*}", meter.handle)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, cfg.host, cfg.port).start()
-    except OSError:
-        await runner.cleanup()
-        await meter.close()
-        raise
-    return MeterHandle(meter, runner, cfg.host, runner.addresses[0][1])
-
-
-@contextlib.contextmanager
-def meter_in_thread(cfg: MeterConfig) -> Iterator[MeterHandle]:
-    """A meter on its own event loop in a background thread (tests, in-process runners)."""
-    loop = asyncio.new_event_loop()
-    box: dict[str, Any] = {}
-    ready = threading.Event()
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        try:
-            box["handle"] = loop.run_until_complete(start_meter(cfg))
-        except BaseException as e:  # re-raised in the caller's thread
-            box["error"] = e
-            ready.set()
-            loop.close()
-            return
-        ready.set()
-        loop.run_forever()
-        loop.run_until_complete(box["handle"].stop())
-        loop.close()
-
-    thread = threading.Thread(target=run, name="labctl-meter", daemon=True)
-    thread.start()
-    if not ready.wait(30):
-        raise TimeoutError("the meter did not start within 30 s")
-    if "error" in box:
-        raise box["error"]
-    try:
-        yield box["handle"]
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(30)

@@ -1,5 +1,6 @@
 """What a meter is told (`MeterConfig`), what it keeps (`MeterState`, the transcript and status
-files, written by `Recorder`), and when it intervenes (`InterventionPolicy`).
+files, written by `Recorder` and paced by `StatusPublisher`), and when it intervenes
+(`InterventionPolicy`).
 
 Why apart from the proxy: a runner in another process reads `MeterState` from status.json and
 builds `MeterConfig` from the lab without the HTTP machinery; the policy is pure decisions over
@@ -8,6 +9,7 @@ time and model answers, tested without a network; and the files are written off 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import queue
@@ -208,6 +210,44 @@ class InterventionPolicy:
         if t.elapsed is not None and not self.fired.get(rule.name) and now - state.started_at >= t.elapsed:
             return {"elapsed_s": round(now - state.started_at, 3)}
         return None
+
+
+STATUS_INTERVAL_S = 0.1
+"""Longest delay of status.json behind the live state (a stop or an error is written at once)."""
+
+
+class StatusPublisher:
+    """Hands the live state to the recorder for status.json: at once when it changes what a runner
+    acts on (stopped, errored), otherwise at most every STATUS_INTERVAL_S. Why: replacing the file
+    on every call cost more CPU than the call itself, and the runner polls at 0.25 s."""
+
+    def __init__(self, state: MeterState, recorder: Recorder) -> None:
+        self.state, self.recorder = state, recorder
+        self.loop: asyncio.AbstractEventLoop | None = None
+        """The meter's loop, once it runs: the deferred publish is a timer on it."""
+        self._timer: asyncio.TimerHandle | None = None
+        self._published = (False, False)
+
+    def publish(self, now: bool = False) -> None:
+        st = self.state
+        if self.recorder.failed and not st.errored:
+            st.errored, st.last_error = True, self.recorder.failed
+        if not now and (st.stopped, st.errored) == self._published:
+            if self._timer is None and self.loop is not None:
+                self._timer = self.loop.call_later(STATUS_INTERVAL_S, self.publish, True)
+            if self._timer is not None:
+                return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        st.updated_at = time.time()
+        self._published = (st.stopped, st.errored)
+        self.recorder.publish(st)
+
+    def flush(self) -> None:
+        """Publish a state still waiting for its turn (drain, shutdown)."""
+        if self._timer is not None:
+            self.publish(now=True)
 
 
 BATCH_S = 0.05

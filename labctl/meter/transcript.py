@@ -15,6 +15,8 @@ import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
+import orjson
+
 from labctl.meter import wire_responses
 
 Dialect = Literal["openai", "anthropic", "responses"]
@@ -67,6 +69,16 @@ def sse_event(data: dict[str, Any], event: str | None = None) -> bytes:
     """Serialise one event the way the upstreams do (compact JSON, `event:` line for Anthropic)."""
     body = f"data: {dump(data)}\n\n"
     return (f"event: {event}\n" + body if event else body).encode()
+
+
+def loads(data: bytes | str) -> Any:
+    """`json.loads`, through orjson (2-3x faster: every streamed token and every request body
+    is parsed once). What orjson refuses (NaN, integers past 64 bits, lone surrogates) goes to
+    Python's json, which took it before orjson was used."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)
 
 
 def dump(obj: Any) -> str:
@@ -175,6 +187,11 @@ class Reassembler:
             self.done = True
         elif kind == "error":
             self.error = obj.get("error") or obj
+
+    def text_deltas(self, reasoning: bool, texts: list[str]) -> None:
+        """Streamed events that carried nothing but these text deltas (labctl/meter/streamtext.py)."""
+        self.events += len(texts)
+        (self.reasoning if reasoning else self.text).extend(texts)
 
     def _model(self, obj: dict[str, Any]) -> None:
         m = obj.get("model")

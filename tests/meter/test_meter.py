@@ -18,8 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
-from labctl.meter.proxy import MeterConfig, MeterHandle, meter_in_thread
-from labctl.meter.state import InterventionPolicy, MeterState, Recorder
+from labctl.meter.server import MeterHandle, meter_in_thread
+from labctl.meter.state import InterventionPolicy, MeterConfig, MeterState, Recorder
 from labctl.meter.transcript import SSESplitter, call_signature, inject_user_text, sse_fields
 from labctl.spec.interventions import Interventions
 from tests.fake_upstream import FINGERPRINT, MODEL, FakeUpstream, Reply, serve_fake

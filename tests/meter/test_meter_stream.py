@@ -110,6 +110,46 @@ def test_parse_events_batch_matches_event_by_event() -> None:
     assert parse_events(b'data: {"a":1}\n\ndata: not json\n\n') == [(None, {"a": 1})]
 
 
+def test_relay_uses_what_it_learns_within_the_stream() -> None:
+    """The byte edits are prepared once per stream and again when a name or fingerprint is learnt:
+    after the careful path has seen a new name, the next chunk naming it takes the fast path."""
+    names: set[str] = set()
+    relay = StreamRelay(Reassembler("openai", ALIAS), "openai", ALIAS, names, set(), False)
+    first = relay.feed(b'data: {"model":"m-1","system_fingerprint":"fp-1","choices":[]}\n\n')
+    assert relay.slow_chunks == 1 and names == {"m-1"}
+    later = relay.feed(b'data: {"id":"x","model":"m-1","system_fingerprint":"fp-1","choices":[]}\n\n' * 3)
+    assert relay.slow_chunks == 1  # no second careful pass
+    for out in (first, later):
+        assert b"m-1" not in out and b"fp-1" not in out and b'"model":"' + ALIAS.encode() + b'"' in out
+
+
+@pytest.mark.parametrize(("dialect", "raw", "ended"), [
+    ("openai", b'data: {"c":"data: [DONE]"}\n\n', False),  # the model wrote it: text, not the end
+    ("openai", b'data: {"c":"x"}\n\ndata: [DONE]\n\n', True),
+    ("openai", b'data: {"c":"x"}\r\n\r\ndata: [DONE]\r\n\r\n', True),
+    ("openai", b'data: [DONE]\n\ndata: {"c":"[DONE]"}\n\n', True),
+    ("anthropic", b'event: content_block_delta\ndata: {"type":"content_block_delta",'
+                  b'"delta":{"type":"text_delta","text":"\\"type\\":\\"message_stop\\""}}\n\n', False),
+    ("anthropic", b'event: message_stop\ndata: {"type":"message_stop"}\n\n', True),
+    ("anthropic", b'data: {"type":"message_stop"}\n\n', True),
+])
+def test_relay_sees_the_terminal_event_only_where_it_is_one(dialect: str, raw: bytes, ended: bool) -> None:
+    """A stream without its terminal event was dropped (the run is marked errored): the check
+    looks at whole lines, so the terminal's words inside the model's text do not count."""
+    relay = StreamRelay(Reassembler(dialect, ALIAS), dialect, ALIAS, set(), set(), False)  # type: ignore[arg-type]
+    relay.feed(raw)
+    assert relay.ended is ended
+
+
+def test_parse_events_reads_what_python_json_reads() -> None:
+    """The fast parser (orjson) refuses NaN and integers past 64 bits; Python's json takes them,
+    and so the meter still does."""
+    raw = b'data: {"a":NaN,"b":123456789012345678901234567890}\n\ndata: {"c":1}\n\n'
+    got = parse_events(raw)
+    assert got[0][1]["b"] == 123456789012345678901234567890 and got[0][1]["a"] != got[0][1]["a"]
+    assert got[1] == (None, {"c": 1})
+
+
 # ------------------------------------------------------------------ metering after the change
 
 

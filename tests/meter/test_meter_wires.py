@@ -16,8 +16,9 @@ from typing import Any
 import httpx
 import pytest
 
-from labctl.meter.proxy import MeterConfig, MeterHandle, meter_in_thread
+from labctl.meter.server import MeterHandle, meter_in_thread
 from labctl.meter.sserelay import parse_events
+from labctl.meter.state import MeterConfig
 from labctl.meter.transcript import SSESplitter, inject_user_text, reassembler, sse_fields
 from tests.scripted_model import MODEL, Plan, serve_scripted, shell_arguments, shell_tool, tool_schemas
 
