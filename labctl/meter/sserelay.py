@@ -20,18 +20,17 @@ import re
 from typing import Any
 
 from labctl.meter import wire_responses
+from labctl.meter.sse import SSESplitter, sse_fields
 from labctl.meter.streamtext import feed_openai_events
 from labctl.meter.transcript import (
     Dialect,
     Reassembler,
-    SSESplitter,
     dump,
     identity_holders,
     loads,
     rewrite_identity,
     scrub,
     scrub_bytes,
-    sse_fields,
 )
 
 _TERMINAL_HINT = {"openai": b"[DONE]", "anthropic": b"message_stop", "responses": b"response."}

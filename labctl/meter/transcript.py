@@ -18,58 +18,11 @@ from typing import Any, Literal
 import orjson
 
 from labctl.meter import wire_responses
+from labctl.meter.sse import sse_event
 
 Dialect = Literal["openai", "anthropic", "responses"]
 """A request's wire format: chat completions, Anthropic messages, or OpenAI's Responses API
 (labctl/meter/wire_responses.py). As a meter's provider dialect only the first two occur."""
-
-_EVENT_END = re.compile(rb"\r?\n\r?\n")
-
-
-class SSESplitter:
-    """Cuts a byte stream into whole SSE events (each with its blank-line terminator).
-
-    Upstreams flush at arbitrary byte boundaries; only whole events can be parsed, rewritten and
-    forwarded, so a partial tail waits for the next chunk (never more than one event is held).
-    """
-
-    def __init__(self) -> None:
-        self._buf = b""
-
-    def feed(self, chunk: bytes) -> list[bytes]:
-        buf = self._buf + chunk if self._buf else chunk
-        events: list[bytes] = []
-        start = 0
-        for m in _EVENT_END.finditer(buf):
-            events.append(buf[start:m.end()])
-            start = m.end()
-        self._buf = buf[start:]
-        return events
-
-    @property
-    def pending(self) -> bytes:
-        """Bytes of an unfinished event (what a dropped stream cut off)."""
-        return self._buf
-
-
-def sse_fields(raw: bytes) -> tuple[str | None, bytes | None]:
-    """(event name, data) of one SSE event; multi-line data is joined with newlines as the spec says.
-    Data stays bytes: json.loads takes them, and no decode is spent on the hot path."""
-    event: str | None = None
-    data: list[bytes] = []
-    for line in raw.splitlines():
-        if line.startswith(b"data:"):
-            data.append(line[5:].removeprefix(b" "))
-        elif line.startswith(b"event:"):
-            event = line[6:].strip().decode("utf-8", errors="replace")
-    return event, (b"\n".join(data) if data else None)
-
-
-def sse_event(data: dict[str, Any], event: str | None = None) -> bytes:
-    """Serialise one event the way the upstreams do (compact JSON, `event:` line for Anthropic)."""
-    body = f"data: {dump(data)}\n\n"
-    return (f"event: {event}\n" + body if event else body).encode()
-
 
 def loads(data: bytes | str) -> Any:
     """`json.loads`, through orjson (2-3x faster: every streamed token and every request body

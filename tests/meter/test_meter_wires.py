@@ -17,9 +17,10 @@ import httpx
 import pytest
 
 from labctl.meter.server import MeterHandle, meter_in_thread
+from labctl.meter.sse import SSESplitter, sse_fields
 from labctl.meter.sserelay import parse_events
 from labctl.meter.state import MeterConfig
-from labctl.meter.transcript import SSESplitter, inject_user_text, reassembler, sse_fields
+from labctl.meter.transcript import inject_user_text, reassembler
 from tests.scripted_model import MODEL, Plan, serve_scripted, shell_arguments, shell_tool, tool_schemas
 
 ALIAS = "run-7"
