@@ -18,6 +18,7 @@ from typing import Any, Literal
 import orjson
 
 from labctl.meter import wire_responses
+from labctl.meter.reassembly import Collected
 from labctl.meter.sse import sse_event
 
 Dialect = Literal["openai", "anthropic", "responses"]
@@ -68,7 +69,7 @@ def normalize_usage(dialect: Dialect, usage: dict[str, Any] | None) -> dict[str,
             "total_tokens": prompt + completion, "raw": usage}
 
 
-class Reassembler:
+class Reassembler(Collected):
     """Builds the transcript's response shape from a whole body or from a stream of events.
 
     Shape: {content, reasoning, tool_calls: [{id, name, arguments (the JSON text)}], finish_reason,
@@ -77,18 +78,8 @@ class Reassembler:
     """
 
     def __init__(self, dialect: Dialect, alias: str) -> None:
+        super().__init__(alias)
         self.dialect = dialect
-        self.alias = alias
-        self.text: list[str] = []
-        self.reasoning: list[str] = []
-        self.calls: dict[int, dict[str, Any]] = {}
-        self.finish_reason: str | None = None
-        self.raw_usage: dict[str, Any] | None = None
-        self.timings: dict[str, Any] | None = None
-        self.done = False
-        self.error: Any = None
-        self.upstream_models: set[str] = set()
-        self.events = 0
 
     # -- whole bodies
     def body(self, obj: dict[str, Any]) -> None:

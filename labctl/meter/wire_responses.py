@@ -20,6 +20,8 @@ import json
 import re
 from typing import Any
 
+from labctl.meter.reassembly import Collected
+
 TERMINAL = re.compile(rb'(?m)^event: ?response\.(?:completed|failed|incomplete)\r?$'
                       rb'|"type"\s*:\s*"response\.(?:completed|failed|incomplete)"')
 """The events that end a Responses stream (it has no `[DONE]`); found in bytes, like the other
@@ -52,7 +54,7 @@ def finish_reason(response: dict[str, Any], has_calls: bool) -> str | None:
     return status if isinstance(status, str) else None
 
 
-class ResponsesReassembler:
+class ResponsesReassembler(Collected):
     """The Responses twin of labctl.meter.transcript.Reassembler: same attributes, same `response()`
     shape ({content, reasoning, tool_calls: [{id, name, arguments}], finish_reason, model}).
 
@@ -61,19 +63,6 @@ class ResponsesReassembler:
     agent answers with (`function_call_output.call_id`)."""
 
     dialect = "responses"
-
-    def __init__(self, alias: str) -> None:
-        self.alias = alias
-        self.text: list[str] = []
-        self.reasoning: list[str] = []
-        self.calls: dict[str, dict[str, Any]] = {}
-        self.finish_reason: str | None = None
-        self.raw_usage: dict[str, Any] | None = None
-        self.timings: dict[str, Any] | None = None
-        self.done = False
-        self.error: Any = None
-        self.upstream_models: set[str] = set()
-        self.events = 0
 
     # -- whole bodies
     def body(self, obj: dict[str, Any]) -> None:
