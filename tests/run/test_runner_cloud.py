@@ -197,5 +197,5 @@ def test_upstream_outage_errors_the_run(tmp_path: Path, monkeypatch: pytest.Monk
     assert summary.reason and summary.reason.startswith("upstream error:"), summary.reason
     assert summary.outcome is None  # ungraded: the model never had its chance
     # stopped at the outage (by the meter's error), not by the 2-minute wall-time budget
-    assert summary.metrics["upstream_errored"] is True and summary.metrics["stopped_by"] == "upstream_error"
+    assert summary.metrics.upstream_errored is True and summary.metrics.stopped_by == "upstream_error"
     assert labelled_now(ctx.sealed.round) == {"containers": [], "networks": [], "volumes": []}
