@@ -111,13 +111,12 @@ def checks_summary(reward: Reward | None) -> tuple[int | None, int | None]:
 
 
 def _check(reward: Reward | None, name: str | None) -> bool | None:
-    """A named check as a column: passed or not (`check_passed`); None when the verifier did not
-    write it (or wrote something that is neither a boolean nor a number)."""
+    """A named check as a column: passed or not (`check_passed`: a check written as anything else
+    than true or a number ≥ 1 failed); None when the verifier did not write it."""
     checks = named_checks(reward)
-    value = checks.get(name) if checks is not None and name else None
-    if isinstance(value, bool) or type(value) in (int, float):
-        return check_passed(value)
-    return None
+    if checks is None or not name or name not in checks:
+        return None
+    return check_passed(checks[name])
 
 
 def run_metrics(*, meter_state: MeterState | None, transcript: Path, ws: Workspace | None,
