@@ -29,7 +29,7 @@ from tests.run.test_runner import build, derived_lab, labelled_now, runner_env, 
 
 pytestmark = pytest.mark.docker
 
-TESTS = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parents[2]  # the checkout: the container imports `tests.fake_upstream`
 ALIAS = "fake-anthropic"
 PORT = 8080
 VENV_PY = "/opt/labctl/venv/bin/python"  # the labctl image's venv: aiohttp is there, not in python3
