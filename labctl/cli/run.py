@@ -55,9 +55,9 @@ def _rows(summaries: list[RunSummary], mapping: dict[str, str] | None) -> list[d
     for s in summaries:
         m = s.metrics
         rows.append({"run": s.run_id, "contestant": mapping.get(s.run_id) if mapping else None,
-                     "status": s.status, "outcome": s.outcome, "tool_calls": m.get("tool_calls"),
-                     "total_tokens": m.get("total_tokens"), "commits": m.get("commits_pushed"),
-                     "wall_time_s": m.get("wall_time_s"), "reason": s.reason, "skipped": s.skipped})
+                     "status": s.status, "outcome": s.outcome, "tool_calls": m.tool_calls,
+                     "total_tokens": m.total_tokens, "commits": m.commits_pushed,
+                     "wall_time_s": m.wall_time_s, "reason": s.reason, "skipped": s.skipped})
     return rows
 
 

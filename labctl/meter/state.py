@@ -72,22 +72,37 @@ class MeterConfig(BaseModel):
 
 
 class MeterState(BaseModel):
-    """What the runner reads: counters, the budget, errors and why the run should stop."""
+    """What the runner reads: counters, the budget, errors and why the run should stop. Published as
+    status.json (and at `GET /_labctl/status`); `read_status` is how a runner reads it back."""
+
+    model_config = ConfigDict(extra="ignore")
 
     alias: str
+    """The model name the agent sees (the run id)."""
     dialect: Dialect
+    """The upstream's dialect (`MeterConfig.dialect`)."""
     started_at: float
+    """When the meter started (Unix time)."""
     requests: int = 0
     """Model calls received (forwarded or refused)."""
     forwarded: int = 0
+    """Model calls passed on to the upstream."""
     refused: int = 0
+    """Model calls the meter answered itself (budget spent, stopped, too large)."""
     tool_calls: int = 0
+    """Tool calls in the model's answers."""
     prompt_tokens: int = 0
+    """Prompt tokens, as the upstream's usage reported them."""
     completion_tokens: int = 0
+    """Completion tokens, as the upstream's usage reported them."""
     cached_tokens: int = 0
+    """Prompt tokens the upstream served from its cache."""
     total_tokens: int = 0
+    """Prompt + completion tokens: what `token_budget` is spent in."""
     token_budget: int | None = None
+    """`MeterConfig.token_budget`: prompt + completion tokens allowed; None for no budget."""
     request_budget: int | None = None
+    """`MeterConfig.request_budget`: model calls the meter forwards; None for no budget."""
     budget_exceeded: bool = False
     """A budget is spent (total_tokens >= token_budget, forwarded >= request_budget): later calls
     are refused."""
@@ -96,16 +111,23 @@ class MeterState(BaseModel):
     errored: bool = False
     """Any upstream failure happened: the run's outcome may not be the model's doing."""
     last_error: str | None = None
+    """The latest upstream failure, in words."""
     stopped: bool = False
+    """The run should stop: the runner stops the agent when it reads this."""
     stopped_reason: str | None = None
     """`token_budget` or `intervention:<name>`."""
     nudges: int = 0
+    """Nudges injected into requests."""
     stops: int = 0
+    """Stop interventions that fired."""
     interventions: dict[str, int] = {}
     """Firings per intervention name."""
     last_request_time: float | None = None
+    """When the latest model call arrived (Unix time)."""
     last_response_time: float | None = None
+    """When the latest model answer ended (Unix time): the `idle` trigger counts from it."""
     updated_at: float = 0.0
+    """When this state was last published (Unix time)."""
 
     def add_usage(self, usage: dict[str, Any] | None, tool_calls: int) -> None:
         """Count one answer; the call that crosses the budget completes, the next is refused."""
@@ -129,6 +151,16 @@ class MeterState(BaseModel):
         self.errors += 1
         self.errored = True
         self.last_error = message
+
+
+def read_status(path: Path) -> MeterState | None:
+    """status.json as the meter last published it; None when there is none yet or it cannot be read
+    (the meter replaces it atomically, so a half-written file is not a case; an older labctl's file
+    without a newer field reads with its default)."""
+    try:
+        return MeterState.model_validate_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 @dataclass

@@ -65,7 +65,7 @@ def chart_figure(rep: RoundReport) -> Figure:
     FigureCanvasAgg(fig)
     tok_ax, tps_ax = fig.subplots(1, 2, sharey=True, gridspec_kw={"width_ratios": [3, 2]})
     _tokens(tok_ax, rep, names)
-    if any(cd.values("gen_tps") for cd in rep.contestants):
+    if any(cd.values("gen_tokens_per_s") for cd in rep.contestants):
         _speed(tps_ax, rep)
     else:
         tps_ax.set_axis_off()
@@ -106,7 +106,7 @@ def _tokens(ax: Axes, rep: RoundReport, names: list[str]) -> None:
 def _speed(ax: Axes, rep: RoundReport) -> None:
     top = 0.0
     for y, cd in enumerate(rep.contestants):
-        vals = cd.values("gen_tps")
+        vals = cd.values("gen_tokens_per_s")
         mean = _mean(vals)
         if mean is None:
             ax.text(0, y, " —", va="center", fontsize=8, color="#777")

@@ -5,8 +5,9 @@ only rounds that are already unsealed (`ReportError` otherwise) and never anythi
 Everything comes from the round directory alone (lab.yaml, lab.lock, unsealed.json, runs/*), so
 anyone holding a verified round can regenerate the same report.
 
-Data flow: `load_report` gathers one `RunData` per run (metrics.json, with gaps filled from
-transcript.jsonl and verifier/reward.json, since metrics.json keys may be missing), groups them
+Data flow: `load_report` gathers one `RunData` per run (metrics.json read as the runner's record,
+`labctl.round.records.RunMetrics`, with gaps filled from transcript.jsonl and verifier/reward.json,
+since metrics.json keys may be missing; the figures keep the runner's names), groups them
 into `ContestantData` in lab order, and `labctl.report.tables.tables` turns them into `Table`s that
 the Markdown and HTML renderers (`labctl.report.render`) share, so all formats show the same cells;
 `labctl.report.why` tells each run's story. `render.write_report` writes report.<fmt> and report.png
@@ -39,6 +40,7 @@ from labctl.round.layout import (
     run_dir,
     transcript_path,
 )
+from labctl.round.records import RunMetrics, check_passed, read_metrics
 from labctl.round.verify import named_checks, read_reward
 from labctl.spec.lab import CloudContestant, Contestant, Lab, LocalContestant, Published
 from labctl.spec.located import SpecError, load_yaml, validate
@@ -57,6 +59,17 @@ class ReportError(LabctlError):
 # --- gathering -------------------------------------------------------------------------------------
 
 
+class ReportMetrics(RunMetrics):
+    """A run's metrics.json figures, gaps filled, plus what the report adds from the run directory."""
+
+    checks: dict[str, Any] | None = None
+    """reward.json's named checks as the verifier wrote them (`named_checks`)."""
+    notes: dict[str, str] | None = None
+    """reward.json's notes: why a check failed, in the verifier's words."""
+    total_wall_s: float | None = None
+    """The run's whole time, result.json's started → ended (setup, agent, verifier)."""
+
+
 @dataclass
 class RunData:
     """One run as the report sees it: its slot, its result, and metrics with gaps filled."""
@@ -65,7 +78,7 @@ class RunData:
     contestant: str
     repeat: int
     result: RunResult
-    metrics: dict[str, Any]
+    metrics: ReportMetrics
 
     @property
     def outcome_label(self) -> str:
@@ -90,8 +103,9 @@ class ContestantData:
         return self.contestant.published
 
     def values(self, key: str) -> list[float]:
-        """Numeric values of one metrics key across runs; missing, null and non-numbers left out."""
-        return [float(v) for r in self.runs if type(v := r.metrics.get(key)) in (int, float)]
+        """Numeric values of one figure (a `ReportMetrics` field or property) across runs; missing ones
+        left out."""
+        return [float(v) for r in self.runs if type(v := getattr(r.metrics, key)) in (int, float)]
 
     def pass_at(self, k: int) -> float | None:
         """Unbiased pass@k of Complete (Chen et al. 2021): 1 - C(n-c, k) / C(n, k) over graded runs."""
@@ -118,13 +132,13 @@ class RoundReport:
 
 
 def transcript_summary(path: Path) -> dict[str, Any]:
-    """Metrics recomputed from transcript.jsonl, for keys metrics.json lacks. Speeds are
-    token-weighted over llama.cpp's `timings` (a mean of per-request rates would overweight short
-    requests)."""
+    """Metrics recomputed from transcript.jsonl, for figures metrics.json lacks, under `RunMetrics`'s
+    names. Speeds are token-weighted over llama.cpp's `timings` (a mean of per-request rates would
+    overweight short requests)."""
     if not path.is_file():
         return {}
     keys = ("prompt_tokens", "completion_tokens", "cached_tokens", "total_tokens")
-    out: dict[str, Any] = dict.fromkeys(keys, 0) | {"requests": 0, "tool_calls": 0, "interventions": 0}
+    out: dict[str, Any] = dict.fromkeys(keys, 0) | {"requests": 0, "tool_calls": 0}
     by_rule: Counter[str] = Counter()
     speed = {"prompt_n": 0.0, "prompt_ms": 0.0, "predicted_n": 0.0, "predicted_ms": 0.0}
     messages = None
@@ -136,7 +150,6 @@ def transcript_summary(path: Path) -> dict[str, Any]:
         if not isinstance(rec, dict):
             continue
         if rec.get("kind") == "intervention":
-            out["interventions"] += 1
             by_rule[str(rec.get("name") or "(unnamed)")] += 1
             continue
         out["requests"] += 1
@@ -150,13 +163,15 @@ def transcript_summary(path: Path) -> dict[str, Any]:
     if not out["requests"]:
         return {}  # no exchange: no model behind the run (oracle, nop), nothing to count as zero
     out["messages"] = messages
-    out["interventions_by_rule"] = dict(by_rule)
-    out["prompt_tps"] = speed["prompt_n"] / speed["prompt_ms"] * 1000 if speed["prompt_ms"] else None
-    out["gen_tps"] = speed["predicted_n"] / speed["predicted_ms"] * 1000 if speed["predicted_ms"] else None
+    out["interventions"] = dict(by_rule)
+    rates = {"prompt_tokens_per_s": ("prompt_n", "prompt_ms"),
+             "gen_tokens_per_s": ("predicted_n", "predicted_ms")}
+    for key, (n, ms) in rates.items():
+        out[key] = speed[n] / speed[ms] * 1000 if speed[ms] else None
     return out
 
 
-def _run_metrics(round_dir: Path, run_id: str, result: RunResult | None = None) -> dict[str, Any]:
+def _run_metrics(round_dir: Path, run_id: str, result: RunResult | None = None) -> ReportMetrics:
     """metrics.json over transcript-derived values over reward.json's checks and notes (best source
     wins); the run's total wall time from result.json (started → ended: setup, agent, verifier)."""
     metrics: dict[str, Any] = {}
@@ -167,7 +182,7 @@ def _run_metrics(round_dir: Path, run_id: str, result: RunResult | None = None) 
     checks = named_checks(reward)
     if checks is not None:
         metrics |= {"checks": checks, "checks_total": len(checks),
-                    "checks_passed": sum(v is True or v == 1 for v in checks.values())}
+                    "checks_passed": sum(check_passed(v) for v in checks.values())}
         notes = reward.get("notes") if isinstance(reward, dict) else None
         if isinstance(notes, dict):
             metrics["notes"] = {str(k): str(v) for k, v in notes.items()}
@@ -175,26 +190,12 @@ def _run_metrics(round_dir: Path, run_id: str, result: RunResult | None = None) 
         metrics["total_wall_s"] = (result.ended - result.started).total_seconds()
     metrics |= transcript_summary(transcript_path(round_dir, run_id))
     try:
-        own = json.loads(metrics_path(round_dir, run_id).read_text(encoding="utf-8"))
+        own = read_metrics(metrics_path(round_dir, run_id))
     except (OSError, ValueError):
         own = None
-    if isinstance(own, dict):
-        own = _runner_names(own)
-        metrics |= {k: v for k, v in own.items() if v is not None or k not in metrics}
-    return metrics
-
-
-_RUNNER_KEYS = {"commits_pushed": "commits", "gen_tokens_per_s": "gen_tps",
-                "prompt_tokens_per_s": "prompt_tps"}
-
-
-def _runner_names(own: dict[str, Any]) -> dict[str, Any]:
-    """The runner's metrics.json keys under the report's names; interventions per rule → a count."""
-    out = {_RUNNER_KEYS.get(k, k): v for k, v in own.items()}
-    if isinstance(out.get("interventions"), dict):
-        out["interventions_by_rule"] = out["interventions"]
-        out["interventions"] = sum(out["interventions"].values())
-    return out
+    if own is not None:
+        metrics |= own.model_dump(exclude_none=True)
+    return ReportMetrics.model_validate(metrics)
 
 
 def _count(n: float) -> str:
@@ -258,5 +259,5 @@ def load_report(round_dir: Path) -> RoundReport:
     return RoundReport(sealed.round, lab, sealed.repeats, unsealed.forced, list(by_id.values()))
 
 
-__all__ = ["DASH", "FORMATS", "OUTCOME_RANK", "ContestantData", "Format", "ReportError", "RoundReport",
-           "RunData", "load_report", "transcript_summary"]
+__all__ = ["DASH", "FORMATS", "OUTCOME_RANK", "ContestantData", "Format", "ReportError", "ReportMetrics",
+           "RoundReport", "RunData", "load_report", "transcript_summary"]

@@ -44,16 +44,15 @@ def run_cell(cd: ContestantData) -> str:
 
 def _tried(cd: ContestantData) -> list[float]:
     """Total tokens of the runs that made at least one tool call ("the models that tried")."""
-    return [float(r.metrics["total_tokens"]) for r in cd.runs
-            if type(r.metrics.get("total_tokens")) in (int, float)
-            and type(r.metrics.get("tool_calls")) is int and r.metrics["tool_calls"] > 0]
+    return [float(tokens) for r in cd.runs
+            if (tokens := r.metrics.total_tokens) is not None and r.metrics.tool_calls]
 
 
 def _per_complete(cds: list[ContestantData]) -> float | None:
     """Total tokens of these contestants' runs over their Complete runs; None without a Complete."""
     runs = [r for cd in cds for r in cd.runs]
     complete = sum(r.result.outcome == "Complete" for r in runs)
-    tokens = sum(float(v) for r in runs if type(v := r.metrics.get("total_tokens")) in (int, float))
+    tokens = sum(float(v) for r in runs if (v := r.metrics.total_tokens) is not None)
     return tokens / complete if complete else None
 
 

@@ -125,7 +125,8 @@ def render_json(rep: RoundReport) -> dict[str, Any]:
             "pass_at_1": cd.pass_at(1), f"pass_at_{rep.repeats}": cd.pass_at(rep.repeats),
             "published": cd.published.model_dump(mode="json", exclude_none=True) if cd.published else None,
             "runs": [{"run_id": r.run_id, "repeat": r.repeat, "status": r.result.status,
-                      "outcome": r.result.outcome, "attempts": r.result.attempts, "metrics": r.metrics}
+                      "outcome": r.result.outcome, "attempts": r.result.attempts,
+                      "metrics": r.metrics.model_dump(mode="json", exclude_none=True)}
                      for r in cd.runs],
         } for cd in rep.contestants],
         "tables": [{"title": t.title, "headers": t.headers, "rows": t.rows} for t in tables(rep)],

@@ -55,16 +55,16 @@ def _yes(flags: list[bool]) -> str:
 def _build(cd: ContestantData) -> str:
     """`pass (attempt 2)`, `fail (0/13)` (the agent's 13 builds, none passed: the publication's
     notation), `fail`; with repeats `1/2 pass (attempt 1–3)`."""
-    builds = [b for r in cd.runs if isinstance(b := r.metrics.get("build"), dict) and "passed" in b]
+    builds = [b for r in cd.runs if (b := r.metrics.build) is not None]
     if not builds:
         return DASH
-    passed = [b for b in builds if b["passed"]]
-    attempts = sorted(a for b in passed if type(a := b.get("attempt")) is int)
+    passed = [b for b in builds if b.passed]
+    attempts = sorted(b.attempt for b in passed if b.attempt is not None)
     span = "" if not attempts else (f" (attempt {attempts[0]})" if attempts[0] == attempts[-1]
                                     else f" (attempt {attempts[0]}–{attempts[-1]})")
     if len(builds) == 1:
-        runs = builds[0].get("agent_runs")
-        return f"pass{span}" if passed else f"fail (0/{runs})" if type(runs) is int and runs > 0 else "fail"
+        runs = builds[0].agent_runs
+        return f"pass{span}" if passed else f"fail (0/{runs})" if runs else "fail"
     return f"{len(passed)}/{len(builds)} pass{span}"
 
 
@@ -78,15 +78,14 @@ def _outcome(cd: ContestantData) -> str:
 
 
 def _tokens_per_check(cd: ContestantData) -> str:
-    per = [float(r.metrics["total_tokens"]) / r.metrics["checks_passed"] for r in cd.runs
-           if type(r.metrics.get("total_tokens")) in (int, float)
-           and type(r.metrics.get("checks_passed")) is int and r.metrics["checks_passed"] > 0]
+    per = [float(tokens) / passed for r in cd.runs
+           if (tokens := r.metrics.total_tokens) is not None and (passed := r.metrics.checks_passed)]
     return _stat(per, _int)
 
 
 def _checks(cd: ContestantData) -> str:
-    cells = [f"{r.metrics['checks_passed']}/{r.metrics['checks_total']}" for r in cd.runs
-             if type(r.metrics.get("checks_passed")) is int and type(r.metrics.get("checks_total")) is int]
+    cells = [f"{r.metrics.checks_passed}/{r.metrics.checks_total}" for r in cd.runs
+             if r.metrics.checks_passed is not None and r.metrics.checks_total is not None]
     return ", ".join(cells) or DASH
 
 
@@ -119,20 +118,21 @@ def tables(rep: RoundReport) -> list[Table]:
         run = run_cell(cd)
         tool_calls = pub(_stat(cd.values("tool_calls"), _int), p.tool_calls)
         tokens = pub(_stat(cd.values("total_tokens"), _int), p.total_tokens, _int)
-        commits = pub(_stat(cd.values("commits"), _int), p.commits)
+        commits = pub(_stat(cd.values("commits_pushed"), _int), p.commits)
         build = pub(_build(cd), p.build, pub_build)
-        shot = pub(_yes([v for r in cd.runs if type(v := r.metrics.get("screenshot")) is bool]),
+        shot = pub(_yes([v for r in cd.runs if (v := r.metrics.screenshot) is not None]),
                    p.screenshot, lambda b: "yes" if b else "no")
         outcome = pub(_outcome(cd), p.outcome)
         messages = pub(_stat(cd.values("messages"), _int), p.messages)
-        nudges = pub(_stat(cd.values("interventions"), _int), pub_nudges(p))
+        nudges = pub(_stat(cd.values("interventions_fired"), _int), pub_nudges(p))
         wall = pub(_stat(cd.values("wall_time_s"), _wall), p.wall_time, _wall)
         results.append([cd.name, run, tool_calls, tokens, commits, build, shot, outcome])
         efficiency.append([cd.name, run, tokens, outcome, _checks(cd), _tokens_per_check(cd)])
         numbers.append([cd.name, run, pub(cd.type, p.type), pub(cd.params, p.parameters), tokens, tool_calls,
                         messages, commits, build, shot, nudges, wall,
                         pub(_outcome(cd), p.numbers_outcome or p.outcome)])
-        speed.append([cd.name, _stat(cd.values("prompt_tps"), _rate), _stat(cd.values("gen_tps"), _rate),
+        speed.append([cd.name, _stat(cd.values("prompt_tokens_per_s"), _rate),
+                      _stat(cd.values("gen_tokens_per_s"), _rate),
                       wall, _stat(cd.values("verifier_wall_s"), _wall),
                       _stat(cd.values("total_wall_s"), _wall)])
         n_complete = sum(r.result.outcome == "Complete" for r in cd.runs)

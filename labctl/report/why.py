@@ -13,10 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from labctl.round.records import check_passed
 from labctl.spec.units import format_duration
 
 if TYPE_CHECKING:
-    from labctl.report.data import RoundReport, RunData
+    from labctl.report.data import ReportMetrics, RoundReport, RunData
 
 NO_NOTE = "(the verifier gave no reason)"
 
@@ -73,46 +74,36 @@ class RunStory:
         return out
 
 
-def _build(m: dict[str, Any]) -> str:
+def _build(m: ReportMetrics) -> str:
     """The verifier's verdict, then the agent's own build commands (`[labctl.report] build_command`)."""
-    b = m.get("build")
-    if not isinstance(b, dict) or "passed" not in b:
+    b = m.build
+    if b is None:
         return "—"
-    verdict = "passes" if b["passed"] else "fails"
-    runs, attempt = b.get("agent_runs"), b.get("attempt")
-    if type(runs) is not int:
+    verdict = "passes" if b.passed else "fails"
+    runs, attempt = b.agent_runs, b.attempt
+    if runs is None:
         return f"{verdict} in the verifier"
     if runs == 0:
         agent = "the agent never ran the build"
-    elif type(attempt) is int:
+    elif attempt is not None:
         agent = f"the agent's build passed on attempt {attempt} of {runs}"
     else:
         agent = f"the agent ran the build {plural(runs, 'time')}, none passed"
     return f"{verdict} in the verifier; {agent}"
 
 
-def _interventions(m: dict[str, Any]) -> dict[str, int]:
-    by_rule = m.get("interventions_by_rule")
-    if isinstance(by_rule, dict):
-        return {str(k): int(v) for k, v in by_rule.items() if type(v) is int and v > 0}
-    n = m.get("interventions")
-    return {"(rule not recorded)": n} if type(n) is int and n > 0 else {}
-
-
 def story(run: RunData, contestant: str) -> RunStory:
     m = run.metrics
-    checks = m.get("checks") if isinstance(m.get("checks"), dict) else None
-    notes = m.get("notes") if isinstance(m.get("notes"), dict) else {}
-    failed = [] if checks is None else [
-        (c, str(notes.get(c) or NO_NOTE)) for c, v in checks.items() if not (v is True or v == 1)]
-    passed = m.get("checks_passed") if type(m.get("checks_passed")) is int else None
-    total = m.get("checks_total") if type(m.get("checks_total")) is int else None
-    times = {"agent": seconds(m.get("wall_time_s")), "verifier": seconds(m.get("verifier_wall_s")),
-             "total": seconds(m.get("total_wall_s"))}
-    flags = [str(f) for f in m.get("flags") or []] if isinstance(m.get("flags"), list) else []
+    notes = m.notes or {}
+    failed = [] if m.checks is None else [
+        (c, str(notes.get(c) or NO_NOTE)) for c, v in m.checks.items() if not check_passed(v)]
+    times = {"agent": seconds(m.wall_time_s), "verifier": seconds(m.verifier_wall_s),
+             "total": seconds(m.total_wall_s)}
+    interventions = {name: n for name, n in (m.interventions or {}).items() if n > 0}
     return RunStory(run_id=run.run_id, contestant=contestant, outcome=run.outcome_label,
-                    status=run.result.status, reason=run.result.reason, passed=passed, total=total,
-                    failed=failed, build=_build(m), flags=flags, interventions=_interventions(m), times=times)
+                    status=run.result.status, reason=run.result.reason, passed=m.checks_passed,
+                    total=m.checks_total, failed=failed, build=_build(m), flags=list(m.flags or []),
+                    interventions=interventions, times=times)
 
 
 def stories(rep: RoundReport) -> list[RunStory]:

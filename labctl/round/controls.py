@@ -29,7 +29,8 @@ from labctl.round.layout import (
     result_path,
     run_dir,
 )
-from labctl.round.verify import _passed, named_checks, read_reward
+from labctl.round.records import check_passed
+from labctl.round.verify import named_checks, read_reward
 from labctl.spec.lab import Lab
 from labctl.spec.located import SpecError, load_yaml, validate
 
@@ -93,7 +94,7 @@ def _checks(round_dir: Path, rid: str, kind: str) -> list[str]:
         return []
     checks = named_checks(reward) or {}
     want_passed = kind == "nop"  # a nop's passing checks are what is wrong with the task
-    return sorted(k for k, v in checks.items() if _passed(v) == want_passed)
+    return sorted(k for k, v in checks.items() if check_passed(v) == want_passed)
 
 
 def control_failures(round_dir: Path) -> list[ControlFailure]:

@@ -37,15 +37,11 @@ from labctl.round.layout import (
     result_path,
     run_dir,
 )
+from labctl.round.records import RunMetrics, check_passed, read_metrics
 from labctl.spec.lab import Lab, Outcome
 from labctl.spec.located import SpecError, load_yaml, validate
 
 Reward = dict[str, Any] | float
-
-
-def _passed(value: Any) -> bool:
-    """A named check passes when it is JSON true (or a number ≥ 1); a string "false" must not pass."""
-    return value is True or (type(value) in (int, float) and value >= 1)
 
 
 def named_checks(reward: Reward | None) -> dict[str, Any] | None:
@@ -62,13 +58,13 @@ def named_checks(reward: Reward | None) -> dict[str, Any] | None:
     return found if found or isinstance(nested, dict) else None
 
 
-def derive_outcome(reward: Reward | None, metrics: dict[str, Any] | None,
+def derive_outcome(reward: Reward | None, metrics: RunMetrics | dict[str, Any] | None,
                    rules: OutcomeRules | dict[str, Any] | None) -> Outcome | None:
     """The outcome class of a run, from its verifier output and its metrics.
 
-    0. `metrics["upstream_errored"]` ⇒ None: ungraded. The provider or server failed (5xx, a refused
+    0. `metrics.upstream_errored` ⇒ None: ungraded. The provider or server failed (5xx, a refused
        key), so the model never had its chance; the run is `errored` and is re-run, not judged.
-    1. `metrics["tool_calls"] == 0` ⇒ Total failure: the agent never acted. Contestants without a
+    1. `metrics.tool_calls == 0` ⇒ Total failure: the agent never acted. Contestants without a
        model (oracle, nop) have `tool_calls` absent or null, so this rule never grades them.
     2. No verifier output (`reward` None) ⇒ None: ungraded (the run errored before the verifier).
     3. With `rules` and named checks in reward.json (`named_checks`: the `checks` object or Harbor's
@@ -77,12 +73,14 @@ def derive_outcome(reward: Reward | None, metrics: dict[str, Any] | None,
        verifier did not write counts as failed.
     4. Otherwise the numeric reward (reward.txt, or reward.json's "reward"): ≥ 1 Complete,
        > 0 Partial, else Failed.
-    Raises ValueError when the reward has neither checks nor a number.
+    A named check passes by `labctl.round.records.check_passed`, the rule grade and report use too.
+    Raises ValueError when the reward has neither checks nor a number (or metrics that are no
+    metrics record).
     """
-    if (metrics or {}).get("upstream_errored") is True:
+    m = RunMetrics.model_validate(metrics) if isinstance(metrics, dict) else metrics or RunMetrics()
+    if m.upstream_errored is True:
         return None
-    tool_calls = (metrics or {}).get("tool_calls")
-    if type(tool_calls) is int and tool_calls == 0:
+    if m.tool_calls == 0:
         return "Total failure"
     if reward is None:
         return None
@@ -90,9 +88,9 @@ def derive_outcome(reward: Reward | None, metrics: dict[str, Any] | None,
         rules = OutcomeRules.model_validate(rules)
     checks = named_checks(reward)
     if rules is not None and checks is not None:
-        if all(_passed(checks.get(c)) for c in rules.complete):
+        if all(check_passed(checks.get(c)) for c in rules.complete):
             return "Complete"
-        if rules.partial and all(_passed(checks.get(c)) for c in rules.partial):
+        if rules.partial and all(check_passed(checks.get(c)) for c in rules.partial):
             return "Partial"
         return "Failed"
     value = reward.get("reward") if isinstance(reward, dict) else reward
@@ -306,17 +304,11 @@ def _check_outcome(v: Verification, sealed: SealedRound, rid: str, recorded: Out
     except (OSError, ValueError) as e:
         v.add(f"{rel}/verifier", f"unreadable verifier output: {str(e).splitlines()[0]}", rid)
         return
-    metrics: dict[str, Any] | None = None
-    mpath = metrics_path(v.round_dir, rid)
-    if mpath.is_file():
-        try:
-            metrics = json.loads(mpath.read_text(encoding="utf-8"))
-        except ValueError as e:
-            v.add(f"{rel}/metrics.json", f"unreadable: {str(e).splitlines()[0]}", rid)
-            return
-        if not isinstance(metrics, dict):
-            v.add(f"{rel}/metrics.json", "not a JSON object", rid)
-            return
+    try:
+        metrics = read_metrics(metrics_path(v.round_dir, rid))
+    except (OSError, ValueError) as e:
+        v.add(f"{rel}/metrics.json", f"unreadable: {str(e).splitlines()[0]}", rid)
+        return
     try:
         derived = derive_outcome(reward, metrics, sealed.outcome_rules)
     except ValueError as e:
@@ -328,4 +320,5 @@ def _check_outcome(v: Verification, sealed: SealedRound, rid: str, recorded: Out
                                     f"{basis or 'no verifier output'}", rid)
 
 
-__all__ = ["Problem", "Verification", "derive_outcome", "named_checks", "read_reward", "verify_round"]
+__all__ = ["Problem", "Verification", "check_passed", "derive_outcome", "named_checks", "read_reward",
+           "verify_round"]

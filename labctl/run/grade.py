@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
 
 from labctl.engine.commands import Docker, label_flags, object_name, run_labels
 from labctl.engine.container import EngineError
+from labctl.meter.state import MeterState
 from labctl.meter.wire_responses import request_turns
+from labctl.round.records import BuildFigures, RunMetrics, check_passed
 from labctl.round.verify import Reward, derive_outcome, named_checks, read_reward
 from labctl.run.parts import (
     ORIGIN,
@@ -107,20 +108,21 @@ def checks_summary(reward: Reward | None) -> tuple[int | None, int | None]:
     checks = named_checks(reward)
     if checks is None:
         return None, None
-    return sum(1 for v in checks.values() if v is True or (type(v) in (int, float) and v >= 1)), len(checks)
+    return sum(1 for v in checks.values() if check_passed(v)), len(checks)
 
 
 def _check(reward: Reward | None, name: str | None) -> bool | None:
+    """A named check as a column: passed or not (`check_passed`: a check written as anything else
+    than true or a number ≥ 1 failed); None when the verifier did not write it."""
     checks = named_checks(reward)
-    value = checks.get(name) if checks is not None and name else None
-    if type(value) in (int, float):  # Harbor's flat form writes 0 / 1
-        return bool(value >= 1)
-    return value if isinstance(value, bool) else None
+    if checks is None or not name or name not in checks:
+        return None
+    return check_passed(checks[name])
 
 
-def run_metrics(*, meter_state: dict[str, Any] | None, transcript: Path, ws: Workspace | None,
+def run_metrics(*, meter_state: MeterState | None, transcript: Path, ws: Workspace | None,
                 reward: Reward | None, wall_s: float, needs_model: bool, stopped_by: str | None,
-                columns: dict[str, str] | None = None, verifier_s: float | None = None) -> dict[str, Any]:
+                columns: dict[str, str] | None = None, verifier_s: float | None = None) -> RunMetrics:
     """metrics.json. `tool_calls` is present only for contestants with a model: for oracle and nop it
     would be a fiction, and a 0 would grade them Total failure (`derive_outcome` rule 1). The same goes
     for "pathology" (`labctl.run.pathology`) and its "flags": model contestants only. `columns` is
@@ -129,23 +131,21 @@ def run_metrics(*, meter_state: dict[str, Any] | None, transcript: Path, ws: Wor
     phase, `verifier_s` the verifier's (the run's total is result.json's started → ended)."""
     columns = columns or {}
     passed, total = checks_summary(reward)
-    m: dict[str, Any] = {"wall_time_s": round(wall_s, 3),
-                         "commits_pushed": None if ws is None else pushed_commits(ws),
-                         "checks_passed": passed, "checks_total": total, "stopped_by": stopped_by}
+    m = RunMetrics(wall_time_s=round(wall_s, 3), commits_pushed=None if ws is None else pushed_commits(ws),
+                   checks_passed=passed, checks_total=total, stopped_by=stopped_by)
     if verifier_s is not None:
-        m["verifier_wall_s"] = round(verifier_s, 3)
+        m.verifier_wall_s = round(verifier_s, 3)
     if (shot := _check(reward, columns.get("screenshot_check"))) is not None:
-        m["screenshot"] = shot
+        m.screenshot = shot
     if (built := _check(reward, columns.get("build_check"))) is not None:
-        m["build"] = {"passed": built}
+        m.build = BuildFigures(passed=built)
     if not needs_model:
         return m
-    s = meter_state or {}
     recs = transcript_records(transcript)
-    if "build" in m and columns.get("build_command"):
+    if m.build is not None and columns.get("build_command"):
         runs = command_results(recs, columns["build_command"])
-        m["build"].update({"agent_runs": len(runs),
-                           "attempt": next((i for i, c in enumerate(runs, 1) if c == 0), None)})
+        m.build.agent_runs = len(runs)
+        m.build.attempt = next((i for i, c in enumerate(runs, 1) if c == 0), None)
     exchanges = [r for r in recs if r.get("kind") == "exchange"]
     requests = [r["request"] for r in exchanges if isinstance(r.get("request"), dict)]
     last_req = requests[-1] if requests else None
@@ -157,27 +157,28 @@ def run_metrics(*, meter_state: dict[str, Any] | None, transcript: Path, ws: Wor
             prompt_ms += float(t.get("prompt_ms") or 0)
             gen_n += float(t.get("predicted_n") or 0)
             gen_ms += float(t.get("predicted_ms") or 0)
-    m.update({
-        "tool_calls": int(s.get("tool_calls", 0)),
-        "requests": int(s.get("requests", len(exchanges))),
-        "messages": len(request_turns(last_req) or []) if last_req else 0,
-        "prompt_tokens": int(s.get("prompt_tokens", 0)),
-        "completion_tokens": int(s.get("completion_tokens", 0)),
-        "cached_tokens": int(s.get("cached_tokens", 0)),
-        "total_tokens": int(s.get("total_tokens", 0)),
-        "prompt_tokens_per_s": round(prompt_n * 1000 / prompt_ms, 2) if prompt_ms else None,
-        "gen_tokens_per_s": round(gen_n * 1000 / gen_ms, 2) if gen_ms else None,
-        "interventions": dict(s.get("interventions") or {}),
-        "nudges": int(s.get("nudges", 0)),
-        "upstream_errors": int(s.get("errors", 0)),
-        "upstream_errored": bool(s.get("errored")),
-    })
-    m["pathology"] = pathology(recs)
-    m["flags"] = flags(m["pathology"])
+    # No status.json (the meter never published): every counter is 0, as a meter that saw nothing
+    # would say; the requests fall back to the transcript's exchanges.
+    s = meter_state
+    m.tool_calls = s.tool_calls if s else 0
+    m.requests = s.requests if s else len(exchanges)
+    m.messages = len(request_turns(last_req) or []) if last_req else 0
+    m.prompt_tokens = s.prompt_tokens if s else 0
+    m.completion_tokens = s.completion_tokens if s else 0
+    m.cached_tokens = s.cached_tokens if s else 0
+    m.total_tokens = s.total_tokens if s else 0
+    m.prompt_tokens_per_s = round(prompt_n * 1000 / prompt_ms, 2) if prompt_ms else None
+    m.gen_tokens_per_s = round(gen_n * 1000 / gen_ms, 2) if gen_ms else None
+    m.interventions = dict(s.interventions) if s else {}
+    m.nudges = s.nudges if s else 0
+    m.upstream_errors = s.errors if s else 0
+    m.upstream_errored = s.errored if s else False
+    m.pathology = pathology(recs)
+    m.flags = flags(m.pathology)
     return m
 
 
-def outcome(reward: Reward | None, metrics: dict[str, Any], rules: OutcomeRules | None) -> Outcome | None:
+def outcome(reward: Reward | None, metrics: RunMetrics, rules: OutcomeRules | None) -> Outcome | None:
     """The grade; a reward the rules cannot read is no grade (None) rather than a crash mid-round."""
     try:
         return derive_outcome(reward, metrics, rules)

@@ -142,13 +142,6 @@ def redact_server_log(text: str) -> str:
     return "".join(line for line in text.splitlines(keepends=True) if not _IDENTIFYING.search(line))
 
 
-def read_json(path: Path) -> dict[str, Any] | None:
-    with contextlib.suppress(OSError, ValueError):
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return data if isinstance(data, dict) else None
-    return None
-
-
 def transcript_records(path: Path) -> list[dict[str, Any]]:
     """The transcript's records, a request kept as a blob read back in its place (labctl/meter/blobs.py)."""
     out: list[dict[str, Any]] = []

@@ -25,7 +25,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 from labctl.engine.commands import ROUND_LABEL, RUN_LABEL, Docker
 from labctl.engine.container import EngineError
@@ -33,12 +32,13 @@ from labctl.engine.fence import Fence, Netfilter
 from labctl.round.layout import (
     FINISHED,
     RunResult,
+    metrics_path,
     read_result,
     result_path,
-    run_dir,
     write_manifest,
     write_result,
 )
+from labctl.round.records import RunMetrics, read_metrics
 from labctl.round.seal import sealed_files_changed
 from labctl.run.context import (
     Interrupted,
@@ -47,7 +47,7 @@ from labctl.run.context import (
     signals_deferred,
     sigterm_raises,
 )
-from labctl.run.parts import RunError, read_json
+from labctl.run.parts import RunError
 from labctl.run.session import RunSession
 
 Say = Callable[[str], None]
@@ -91,7 +91,7 @@ class RunSummary:
     outcome: str | None
     skipped: bool
     reason: str | None = None
-    metrics: dict[str, Any] = field(default_factory=dict)
+    metrics: RunMetrics = field(default_factory=RunMetrics)
 
 
 def run_round(ctx: RoundContext, say: Say = lambda s: None, retry_errored: bool = False) -> list[RunSummary]:
@@ -134,7 +134,10 @@ def run_round(ctx: RoundContext, say: Say = lambda s: None, retry_errored: bool 
 
 
 def _summary(ctx: RoundContext, rid: str, res: RunResult, skipped: bool) -> RunSummary:
-    metrics = read_json(run_dir(ctx.round_dir, rid) / "metrics.json") or {}
+    try:
+        metrics = read_metrics(metrics_path(ctx.round_dir, rid)) or RunMetrics()
+    except (OSError, ValueError):  # a summary line, not a verification: `labctl verify` names the file
+        metrics = RunMetrics()
     return RunSummary(rid, res.status, res.outcome, skipped, res.reason, metrics)
 
 

@@ -31,9 +31,11 @@ from labctl.engine.commands import exec_env_flags, label_flags, object_name, run
 from labctl.engine.fence import Fence, Netfilter
 from labctl.lock.fetch import model_files
 from labctl.lock.hub import HubError
+from labctl.meter.state import read_status
 from labctl.plan.llamaserver import classify_failure, server_argv
 from labctl.plan.planner import plan_lab
-from labctl.round.layout import RunResult, run_dir, write_json
+from labctl.round.layout import RunResult, run_dir
+from labctl.round.records import write_metrics
 from labctl.round.seal import run_label
 from labctl.run.context import RoundContext, signals_deferred
 from labctl.run.grade import commit_agent, outcome, run_metrics, run_verifier
@@ -44,7 +46,6 @@ from labctl.run.parts import (
     Workspace,
     bundle,
     make_workspace,
-    read_json,
     redact_server_log,
     resource_flags,
     work_root,
@@ -288,11 +289,11 @@ class RunSession:
                     if time.monotonic() >= deadline:
                         self.stopped_by = "wall_time"
                         break
-                    state = read_json(status) if self.adapter.needs_model else None
-                    if state and state.get("stopped"):
-                        self.stopped_by = str(state.get("stopped_reason") or "meter")
+                    state = read_status(status) if self.adapter.needs_model else None
+                    if state and state.stopped:
+                        self.stopped_by = state.stopped_reason or "meter"
                         break
-                    if state and state.get("errored"):
+                    if state and state.errored:
                         # The run is errored whatever follows (`--retry-errored` runs it again): don't let the
                         # agent's retries burn the wall-time budget against a failing upstream.
                         self.stopped_by = "upstream_error"
@@ -350,15 +351,15 @@ class RunSession:
         finally:
             self.docker("image", "rm", "-f", image, check=False)
         verifier_s = time.monotonic() - t0
-        state = read_json(self.dir / "meter-status.json") if self.adapter.needs_model else None
+        state = read_status(self.dir / "meter-status.json") if self.adapter.needs_model else None
         metrics = run_metrics(meter_state=state, transcript=self.dir / "transcript.jsonl", ws=self.ws,
                               reward=reward, wall_s=self.agent_wall_s, needs_model=self.adapter.needs_model,
                               stopped_by=self.stopped_by, columns=self.task.report_columns(),
                               verifier_s=verifier_s)
-        write_json(self.dir / "metrics.json", metrics)
+        write_metrics(self.dir / "metrics.json", metrics)
         result.outcome = outcome(reward, metrics, ctx.sealed.outcome_rules)
-        if state and state.get("errored"):
-            result.status, result.reason = "errored", f"upstream error: {state.get('last_error')}"
+        if state and state.errored:
+            result.status, result.reason = "errored", f"upstream error: {state.last_error}"
         elif reward is None:
             result.status, result.reason = "errored", note or "the verifier wrote no reward"
         elif self.stopped_by:

@@ -57,13 +57,13 @@ def play(contestant: str, repeat: int) -> tuple[tuple[str, ...], dict[str, Any],
     if contestant == ORACLE:
         passed = CHECKS if repeat == 1 else ("greeting_file", "greeting_text")
         return passed, {"tool_calls": None, "requests": 0, "messages": 0, "total_tokens": 0,
-                        "commits": 2 - repeat, "build": {"passed": True, "attempt": repeat},
-                        "screenshot": True, "wall_time_s": 4.0 + repeat, "interventions": 0,
-                        "prompt_tps": None, "gen_tps": None, "errored": False}, []
+                        "commits_pushed": 2 - repeat, "build": {"passed": True, "attempt": repeat},
+                        "screenshot": True, "wall_time_s": 4.0 + repeat, "interventions": {},
+                        "prompt_tokens_per_s": None, "gen_tokens_per_s": None, "errored": False}, []
     if contestant == NOP:
-        return (), {"tool_calls": None, "total_tokens": 0, "commits": 0, "build": {"passed": False,
+        return (), {"tool_calls": None, "total_tokens": 0, "commits_pushed": 0, "build": {"passed": False,
                     "attempt": None}, "screenshot": False, "wall_time_s": 1.0, "verifier_wall_s": 40.0,
-                    "interventions": 0}, []
+                    "interventions": {}}, []
     predicted = 20 if repeat == 1 else 30  # in 500 ms: 40 and 60 tokens/s
     records: list[dict[str, Any]] = [{
         "seq": i, "t_start": i, "t_end": i + 1, "latency_ms": 1000, "status": 200, "error": None,
@@ -77,8 +77,9 @@ def play(contestant: str, repeat: int) -> tuple[tuple[str, ...], dict[str, Any],
                              "action": "nudge"}]
     total = 3 * (500 + 100 * repeat)
     return (), {"tool_calls": 0, "requests": 3, "messages": 5, "prompt_tokens": total - 300,
-                "completion_tokens": 300, "total_tokens": total, "commits": 0, "wall_time_s": 95.0,
-                "verifier_wall_s": 30.5, "interventions": 1, "flags": ["zero tool calls"]}, records
+                "completion_tokens": 300, "total_tokens": total, "commits_pushed": 0, "wall_time_s": 95.0,
+                "verifier_wall_s": 30.5, "interventions": {"keep-going": 1},
+                "flags": ["zero tool calls"]}, records
 
 
 def fake_runs(rd: Path) -> None:
@@ -274,7 +275,7 @@ def test_verify_passes_after_report(one: Path, fmt: str) -> None:
         data = json.loads((one / "report.json").read_text())
         by_id = {c["id"]: c for c in data["contestants"]}
         assert by_id[ORACLE]["pass_at_1"] == 1.0 and by_id[LOCAL]["type"] == "Local dense"
-        assert by_id[LOCAL]["runs"][0]["metrics"]["gen_tps"] == 40.0
+        assert by_id[LOCAL]["runs"][0]["metrics"]["gen_tokens_per_s"] == 40.0
         assert [t["title"] for t in data["tables"]][:3] == ["Results", "Token efficiency", "The Numbers"]
 
 
@@ -323,13 +324,22 @@ def test_html_renders_in_chromium(tmp_path: Path, envelopes: Path) -> None:  # n
     assert code == 1 and "controls failed" in stderr and "(oracle) is Partial" in stderr, stderr
 
 
-def test_runner_metric_names_are_understood() -> None:
-    from labctl.report.data import _runner_names
+def test_runner_metrics_are_read_under_their_own_names(tmp_path: Path) -> None:
+    """The report reads metrics.json as the runner's record: one name per figure (no renaming), the
+    interventions per rule summed for the Nudges column; an old round's bare count still reads."""
+    from labctl.report.data import ReportMetrics
+    from labctl.round.records import RunMetrics, read_metrics, write_metrics
 
-    got = _runner_names({"commits_pushed": 2, "gen_tokens_per_s": 41.5, "prompt_tokens_per_s": 900.0,
-                         "interventions": {"keep-going": 2, "loop-stop": 1}, "tool_calls": 7})
-    assert got == {"commits": 2, "gen_tps": 41.5, "prompt_tps": 900.0, "interventions": 3, "tool_calls": 7,
-                   "interventions_by_rule": {"keep-going": 2, "loop-stop": 1}}
+    written = RunMetrics(commits_pushed=2, gen_tokens_per_s=41.5, prompt_tokens_per_s=900.0,
+                         interventions={"keep-going": 2, "loop-stop": 1}, tool_calls=7)
+    write_metrics(tmp_path / "metrics.json", written)
+    got = ReportMetrics.model_validate(read_metrics(tmp_path / "metrics.json").model_dump())  # type: ignore[union-attr]
+    assert (got.commits_pushed, got.gen_tokens_per_s, got.prompt_tokens_per_s) == (2, 41.5, 900.0)
+    assert got.tool_calls == 7
+    assert got.interventions == {"keep-going": 2, "loop-stop": 1} and got.interventions_fired == 3
+    old = RunMetrics.model_validate({"interventions": 3, "tool_calls": 7, "a_key_from_elsewhere": 1})
+    assert old.interventions == {"(rule not recorded)": 3} and old.interventions_fired == 3
+    assert RunMetrics.model_validate({"interventions": 0}).interventions_fired == 0
 
 
 def test_report_says_why_each_run_ended(one: Path) -> None:
@@ -384,7 +394,7 @@ def test_chart_says_plainly_when_no_run_used_a_model(one: Path) -> None:
     # A model but no llama.cpp timings (a cloud run, say): the speed panel says so instead of a 0–1 axis.
     for cd in rep.contestants:
         for r in cd.runs:
-            r.metrics.pop("gen_tps", None)
+            r.metrics.gen_tokens_per_s = None
     tokens_only = chart_figure(rep)
     assert [ax.axison for ax in tokens_only.axes] == [True, False]
     assert NO_TIMINGS in [t.get_text() for t in tokens_only.axes[1].texts]
@@ -393,7 +403,7 @@ def test_chart_says_plainly_when_no_run_used_a_model(one: Path) -> None:
 def round7_as_published() -> Any:
     """A RoundReport of lab.yaml whose measured runs are the published figures (its own data: the
     report reads them as measured)."""
-    from labctl.report.data import ContestantData, RoundReport, RunData
+    from labctl.report.data import ContestantData, ReportMetrics, RoundReport, RunData
 
     lab = validate(Lab, load_yaml(ROOT / "lab.yaml"))
     cds = []
@@ -401,7 +411,7 @@ def round7_as_published() -> Any:
         p = c.published
         assert p is not None and p.run and p.outcome
         run = RunData(p.run, c.id, 1, RunResult(run_id=p.run, status="done", outcome=p.outcome),
-                      {"total_tokens": p.total_tokens, "tool_calls": p.tool_calls})
+                      ReportMetrics(total_tokens=p.total_tokens, tool_calls=p.tool_calls))
         cds.append(ContestantData(c, "", "", [run]))
     return RoundReport("r7", lab, 1, False, cds)
 

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from labctl.meter.state import MeterState
+from labctl.round.records import BuildFigures
 from labctl.run.grade import run_metrics
 from labctl.run.pathology import (
     actions,
@@ -182,6 +184,10 @@ def test_context_overflow_rejections() -> None:
 # --- metrics.json ------------------------------------------------------------------------------------
 
 
+def _meter(tool_calls: int) -> MeterState:
+    return MeterState(alias="run-1", dialect="openai", started_at=0.0, tool_calls=tool_calls)
+
+
 class _Ws:
     def __init__(self, tmp: Path) -> None:
         self.origin = tmp / "origin.git"
@@ -193,15 +199,16 @@ def test_metrics_carry_pathology(tmp_path: Path, monkeypatch: Any) -> None:
     monkeypatch.setattr(grade, "pushed_commits", lambda ws: 0)
     t = tmp_path / "transcript.jsonl"
     t.write_text("".join(json.dumps(r) + "\n" for r in text_transcript(["false"] * 3, [1] * 3)))
-    m = run_metrics(meter_state={"tool_calls": 3}, transcript=t, ws=_Ws(tmp_path),  # type: ignore[arg-type]
+    m = run_metrics(meter_state=_meter(3), transcript=t, ws=_Ws(tmp_path),  # type: ignore[arg-type]
                     reward=None, wall_s=1.0, needs_model=True, stopped_by=None)
-    assert m["pathology"] == {"longest_identical_tool_call_streak": 3, "repeated_assistant_text_streak": 1,
+    assert m.pathology == {"longest_identical_tool_call_streak": 3, "repeated_assistant_text_streak": 1,
                               "longest_failing_command_streak": 3, "zero_tool_calls": False,
                               "context_overflow_rejections": 0}
-    assert len(m["flags"]) == 2
+    assert m.flags is not None and len(m.flags) == 2
     m = run_metrics(meter_state=None, transcript=t, ws=_Ws(tmp_path),  # type: ignore[arg-type]
                     reward=None, wall_s=1.0, needs_model=False, stopped_by=None)
-    assert "pathology" not in m and "flags" not in m  # oracle and nop: no fiction
+    assert m.pathology is None and m.flags is None and m.tool_calls is None  # oracle and nop: no fiction
+    assert {"pathology", "flags", "tool_calls"}.isdisjoint(m.model_dump(exclude_unset=True))
 
 
 def test_build_attempts_and_screenshot_from_checks(tmp_path: Path, monkeypatch: Any) -> None:
@@ -221,12 +228,12 @@ def test_build_attempts_and_screenshot_from_checks(tmp_path: Path, monkeypatch: 
     t = tmp_path / "transcript.jsonl"
     t.write_text("".join(json.dumps(r) + "\n" for r in tool_transcript(cmds, codes)))
     reward = {"reward": 0, "checks": {"build": True, "screenshot": False}}
-    m = run_metrics(meter_state={"tool_calls": 5}, transcript=t, ws=_Ws(tmp_path),  # type: ignore[arg-type]
+    m = run_metrics(meter_state=_meter(5), transcript=t, ws=_Ws(tmp_path),  # type: ignore[arg-type]
                     reward=reward, wall_s=1.0, needs_model=True, stopped_by=None, columns=columns)
-    assert m["build"] == {"passed": True, "agent_runs": 2, "attempt": 2} and m["screenshot"] is False
+    assert m.build == BuildFigures(passed=True, agent_runs=2, attempt=2) and m.screenshot is False
     m = run_metrics(meter_state=None, transcript=t, ws=_Ws(tmp_path),  # type: ignore[arg-type]
                     reward=reward, wall_s=1.0, needs_model=False, stopped_by=None, columns=columns)
-    assert m["build"] == {"passed": True} and m["screenshot"] is False  # the oracle: checks only
+    assert m.build == BuildFigures(passed=True) and m.screenshot is False  # the oracle: checks only
     m = run_metrics(meter_state=None, transcript=t, ws=_Ws(tmp_path),  # type: ignore[arg-type]
                     reward=reward, wall_s=1.0, needs_model=False, stopped_by=None)
-    assert "build" not in m and "screenshot" not in m  # a task without [labctl.report]
+    assert m.build is None and m.screenshot is None  # a task without [labctl.report]

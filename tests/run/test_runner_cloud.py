@@ -29,7 +29,7 @@ from tests.run.test_runner import build, derived_lab, labelled_now, runner_env, 
 
 pytestmark = pytest.mark.docker
 
-TESTS = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parents[2]  # the checkout: the container imports `tests.fake_upstream`
 ALIAS = "fake-anthropic"
 PORT = 8080
 VENV_PY = "/opt/labctl/venv/bin/python"  # the labctl image's venv: aiohttp is there, not in python3
@@ -197,5 +197,5 @@ def test_upstream_outage_errors_the_run(tmp_path: Path, monkeypatch: pytest.Monk
     assert summary.reason and summary.reason.startswith("upstream error:"), summary.reason
     assert summary.outcome is None  # ungraded: the model never had its chance
     # stopped at the outage (by the meter's error), not by the 2-minute wall-time budget
-    assert summary.metrics["upstream_errored"] is True and summary.metrics["stopped_by"] == "upstream_error"
+    assert summary.metrics.upstream_errored is True and summary.metrics.stopped_by == "upstream_error"
     assert labelled_now(ctx.sealed.round) == {"containers": [], "networks": [], "volumes": []}

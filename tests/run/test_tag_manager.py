@@ -26,9 +26,11 @@ from labctl.images.specs import lab_images, settings_for
 from labctl.lock.lockfile import TaskLock, lock_path, read_lock, write_lock
 from labctl.lock.resolve import LockError, require_lock, spec_sha256
 from labctl.lock.treehash import tree_sha256
+from labctl.meter.state import MeterState
 from labctl.report.data import RunData, _run_metrics
 from labctl.report.why import story
 from labctl.round.layout import RunResult
+from labctl.round.records import write_metrics
 from labctl.run.grade import outcome, run_metrics, run_verifier
 from labctl.run.parts import WORKSPACE, make_workspace
 from labctl.spec.lab import Lab
@@ -167,18 +169,19 @@ def test_published_results_table_reproduced(task_image: str, tmp_path: Path, end
     assert set(notes) == {c for c, ok in checks.items() if not ok}, "every failed check has its note"
     assert all(notes.values()), notes
     # The meter's count is the published one (a real run's meter-status.json); no transcript here.
-    metrics = run_metrics(meter_state={"tool_calls": ending.tool_calls},
+    meter = MeterState(alias=ending.run, dialect="openai", started_at=0.0, tool_calls=ending.tool_calls)
+    metrics = run_metrics(meter_state=meter,
                           transcript=run_dir / "transcript.jsonl", ws=ws, reward=reward, wall_s=0.0,
                           needs_model=True, stopped_by=None, columns=read_task(task).report_columns())
     got = outcome(reward, metrics, read_task(task).labctl.outcome)
     stdout = (run_dir / "verifier" / "stdout.txt").read_text()
     assert got == ending.outcome, f"{got} != {ending.outcome}: {checks} {notes}\n{stdout[-3000:]}"
     if published.commits is not None:
-        assert metrics["commits_pushed"] == published.commits
+        assert metrics.commits_pushed == published.commits
     if published.build is not None:
-        assert metrics["build"]["passed"] is published.build.passed
+        assert metrics.build is not None and metrics.build.passed is published.build.passed
     if published.screenshot is not None:
-        assert metrics["screenshot"] is published.screenshot
+        assert metrics.screenshot is published.screenshot
 
     if ending.outcome == "Complete":
         assert all(checks.values()), notes
@@ -199,7 +202,7 @@ def test_published_results_table_reproduced(task_image: str, tmp_path: Path, end
         assert {c for c, ok in checks.items() if ok} == {"build", "no_pr"}
         assert notes["admin_page"].startswith("src/app/admin/tags/page.tsx does not exist; ")
     # The report's "why" for this run, from the run directory as the runner leaves it.
-    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    write_metrics(run_dir / "metrics.json", metrics)
     result = RunResult(run_id=ending.run, status="done", outcome=got)
     gathered = _run_metrics(tmp_path, ending.run, result)
     told = story(RunData(ending.run, ending.contestant, 1, result, gathered), ending.contestant)
