@@ -377,12 +377,14 @@ def lab_images(loaded: LoadedLab) -> list[str]:
     found: set[str] = {engine.cpu_image}
     if engine.cuda is not None:
         found |= {engine.cuda.build_image, engine.cuda.runtime_image}
-    task_toml = loaded.task_dir / "task.toml"
-    if task_toml.is_file():
-        env = tomllib.loads(task_toml.read_text(encoding="utf-8")).get("environment", {})
-        if isinstance(env, dict) and isinstance(env.get("docker_image"), str) and env["docker_image"]:
-            found.add(env["docker_image"])
-    dockerfiles = [loaded.task_dir / "environment" / "Dockerfile"]
+    dockerfiles = []
+    for task_dir in loaded.tasks.values():  # the one task, or every task of a dataset
+        task_toml = task_dir / "task.toml"
+        if task_toml.is_file():
+            env = tomllib.loads(task_toml.read_text(encoding="utf-8")).get("environment", {})
+            if isinstance(env, dict) and isinstance(env.get("docker_image"), str) and env["docker_image"]:
+                found.add(env["docker_image"])
+        dockerfiles.append(task_dir / "environment" / "Dockerfile")
     root = images_dir(loaded.base_dir)
     if root is not None:
         dockerfiles += sorted(root.glob("*/Dockerfile"))

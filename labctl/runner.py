@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from labctl.dataset_run import check_dataset, for_run
 from labctl.fence import Fence, Netfilter
 from labctl.labfile import LoadedLab, load_lab
 from labctl.lock import require_lock
@@ -102,7 +103,9 @@ def open_round(round_dir: Path, lab: Path | None = None, profile: str | None = N
     if lock.sha256() != sealed.lock_sha256:
         raise RunError(f"{loaded.path}'s lock is not the one round {sealed.round} was sealed with "
                        "(a different lab, or one locked again since)")
-    if (tree := tree_sha256(loaded.task_dir)) != sealed.task_tree_sha256:
+    if loaded.is_dataset:
+        check_dataset(loaded, sealed)
+    elif (tree := tree_sha256(loaded.task_dir)) != sealed.task_tree_sha256:
         raise RunError(f"task {loaded.task_dir} changed since round {sealed.round} was sealed "
                        f"(tree sha256 {tree[:12]}…, sealed {sealed.task_tree_sha256[:12]}…)")
     env = load_envelope(sealed.round)
@@ -138,7 +141,9 @@ def now() -> datetime:
 def execute_run(ctx: RoundContext, run_id: str, attempts: int, say: Say = lambda s: None) -> RunResult:
     """One run from scratch to result.json; never leaves a labelled object behind."""
     kind = next(c.kind for c in ctx.loaded.lab.contestants if c.id == ctx.mapping[run_id])
-    result = RunResult(run_id=run_id, status="running", attempts=attempts, started=now(),
+    task = (ctx.sealed.run_tasks or {}).get(run_id)
+    ctx = for_run(ctx, run_id)  # a dataset round: this run's task, its images and its rules
+    result = RunResult(run_id=run_id, status="running", attempts=attempts, started=now(), task=task,
                        control=kind if kind in ("oracle", "nop") else None)
     write_result(ctx.round_dir, result)
     session = RunSession(ctx, run_id, say)

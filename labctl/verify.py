@@ -318,7 +318,7 @@ def _check_outcome(v: Verification, sealed: SealedRound, rid: str, recorded: Out
             v.add(f"{rel}/metrics.json", "not a JSON object", rid)
             return
     try:
-        derived = derive_outcome(reward, metrics, sealed.outcome_rules)
+        derived = derive_outcome(reward, metrics, sealed.rules_for(rid))
     except ValueError as e:
         v.add(f"{rel}/{source}", f"cannot grade: {e}", rid)
         return
