@@ -62,8 +62,8 @@ def find_tasks(ref: TaskRef, base: Path) -> Found:
         candidates = [(("task", "dataset"), d) for d in sorted(root.iterdir())
                       if d.is_dir() and (d / "task.toml").is_file()]
         if not candidates:
-            return Found({}, [(("task", "dataset"), f"no Harbor task (a directory with task.toml) in {root}")],
-                         {})
+            problem = f"no Harbor task (a directory with task.toml) in {root}"
+            return Found({}, [(("task", "dataset"), problem)], {})
     elif ref.paths is not None:
         candidates = [(("task", "paths", i), at(p)) for i, p in enumerate(ref.paths)]
     else:

@@ -353,7 +353,8 @@ def _task_spec(loaded: LoadedLab, lock: Lock, settings: BuildSettings, pin: _Pin
     pinned = (lock.tasks or {}).get(loaded.only) if loaded.only is not None else lock.task
     if pinned is None or now != pinned.tree_sha256:
         was = f"locked {pinned.tree_sha256[:12]}…" if pinned else "not in lab.lock"
-        raise ImageError(f"task {task_dir} changed since lab.lock (tree {now[:12]}…, {was}): run `labctl lock`")
+        raise ImageError(f"task {task_dir} changed since lab.lock (tree {now[:12]}…, {was}): "
+                         "run `labctl lock`")
     name = image_slug(loaded.only or task_dir.name)
     spec = ImageSpec(name=f"task-{name}", repository=_repo(settings, f"task-{name}"),
                      dockerfile=Path("."), context=task_dir / "environment")

@@ -160,7 +160,6 @@ class Sealed:
 def seal_round(loaded: LoadedLab, lock: Lock, rounds_dir: Path) -> Sealed:
     """Create `rounds_dir/<round-id>/` with lab.yaml, lab.lock, sealed.json and manifest.json, and the
     envelope outside it. `lock` is the lab's current lock (`require_lock`)."""
-    lab, rnd = loaded.lab, loaded.lab.round
     lock_file = lock_path(loaded.path)
     lock_bytes = lock_file.read_bytes()
     if Lock.model_validate_json(lock_bytes) != lock:  # the copy must be the lock that was checked
