@@ -69,8 +69,8 @@ def validate(lab: LabArg = DEFAULT_LAB, profile: ProfileOpt = None, as_json: Jso
     counts = ", ".join(f"{n} {k}" for k, n in kinds.items())
     out.print(f"[green]✓[/] {lab}: lab [bold]{loaded.lab.lab.name}[/] is valid — "
               f"{len(loaded.lab.contestants)} contestants ({counts}), profile {loaded.profile.name}, "
-              f"task {loaded.lab.task.path}" if not loaded.is_dataset else
-              f"{len(loaded.tasks)} tasks ({dataset_label(loaded.lab.task)})", highlight=False)
+              + (f"task {loaded.lab.task.path}" if not loaded.is_dataset else
+                 f"{len(loaded.tasks)} tasks ({dataset_label(loaded.lab.task)})"), highlight=False)
 
 
 @app.command()
