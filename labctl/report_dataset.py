@@ -186,7 +186,8 @@ def _cell_text(c: Cell) -> str:
 def rate_rows(rep: DatasetReport) -> tuple[list[str], list[list[str]]]:
     ks = sorted({k for s in rep.contestants for k in s.pass_at_k})
     head = ["Contestant", "Kind", "Tasks", "Resolved runs", "Resolution rate",
-            "95% CI (bootstrap over tasks)", *[f"pass@{k}" for k in ks], "Tokens / resolved", "Wall time / resolved"]
+            "95% CI (bootstrap over tasks)", *[f"pass@{k}" for k in ks], "Tokens / resolved",
+            "Wall time / resolved"]
     rows = []
     for s in rep.contestants:
         ci = DASH if s.ci95 is None else f"{_pct(s.ci95[0])} – {_pct(s.ci95[1])}"
