@@ -269,3 +269,21 @@ def test_dataset_report_rates_grid_and_excluded_task(tmp_path: Path, monkeypatch
     # `labctl verify` re-grades every run with its own task's rules: only the controls are problems.
     v = verify_round(rd)
     assert v.problems and all("controls failed" in p.what for p in v.problems), [p.what for p in v.problems]
+
+
+def test_a_dataset_lab_bundles_with_every_task_it_could_select(tmp_path: Path) -> None:
+    """`labctl bundle LAB` carries the dataset (all its tasks, so a seeded sample picks the same ones
+    from the bundle) and the unbundled lab selects the same tasks with the same tree hashes."""
+    src = tmp_path / "src"
+    shutil.copytree(TASKS, src / "tasks")
+    lab = locked(lab_file(src, "  dataset: tasks\n  select: {sample: {n: 2, seed: 3}}"))
+    made = subprocess.run([sys.executable, "-m", "labctl", "bundle", str(lab), "-o",
+                           str(tmp_path / "lab.tar")], capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stdout + made.stderr
+    out = subprocess.run([sys.executable, "-m", "labctl", "unbundle", str(tmp_path / "lab.tar"),
+                          str(tmp_path / "dst")], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    again = load_lab(tmp_path / "dst" / "lab.yaml")
+    assert sorted(p.name for p in (tmp_path / "dst" / "tasks").iterdir()) == NAMES
+    assert list(again.tasks) == list(load_lab(lab).tasks) and len(again.tasks) == 2
+    assert again.tree_sha256() == load_lab(lab).tree_sha256()
