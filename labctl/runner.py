@@ -175,6 +175,8 @@ class RunSummary:
     skipped: bool
     reason: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
+    task: str | None = None
+    """The run's task in a dataset round."""
 
 
 def run_round(ctx: RoundContext, say: Say = lambda s: None, retry_errored: bool = False) -> list[RunSummary]:
@@ -218,7 +220,7 @@ def run_round(ctx: RoundContext, say: Say = lambda s: None, retry_errored: bool 
 
 def _summary(ctx: RoundContext, rid: str, res: RunResult, skipped: bool) -> RunSummary:
     metrics = read_json(run_dir(ctx.round_dir, rid) / "metrics.json") or {}
-    return RunSummary(rid, res.status, res.outcome, skipped, res.reason, metrics)
+    return RunSummary(rid, res.status, res.outcome, skipped, res.reason, metrics, res.task)
 
 
 def down(docker: Docker, round_id: str | None) -> dict[str, list[str]]:

@@ -441,7 +441,7 @@ class Interventions(Spec):
 
 
 class Lab(Spec):
-    """A lab: one round of contestants on one task, fully pinned by `lab.lock`."""
+    """A lab: one round of contestants on one task or a dataset of tasks, fully pinned by `lab.lock`."""
 
     version: Literal[1] = 1
     """Version of this file format."""
