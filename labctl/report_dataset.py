@@ -175,8 +175,8 @@ def _pct(x: float | None) -> str:
     return DASH if x is None else f"{100 * x:.0f}%"
 
 
-def _num(x: float | None, unit: str = "") -> str:
-    return DASH if x is None else f"{x:,.0f}{unit}"
+def _num(x: float | None, unit: str = "", digits: int = 0) -> str:
+    return DASH if x is None else f"{x:,.{digits}f}{unit}"
 
 
 def _cell_text(c: Cell) -> str:
@@ -193,7 +193,7 @@ def rate_rows(rep: DatasetReport) -> tuple[list[str], list[list[str]]]:
         ci = DASH if s.ci95 is None else f"{_pct(s.ci95[0])} – {_pct(s.ci95[1])}"
         rows.append([s.name, s.kind, str(s.tasks), f"{s.resolved_runs}/{s.runs}", _pct(s.resolution_rate), ci,
                      *[_pct(s.pass_at_k.get(k)) for k in ks], _num(s.tokens_per_resolved),
-                     _num(s.wall_s_per_resolved, " s")])
+                     _num(s.wall_s_per_resolved, " s", 1)])
     return head, rows
 
 
@@ -212,7 +212,7 @@ def render_markdown(rep: DatasetReport) -> str:
         out.append("Unsealed with --force: some runs had not finished.")
     if rep.excluded:
         out += ["", f"## Excluded tasks ({len(rep.excluded)})", "",
-                "Their controls failed, so the task (or the harness) is broken: they count for no one."]
+                "Their controls failed, so the task (or the harness) is broken: they count for no one.", ""]
         out += [f"- **{line.split(':', 1)[0]}**:{line.split(':', 1)[1]}" for line in _exclusion_lines(rep)]
     head, rows = rate_rows(rep)
     out += ["", f"## Resolution rate over {counted} tasks", "", _md_table(head, rows)]
