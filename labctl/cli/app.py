@@ -47,6 +47,8 @@ def main(
 @app.command()
 def validate(lab: LabArg = DEFAULT_LAB, profile: ProfileOpt = None, as_json: JsonOpt = False) -> None:
     """Check a lab file; errors name file:line:col and the field (exit 2)."""
+    from labctl.spec.dataset import dataset_label
+
     loaded = open_lab(lab, profile, as_json)
     kinds: dict[str, int] = {}
     for c in loaded.lab.contestants:
@@ -58,7 +60,8 @@ def validate(lab: LabArg = DEFAULT_LAB, profile: ProfileOpt = None, as_json: Jso
         "profile": loaded.profile.name,
         "profile_source": loaded.profile_source,
         "contestants": [{"id": c.id, "kind": c.kind, "name": c.name} for c in loaded.lab.contestants],
-        "task": str(loaded.lab.task.path),
+        "task": dataset_label(loaded.lab.task),
+        "tasks": sorted(loaded.tasks),
     }
     if as_json:
         emit(summary)
@@ -66,7 +69,8 @@ def validate(lab: LabArg = DEFAULT_LAB, profile: ProfileOpt = None, as_json: Jso
     counts = ", ".join(f"{n} {k}" for k, n in kinds.items())
     out.print(f"[green]✓[/] {lab}: lab [bold]{loaded.lab.lab.name}[/] is valid — "
               f"{len(loaded.lab.contestants)} contestants ({counts}), profile {loaded.profile.name}, "
-              f"task {loaded.lab.task.path}", highlight=False)
+              + (f"task {loaded.lab.task.path}" if not loaded.is_dataset else
+                 f"{len(loaded.tasks)} tasks ({dataset_label(loaded.lab.task)})"), highlight=False)
 
 
 @app.command()

@@ -55,11 +55,16 @@ def seal_command(lab: LabArg = DEFAULT_LAB, rounds_dir: RoundsDirOpt = Path("rou
                 "lock_sha256": r.lock_sha256}
         if r.mapping is not None:
             data["mapping"] = {k: s.model_dump() for k, s in r.mapping.items()}
+        if r.run_tasks is not None:
+            data["run_tasks"] = r.run_tasks
         emit(data)
         return
     out.print(f"[green]✓[/] sealed round [bold]{r.round}[/] in {where}", highlight=False)
     out.print(f"  runs:       {' '.join(run_label(x) for x in r.run_ids)}", highlight=False)
     out.print(f"  order:      {' '.join(run_label(x) for x in r.order)}", highlight=False)
+    if r.tasks is not None:
+        names = ", ".join(sorted(r.tasks))
+        out.print(f"  tasks:      {len(r.tasks)} ({names}), interleaved", highlight=False)
     out.print(f"  commitment: {r.commitment}  ({r.scheme})", highlight=False)
     if r.mapping is not None:
         out.print("[yellow]round.seal is false:[/] the mapping is open in sealed.json", highlight=False)
@@ -102,8 +107,11 @@ def _mapping_table(mapping: Mapping) -> None:
     t.add_column("run", no_wrap=True)
     t.add_column("contestant")
     t.add_column("repeat", justify="right")
+    tasks = any(s.task for s in mapping.values())
+    if tasks:
+        t.add_column("task")
     for rid, slot in sorted(mapping.items(), key=lambda kv: _natural(kv[0])):
-        t.add_row(rid, slot.contestant, str(slot.repeat))
+        t.add_row(rid, slot.contestant, str(slot.repeat), *([slot.task or ""] if tasks else []))
     out.print(t)
 
 

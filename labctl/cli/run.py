@@ -54,7 +54,8 @@ def _rows(summaries: list[RunSummary], mapping: dict[str, str] | None) -> list[d
     rows = []
     for s in summaries:
         m = s.metrics
-        rows.append({"run": s.run_id, "contestant": mapping.get(s.run_id) if mapping else None,
+        rows.append({"run": s.run_id, **({"task": s.task} if s.task else {}),
+                     "contestant": mapping.get(s.run_id) if mapping else None,
                      "status": s.status, "outcome": s.outcome, "tool_calls": m.tool_calls,
                      "total_tokens": m.total_tokens, "commits": m.commits_pushed,
                      "wall_time_s": m.wall_time_s, "reason": s.reason, "skipped": s.skipped})
@@ -64,7 +65,9 @@ def _rows(summaries: list[RunSummary], mapping: dict[str, str] | None) -> list[d
 def _table(rows: list[dict[str, Any]], title: str) -> None:
     """Plain text (no box drawing): the table is meant to be pasted into reports and CI logs."""
     cols = ["run", "contestant", "status", "outcome", "tool_calls", "total_tokens", "commits", "wall_time_s"]
-    cells = [[("—" if r[c] is None else str(r[c])) for c in cols] for r in rows]
+    if any("task" in r for r in rows):  # a dataset round: which task each run worked on (public)
+        cols.insert(1, "task")
+    cells = [[("—" if r.get(c) is None else str(r[c])) for c in cols] for r in rows]
     widths = [max(len(c), *(len(x[i]) for x in cells)) for i, c in enumerate(cols)]
     out.print(title, highlight=False, markup=False)
     out.print("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)), highlight=False, markup=False)

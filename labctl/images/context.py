@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from labctl.lock.treehash import tree_sha256
+from labctl.treehash import tree_sha256
 
 TRANSPORT_FILES = frozenset({"ca.crt", "dist"})
 """Top-level names in a staged context that do not enter its hash: the CA bundle is transport (it

@@ -29,10 +29,11 @@ from labctl.lock.lockfile import Lock
 from labctl.lock.mirrors import describe, how_to_fix, mirror_target, suggestion
 from labctl.lock.registry import RegistryError, dockerfile_bases, images_dir, parse_reference
 from labctl.lock.sdist import cache_root, changelog_commit, fetch_distribution, fetch_sdist, sdist_dir
-from labctl.lock.treehash import tree_sha256
+from labctl.spec.dataset import agent_image_name, environment_key, image_groups, image_slug
 from labctl.spec.load import LoadedLab
 from labctl.spec.profiles import Profile
 from labctl.spec.task import read_task
+from labctl.treehash import tree_sha256
 
 FORMAT = "labctl-image-v1"
 """Leads every hashed input document; bump it when the meaning of an input changes."""
@@ -237,11 +238,21 @@ def lab_images(loaded: LoadedLab, lock: Lock, profile: Profile | None = None,
     specs: list[ImageSpec] = []
     if "local" in kinds:
         specs.append(_llama_spec(loaded, lock, profile, settings, root, pin))
-    task = _task_spec(loaded, lock, settings, pin)
-    specs.append(task)
     runtimes = ([lab.agent.runtime] if lab.agent is not None and kinds & {"local", "cloud"} else [])
     runtimes += [k for k in ("oracle", "nop") if k in kinds]
-    specs += [_agent_spec(rt, loaded, lock, settings, root, task) for rt in runtimes]
+    if loaded.is_dataset:
+        # One task image per distinct environment (tasks sharing one share its image), named after
+        # the first task of its group, and the agent images on it: `labctl.spec.dataset.image_groups`.
+        for group in sorted(set(image_groups(loaded.tasks).values())):
+            task = _task_spec(loaded.for_task(group), lock, settings, pin)
+            specs.append(task)
+            for rt in runtimes:
+                agent = _agent_spec(rt, loaded, lock, settings, root, task, agent_image_name(rt, group))
+                specs.append(agent)
+    else:
+        task = _task_spec(loaded, lock, settings, pin)
+        specs.append(task)
+        specs += [_agent_spec(rt, loaded, lock, settings, root, task) for rt in runtimes]
     specs.append(_labctl_spec(settings, root, pin))
     for spec in specs:
         spec.meta_labels = {**meta, **spec.meta_labels}
@@ -341,10 +352,12 @@ def _llama_spec(loaded: LoadedLab, lock: Lock, profile: Profile, settings: Build
 def _task_spec(loaded: LoadedLab, lock: Lock, settings: BuildSettings, pin: _Pinner) -> ImageSpec:
     task_dir = loaded.task_dir
     now = tree_sha256(task_dir)
-    if now != lock.task.tree_sha256:
-        raise ImageError(f"task {task_dir} changed since lab.lock (tree {now[:12]}…, locked "
-                         f"{lock.task.tree_sha256[:12]}…): run `labctl lock`")
-    name = re.sub(r"[^a-z0-9._-]+", "-", task_dir.name.lower()).strip("-.") or "task"
+    pinned = (lock.tasks or {}).get(loaded.only) if loaded.only is not None else lock.task
+    if pinned is None or now != pinned.tree_sha256:
+        was = f"locked {pinned.tree_sha256[:12]}…" if pinned else "not in lab.lock"
+        raise ImageError(f"task {task_dir} changed since lab.lock (tree {now[:12]}…, {was}): "
+                         "run `labctl lock`")
+    name = image_slug(loaded.only or task_dir.name)
     spec = ImageSpec(name=f"task-{name}", repository=_repo(settings, f"task-{name}"),
                      dockerfile=Path("."), context=task_dir / "environment")
     original = task_dir / "environment" / "Dockerfile"
@@ -362,7 +375,11 @@ def _task_spec(loaded: LoadedLab, lock: Lock, settings: BuildSettings, pin: _Pin
     if not out.is_file():
         out.write_text(text, encoding="utf-8")
     spec.dockerfile = out
-    spec.inputs["task.tree_sha256"] = lock.task.tree_sha256
+    if loaded.only is not None:
+        # A dataset task's image is its environment's: what the other tasks of its group share.
+        spec.inputs["task.environment"] = environment_key(task_dir)
+    else:
+        spec.inputs["task.tree_sha256"] = lock.task.tree_sha256
     if original.is_file():
         # A staged copy, so the build never writes into the task directory (its tree hash is locked)
         # and the Dockerfile can COPY the lab's CA bundle as `ca.crt` (empty when none), like
@@ -384,7 +401,7 @@ def _task_spec(loaded: LoadedLab, lock: Lock, settings: BuildSettings, pin: _Pin
 
 
 def _agent_spec(runtime: str, loaded: LoadedLab, lock: Lock, settings: BuildSettings, root: Path,
-                task: ImageSpec) -> ImageSpec:
+                task: ImageSpec, name: str | None = None) -> ImageSpec:
     adapter = agent_adapter(runtime)
     version = loaded.lab.agent.version if loaded.lab.agent and loaded.lab.agent.runtime == runtime else None
     files: dict[str, str] = {}
@@ -397,12 +414,13 @@ def _agent_spec(runtime: str, loaded: LoadedLab, lock: Lock, settings: BuildSett
                              "with its file and sha256: run `labctl lock`")
         files[pinned.filename] = pinned.sha256
     install = adapter.install_script([f"{BUILD_DIR}/dist/{f}" for f in files])
+    name = name or f"agent-{runtime}"
     context, digest = stage_context(settings.cache, f"agent-{runtime}", {
         "base-setup.sh": root / "agent" / "base-setup.sh",
         "ensure-python.sh": root / "agent" / "ensure-python.sh",
         "install.sh": install.encode(),
     })
-    spec = ImageSpec(name=f"agent-{runtime}", repository=_repo(settings, f"agent-{runtime}"),
+    spec = ImageSpec(name=name, repository=_repo(settings, name),
                      dockerfile=root / "agent" / "Dockerfile", context=context, context_id=digest,
                      depends_on=[task.name], build_args={"AGENT_RUNTIME": runtime},
                      unhashed_args={"TASK_IMAGE": task.tag},

@@ -17,7 +17,7 @@ from typing import NamedTuple
 from urllib.parse import unquote, urlsplit
 
 from labctl.errors import LabctlError
-from labctl.lock.treehash import Ignore, tree_sha256
+from labctl.treehash import Ignore, tree_sha256
 
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
 HEX = re.compile(r"^[0-9a-fA-F]{4,40}$")

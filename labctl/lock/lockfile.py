@@ -43,7 +43,7 @@ class SourceLock(Locked):
     subdir: str | None = None
     """Where the llama.cpp tree sits inside the sdist."""
     tree_sha256: str | None = Field(default=None, pattern=SHA256)
-    """Content hash of the source tree (local path, or the sdist's subdir; see labctl.lock.treehash)."""
+    """Content hash of the source tree (local path, or the sdist's subdir; see labctl.treehash)."""
     dirty: bool | None = None
     """A local git work tree had uncommitted changes when locked (the tree hash still pins it)."""
     version: str | None = None
@@ -135,6 +135,11 @@ class Lock(Locked):
     """Contestant id → its pinned model (local contestants only)."""
     agent: PackageLock | None = None
     task: TaskLock
+    """The one task; for a dataset, `path` names the dataset and `tree_sha256` is the combined hash
+    of its tasks (`labctl.spec.dataset.combined_tree_sha256`)."""
+    tasks: dict[str, TaskLock] | None = None
+    """A dataset's tasks: name → its own pin, so `labctl lock --check` names the task that changed.
+    None (left out of the file) for a one-task lab."""
 
     def text(self) -> str:
         return json.dumps(self.model_dump(mode="json", exclude_none=True), indent=2, sort_keys=True) + "\n"

@@ -378,10 +378,11 @@ def image_references(loaded: LoadedLab) -> list[str]:
     found: set[str] = {engine.cpu_image}
     if engine.cuda is not None:
         found |= {engine.cuda.build_image, engine.cuda.runtime_image}
-    task_toml = loaded.task_dir / "task.toml"
-    if task_toml.is_file() and (image := read_task(loaded.task_dir).environment.docker_image):
-        found.add(image)
-    dockerfiles = [loaded.task_dir / "environment" / "Dockerfile"]
+    dockerfiles = []
+    for task_dir in loaded.tasks.values():  # the one task, or every task of a dataset
+        if (task_dir / "task.toml").is_file() and (image := read_task(task_dir).environment.docker_image):
+            found.add(image)
+        dockerfiles.append(task_dir / "environment" / "Dockerfile")
     root = images_dir(loaded.base_dir)
     if root is not None:
         dockerfiles += sorted(root.glob("*/Dockerfile"))

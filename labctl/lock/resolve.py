@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from labctl.errors import LabctlError
 from labctl.gguf.meta import GGUFMeta
 from labctl.lock.gitref import lock_path_source, resolve_git
 from labctl.lock.lockfile import ImageLock, Lock, ModelLock, SourceLock, TaskLock, lock_path, read_lock
-from labctl.lock.treehash import tree_sha256
+from labctl.spec.dataset import dataset_label
 from labctl.spec.lab import LocalContestant
 from labctl.spec.load import LoadedLab
+from labctl.treehash import tree_sha256
 
 if TYPE_CHECKING:
     from labctl.gguf.store import Store
@@ -47,7 +50,8 @@ def spec_sha256(loaded: LoadedLab) -> str:
         "models": {c.id: c.model.model_dump(mode="json", exclude={"declared"})
                    for c in lab.contestants if isinstance(c, LocalContestant)},
         "agent": lab.agent.model_dump(mode="json", include={"runtime", "version"}) if lab.agent else None,
-        "task": str(lab.task.path),
+        "task": str(lab.task.path) if not lab.task.is_dataset else lab.task.model_dump(mode="json",
+                                                                                          exclude_none=True),
     }
     return hashlib.sha256(json.dumps(pinned, sort_keys=True).encode()).hexdigest()
 
@@ -94,12 +98,27 @@ def resolve(loaded: LoadedLab, store: Store, report: Report = _noop) -> Lock:
         resolved = attempt("agent", lambda: resolve_package(lab.agent.runtime, lab.agent.version))
         if resolved is not None:
             agent = resolved.lock.model_copy(update={"integrity": resolved.integrity})
-    task = attempt("task", lambda: TaskLock(path=str(lab.task.path),
-                                            tree_sha256=tree_sha256(loaded.task_dir)))
+    task = attempt("task", lambda: TaskLock(path=dataset_label(lab.task), tree_sha256=loaded.tree_sha256()))
     if problems or source is None or task is None:
         raise LockError(problems)
     return Lock(lab=lab.lab.name, spec_sha256=spec_sha256(loaded), llama_cpp=source, images=images,
-                models=models, agent=agent, task=task)
+                models=models, agent=agent, task=task, tasks=task_locks(loaded))
+
+
+def task_locks(loaded: LoadedLab) -> dict[str, TaskLock] | None:
+    """A dataset's per-task pins (None for a one-task lab)."""
+    if not loaded.is_dataset:
+        return None
+    return {name: TaskLock(path=_relative(d, loaded.base_dir), tree_sha256=tree_sha256(d))
+            for name, d in loaded.tasks.items()}
+
+
+def _relative(d: Path, base: Path) -> str:
+    """A task's path as the lock records it: relative to the lab's directory when below it."""
+    try:
+        return os.path.relpath(d.resolve(), base.resolve())
+    except ValueError:
+        return str(d)
 
 
 def _source(loaded: LoadedLab) -> SourceLock:
@@ -240,7 +259,11 @@ def verify_offline(loaded: LoadedLab, lock: Lock, store: Store) -> OfflineResult
         (r.verified if ok else r.drifted).append(entry if ok else f"{entry}: {detail}")
 
     check("lab", lock.spec_sha256 == spec_sha256(loaded), "lab.yaml changed since the lock was written")
-    check("task", lock.task.tree_sha256 == tree_sha256(loaded.task_dir), "task directory content changed")
+    check("task", lock.task.tree_sha256 == loaded.tree_sha256(), "task directory content changed")
+    for name, pinned in sorted((task_locks(loaded) or {}).items()):
+        old_task = (lock.tasks or {}).get(name)
+        check(f"tasks.{name}", old_task is not None and old_task.tree_sha256 == pinned.tree_sha256,
+              "not in the lock" if old_task is None else "task directory content changed")
     src = loaded.lab.engine.llama_cpp
     if src.path is not None:
         tree = lock_path_source(loaded.resolve(src.path)).tree_sha256

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 from labctl.errors import LabctlError
-from labctl.lock.treehash import file_sha256, tree_sha256
+from labctl.treehash import file_sha256, tree_sha256
 
 Log = Callable[[str], None]
 PIP_TIMEOUT_S = 1800.0
@@ -100,7 +100,7 @@ def fetch_sdist(requirement: str, sha256: str, subdir: str, *, filename: str | N
     """The verified `subdir` of a PyPI sdist, extracted into the cache; returns its path.
 
     `requirement` is `name==version`. The download's sha256 must equal `sha256` before any byte is
-    unpacked; with `tree_sha256_expected`, the extracted tree's hash (labctl.lock.treehash) must match too,
+    unpacked; with `tree_sha256_expected`, the extracted tree's hash (labctl.treehash) must match too,
     on every call, so a cache edited by hand is caught as well.
     """
     root = sdist_dir(sha256, cache)

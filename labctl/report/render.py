@@ -140,7 +140,16 @@ def write_report(round_dir: Path, fmt: Format = "md") -> list[Path]:
     """Write report.<fmt> and report.png into the round, then rewrite the manifest (the round
     gained files; `labctl verify` lists any file the manifest does not). Returns what was written."""
     from labctl.report.charts import render_chart  # matplotlib is slow to import; only the report needs it
+    from labctl.report.dataset import is_dataset_round, load_dataset_report, render
 
+    if is_dataset_round(round_dir):  # contestants × tasks: rates, intervals, the grid (no chart)
+        target = round_dir / f"report.{fmt}"
+        text = with_controls(render(load_dataset_report(round_dir), fmt), fmt, round_dir)
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(target)
+        write_manifest(round_dir)
+        return [target]
     rep = load_report(round_dir)
     png = render_chart(rep)
     chart = round_dir / "report.png"

@@ -3,7 +3,7 @@
 Why a format of our own on plain tar: a shared lab or round must be *one* file whose sha256 is
 worth publishing, so the same inputs must give the same bytes on any machine. `pack` writes entries
 in sorted order with mtime 0, owner 0:0 and no user or group names, modes normalised to 0644 / 0755
-(only the owner's execute bit is content, as in `labctl.lock.treehash`), and no compression (gzip would
+(only the owner's execute bit is content, as in `labctl.treehash`), and no compression (gzip would
 add a timestamp). The index `labctl-bundle.json` comes first and lists every other entry with its
 kind, sha256 and size; `unpack` writes a bundle only when it is safe (no absolute path, no `..`, no
 link out of the bundle, no device or hard link, no entry twice, nothing below a symlink) and
@@ -31,7 +31,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from labctl.errors import LabctlError
-from labctl.lock.treehash import file_sha256, files_below
+from labctl.treehash import file_sha256, files_below
 
 INDEX = "labctl-bundle.json"
 FORMAT = "labctl-bundle/1"

@@ -48,11 +48,14 @@ class ControlFailure:
     outcome: str | None
     checks: list[str]
     """For the oracle: the named checks that failed; for the nop: those that passed."""
+    task: str | None = None
+    """The run's task in a dataset round: that task is excluded from the aggregates."""
 
     def __str__(self) -> str:
         got = self.outcome or f"{self.status}, ungraded"
         must = " or ".join(PASSING[self.kind])
-        text = f"{self.run_id} ({self.kind}) is {got}, must be {must}"
+        on = f", task {self.task}" if self.task else ""
+        text = f"{self.run_id} ({self.kind}{on}) is {got}, must be {must}"
         if self.checks:
             text += ("; failing checks: " if self.kind == "oracle" else "; passing checks: ")
             text += ", ".join(self.checks)
@@ -101,13 +104,18 @@ def control_failures(round_dir: Path) -> list[ControlFailure]:
     """Every finished control run whose outcome is not its must; runs still running are not judged
     (a round in progress has not failed its controls yet)."""
     out: list[ControlFailure] = []
+    try:
+        run_tasks = read_sealed(round_dir).run_tasks or {}
+    except (OSError, ValueError):
+        run_tasks = {}
     for rid, kind in sorted(control_kinds(round_dir).items()):
         res = _result(round_dir, rid)
         if res is None or res.status not in ("done", "errored", "killed"):
             continue
         if res.outcome in PASSING[kind]:
             continue
-        out.append(ControlFailure(rid, kind, res.status, res.outcome, _checks(round_dir, rid, kind)))
+        out.append(ControlFailure(rid, kind, res.status, res.outcome, _checks(round_dir, rid, kind),
+                                  run_tasks.get(rid)))
     return out
 
 
@@ -115,7 +123,8 @@ def controls_json(round_dir: Path) -> dict[str, Any]:
     failures = control_failures(round_dir)
     return {"ok": not failures, "runs": control_kinds(round_dir),
             "failures": [{"run": f.run_id, "kind": f.kind, "status": f.status, "outcome": f.outcome,
-                          "checks": f.checks, "text": str(f)} for f in failures]}
+                          "checks": f.checks, "text": str(f), **({"task": f.task} if f.task else {})}
+                         for f in failures]}
 
 
 def with_controls(text: str, fmt: str, round_dir: Path) -> str:

@@ -28,11 +28,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
-from labctl.lock.treehash import file_sha256, files_below
 from labctl.spec.lab import Outcome
 from labctl.spec.task import OutcomeRules
+from labctl.treehash import file_sha256, files_below
 
 LAB_FILE = "lab.yaml"
 LOCK_FILE = "lab.lock"
@@ -66,10 +66,30 @@ class Slot(Record):
     """Contestant id from lab.yaml."""
     repeat: int = Field(ge=1)
     """1-based repeat number (1 … round.repeats)."""
+    task: str | None = None
+    """The task of this run in a dataset round (None: the lab's one task)."""
+
+    @model_serializer(mode="wrap")
+    def _without_task(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A one-task round's slot has no `task` key at all: its committed bytes, the envelope and
+        # unsealed.json read exactly as they did before datasets existed.
+        data: dict[str, Any] = handler(self)
+        if data.get("task") is None:
+            data.pop("task", None)
+        return data
 
 
 Mapping = dict[str, Slot]
 """Run id → slot."""
+
+
+class SealedTask(Record):
+    """One task of a dataset round, as sealed: its pin and its grading rules."""
+
+    tree_sha256: str = Field(pattern=SHA256)
+    """The lock's tree hash of the task, checked against its directory at seal time."""
+    outcome_rules: OutcomeRules | None = None
+    """The task's `[labctl.outcome]`; None: the numeric reward decides."""
 
 
 class SealedRound(Record):
@@ -104,12 +124,25 @@ class SealedRound(Record):
     salt_bits: int = 256
     outcome_rules: OutcomeRules | None = None
     """The task's outcome rules; None: the numeric reward decides (1 Complete, >0 Partial)."""
+    tasks: dict[str, SealedTask] | None = None
+    """A dataset round's tasks by name (None: a one-task round, graded by `outcome_rules`)."""
+    run_tasks: dict[str, str] | None = None
+    """A dataset round's run id → task name. Public: which task a run works on says nothing about
+    which contestant runs it (every contestant runs every task equally often); the mapping in the
+    envelope repeats it, under the commitment."""
     lab_dir: str | None = None
     """Absolute directory of the lab file at seal time: the round's own lab.yaml keeps its relative
     paths (task.path, models, profiles), so `labctl run` resolves them from here, wherever it runs."""
     images: dict[str, str] = {}
     """Image name → tag (an input hash) the runs use, fixed at seal time on the lab's profile:
     `labctl run` reads them instead of deriving every image spec again (empty in older rounds)."""
+
+    def rules_for(self, run_id: str) -> OutcomeRules | None:
+        """The outcome rules that grade `run_id`: its task's in a dataset round, else the round's."""
+        task = (self.run_tasks or {}).get(run_id)
+        if task is not None and self.tasks and task in self.tasks:
+            return self.tasks[task].outcome_rules
+        return self.outcome_rules
 
 
 class Unsealed(Record):
@@ -143,6 +176,8 @@ class RunResult(Record):
     ended: datetime | None = None
     reason: str | None = None
     """Why the run ended as it did when not plainly done (an error, a budget, an interrupt)."""
+    task: str | None = None
+    """The run's task in a dataset round (from sealed.json's public `run_tasks`)."""
     control: Literal["oracle", "nop"] | None = None
     """Set for the control runs only, so the round's controls can be judged before unseal
     (`labctl.round.controls`). Public on purpose: oracle and nop are no model, and a run without a model is

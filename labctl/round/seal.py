@@ -22,14 +22,13 @@ import shutil
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
 from labctl import __version__
 from labctl.errors import LabctlError
 from labctl.lock.lockfile import Lock, lock_path
-from labctl.lock.treehash import tree_sha256
 from labctl.round.layout import (
     FINISHED,
     IMMUTABLE,
@@ -42,6 +41,7 @@ from labctl.round.layout import (
     Mapping,
     Record,
     SealedRound,
+    SealedTask,
     Slot,
     Unsealed,
     commitment_of,
@@ -55,7 +55,8 @@ from labctl.round.layout import (
     write_manifest,
 )
 from labctl.spec.load import LoadedLab
-from labctl.spec.task import TaskError, read_task
+from labctl.spec.task import OutcomeRules, TaskError, read_task
+from labctl.treehash import tree_sha256
 
 ENVELOPES_ENV = "LABCTL_ENVELOPES"
 SALT_BYTES = 32
@@ -128,10 +129,12 @@ def round_id(lab_name: str, now: datetime) -> str:
     return f"{lab_name}-{now.astimezone(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
 
 
-def draw(contestants: list[str], repeats: int, run_ids: list[str], rng: secrets.SystemRandom) -> Mapping:
-    """A uniformly random bijection of run ids onto contestants × repeats (Fisher–Yates on a CSPRNG:
-    a seeded PRNG could be replayed to unblind the round)."""
-    slots = [Slot(contestant=c, repeat=k) for c in contestants for k in range(1, repeats + 1)]
+def draw(contestants: list[str], repeats: int, run_ids: list[str], rng: secrets.SystemRandom,
+         tasks: list[str] | None = None) -> Mapping:
+    """A uniformly random bijection of run ids onto contestants × tasks × repeats (Fisher–Yates on a
+    CSPRNG: a seeded PRNG could be replayed to unblind the round). `tasks` None: the lab's one task."""
+    slots = [Slot(contestant=c, repeat=k, task=t) for t in (tasks or [None]) for c in contestants
+             for k in range(1, repeats + 1)]
     if len(slots) != len(run_ids):
         raise ValueError(f"{len(run_ids)} run ids for {len(slots)} slots")
     rng.shuffle(slots)
@@ -153,11 +156,13 @@ def seal_round(loaded: LoadedLab, lock: Lock, rounds_dir: Path,
     """Create `rounds_dir/<round-id>/` with lab.yaml, lab.lock, sealed.json and manifest.json, and the
     envelope outside it. `lock` is the lab's current lock (`require_lock`); `images` (name → tag) is
     what the runs will use (`labctl.images.specs.image_tags`), recorded in sealed.json."""
-    lab, rnd = loaded.lab, loaded.lab.round
     lock_file = lock_path(loaded.path)
     lock_bytes = lock_file.read_bytes()
     if Lock.model_validate_json(lock_bytes) != lock:  # the copy must be the lock that was checked
         raise SealError([f"{lock_file} changed while sealing: run `labctl seal` again"])
+    if loaded.is_dataset:
+        return _seal(loaded, lock, lock_file, lock_bytes, rounds_dir, **sealed_dataset(loaded, lock),
+                     images=images)
     tree = tree_sha256(loaded.task_dir)
     if tree != lock.task.tree_sha256:
         raise SealError([f"task {loaded.task_dir} changed since {lock_file.name} was written "
@@ -167,14 +172,66 @@ def seal_round(loaded: LoadedLab, lock: Lock, rounds_dir: Path,
         rules = read_task(loaded.task_dir).labctl.outcome
     except TaskError as e:
         raise SealError(e.problems) from e
+    return _seal(loaded, lock, lock_file, lock_bytes, rounds_dir, rules=rules, tasks=None, images=images)
 
+
+def sealed_dataset(loaded: LoadedLab, lock: Lock) -> dict[str, Any]:
+    """A dataset's tasks as sealed.json records them, each checked against its pin in the lock."""
+    problems: list[str] = []
+    tasks: dict[str, SealedTask] = {}
+    pins = lock.tasks or {}
+    for name, d in loaded.tasks.items():
+        tree = tree_sha256(d)
+        pinned = pins.get(name)
+        if pinned is None or pinned.tree_sha256 != tree:
+            was = f"lock says {pinned.tree_sha256[:12]}…" if pinned else "not in the lock"
+            problems.append(f"task {name} ({d}) changed since {lock_path(loaded.path).name} was written "
+                            f"(tree sha256 {tree[:12]}…, {was}): run `labctl lock {loaded.path}`")
+            continue
+        try:
+            tasks[name] = SealedTask(tree_sha256=tree, outcome_rules=read_task(d).labctl.outcome)
+        except TaskError as e:
+            problems += e.problems
+    if not problems and set(pins) != set(loaded.tasks):
+        problems.append(f"{lock_path(loaded.path).name} pins other tasks than the lab selects: "
+                        f"run `labctl lock {loaded.path}`")
+    if problems:
+        raise SealError(problems)
+    return {"rules": None, "tasks": tasks}
+
+
+def interleaved_order(mapping: Mapping, rng: secrets.SystemRandom) -> list[str]:
+    """A dataset round's execution order: repeat by repeat, the tasks in a random order, and each
+    task's runs (one per contestant) in a random order. So a contestant's runs are spread over the
+    whole round, never one contestant's tasks in a block, and a task's image stays warm for its
+    runs. Public (sealed.json): it follows from the public run → task map and a shuffle only."""
+    by: dict[tuple[int, str], list[str]] = {}
+    for rid, slot in mapping.items():
+        by.setdefault((slot.repeat, slot.task or ""), []).append(rid)
+    order: list[str] = []
+    for repeat in sorted({k[0] for k in by}):
+        tasks = sorted(t for r, t in by if r == repeat)
+        rng.shuffle(tasks)
+        for t in tasks:
+            runs = sorted(by[(repeat, t)])
+            rng.shuffle(runs)
+            order += runs
+    return order
+
+
+def _seal(loaded: LoadedLab, lock: Lock, lock_file: Path, lock_bytes: bytes, rounds_dir: Path,
+          rules: OutcomeRules | None, tasks: dict[str, SealedTask] | None,
+          images: dict[str, str] | None = None) -> Sealed:
+    lab, rnd = loaded.lab, loaded.lab.round
     rng = secrets.SystemRandom()
-    n = len(lab.contestants) * rnd.repeats
+    names = sorted(tasks) if tasks is not None else None
+    n = len(lab.contestants) * rnd.repeats * (len(names) if names else 1)
     run_ids = [f"{rnd.run_prefix}{rnd.first_number + i}" for i in range(n)]
-    mapping = draw([c.id for c in lab.contestants], rnd.repeats, run_ids, rng)
+    mapping = draw([c.id for c in lab.contestants], rnd.repeats, run_ids, rng, names)
     order = list(run_ids)
     if rnd.randomize_order:
-        rng.shuffle(order)
+        order = interleaved_order(mapping, rng) if names else rng.sample(order, len(order))
+    run_tasks = {rid: s.task for rid, s in mapping.items() if s.task is not None} if names else None
     salt = secrets.token_bytes(SALT_BYTES)
     commitment = commitment_of(salt, mapping)
 
@@ -190,7 +247,8 @@ def seal_round(loaded: LoadedLab, lock: Lock, rounds_dir: Path,
         lock_sha256=lock.sha256(), lock_file_sha256=hashlib.sha256(lock_bytes).hexdigest(),
         task_tree_sha256=lock.task.tree_sha256, run_ids=run_ids, order=order, repeats=rnd.repeats,
         sealed=rnd.seal, mapping=None if rnd.seal else mapping, commitment=commitment,
-        salt_bits=SALT_BYTES * 8, outcome_rules=rules, lab_dir=str(loaded.base_dir), images=images or {},
+        salt_bits=SALT_BYTES * 8, outcome_rules=rules, lab_dir=str(loaded.base_dir), tasks=tasks,
+        run_tasks=run_tasks, images=images or {},
     )
     # Build the round beside its final place and rename it in, after the envelope exists: a round
     # directory is never visible without the envelope that can open it.
@@ -247,6 +305,8 @@ def check_envelope(env: Envelope, sealed: SealedRound) -> list[str]:
                         f"sealed.json committed to {sealed.commitment[:16]}… (envelope tampered or wrong)")
     if sorted(env.mapping) != sorted(sealed.run_ids):
         problems.append("envelope's mapping does not cover exactly the sealed run ids")
+    if sealed.run_tasks is not None and {r: s.task for r, s in env.mapping.items()} != sealed.run_tasks:
+        problems.append("envelope's tasks per run differ from sealed.json's run_tasks")
     if sealed.mapping is not None and sealed.mapping != env.mapping:
         problems.append("envelope's mapping differs from the open mapping in sealed.json")
     return problems

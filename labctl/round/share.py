@@ -26,7 +26,6 @@ from labctl.lock.gitref import gitignored
 from labctl.lock.hub import shard_names
 from labctl.lock.lockfile import Lock, lock_path
 from labctl.lock.resolve import spec_sha256
-from labctl.lock.treehash import Ignore, tree_entries, tree_sha256
 from labctl.round.bundle import (
     INDEX,
     BundleError,
@@ -41,10 +40,12 @@ from labctl.round.bundle import (
 )
 from labctl.round.layout import LAB_FILE, LOCK_FILE, RUNS_DIR, read_sealed
 from labctl.round.verify import Problem, Verification, verify_round
+from labctl.spec.dataset import find_tasks
 from labctl.spec.lab import LocalContestant
 from labctl.spec.load import LoadedLab, load_lab
 from labctl.spec.located import SpecError
 from labctl.spec.task import read_task
+from labctl.treehash import Ignore, tree_entries, tree_sha256
 
 LAB_PART = "lab"
 """Where a round bundle keeps the lab bundle of the lab the round ran."""
@@ -89,14 +90,25 @@ def lab_sources(loaded: LoadedLab, lock_bytes: bytes) -> tuple[str, dict[str, So
     """(the lab file's path in the bundle, every entry, notes on what is not carried and why)."""
     lab = loaded.lab
     notes: list[str] = []
-    named: list[tuple[tuple[str | int, ...], Path]] = [(("task", "path"), lab.task.path)]
-    trees: list[tuple[Path, Path, Ignore | None]] = [(lab.task.path, loaded.task_dir, None)]
+    ref = lab.task
+    named: list[tuple[tuple[str | int, ...], Path]] = [  # as written: an absolute one is refused
+        (("task", k), Path(v)) for k in ("path", "dataset", "glob") if (v := getattr(ref, k)) is not None]
+    named += [(("task", "paths", i), p) for i, p in enumerate(ref.paths or [])]
+    trees: list[tuple[Path, Path, Ignore | None]] = []
     files: list[tuple[Path, Path]] = []
-    repo = read_task(loaded.task_dir).repository_dir
-    if repo is not None and repo.is_dir() and not repo.resolve().is_relative_to(loaded.task_dir.resolve()):
-        rel = Path(os.path.relpath(repo, loaded.base_dir))
-        named.append((("task", "path"), rel))
-        trees.append((rel, repo, None))
+    # A dataset carries every task it could select (before `select`), so a seeded sample or a tag
+    # filter picks the same tasks from the bundle as from the original.
+    candidates = (find_tasks(lab.task.model_copy(update={"select": None}), loaded.base_dir).tasks
+                  if lab.task.is_dataset else loaded.tasks)
+    for task_dir in candidates.values():
+        rel = Path(os.path.relpath(task_dir, loaded.base_dir))
+        named.append((("task",), rel))
+        trees.append((rel, task_dir, None))
+        repo = read_task(task_dir).repository_dir
+        if repo is not None and repo.is_dir() and not repo.resolve().is_relative_to(task_dir.resolve()):
+            rel = Path(os.path.relpath(repo, loaded.base_dir))
+            named.append((("task",), rel))
+            trees.append((rel, repo, None))
     src = lab.engine.llama_cpp
     if src.path is not None:
         named.append((("engine", "llama_cpp", "path"), src.path))
@@ -145,9 +157,10 @@ def lab_problems(loaded: LoadedLab, lock: Lock, entries: dict[str, IndexEntry] |
                         f"run `labctl lock {loaded.path}`")
     if lock.lab != loaded.lab.lab.name:
         problems.append(f"lock is for lab {lock.lab!r}, the lab file names {loaded.lab.lab.name!r}")
-    tree = tree_sha256(loaded.task_dir)
+    tree = loaded.tree_sha256()
     if tree != lock.task.tree_sha256:
-        problems.append(f"{loaded.task_dir}: task tree sha256 {tree[:12]}… differs from the lock's "
+        where = loaded.task_dir if not loaded.is_dataset else loaded.path
+        problems.append(f"{where}: task tree sha256 {tree[:12]}… differs from the lock's "
                         f"{lock.task.tree_sha256[:12]}…")
     src = loaded.lab.engine.llama_cpp
     if src.path is not None:

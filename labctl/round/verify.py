@@ -248,10 +248,14 @@ def _check_seal(v: Verification, sealed: SealedRound) -> Unsealed | None:
     except (OSError, SpecError) as e:
         v.add(LAB_FILE, f"does not load, contestants not checked: {str(e).splitlines()[0]}")
     else:
-        want = sorted((c.id, k) for c in lab.contestants for k in range(1, sealed.repeats + 1))
-        got = sorted((s.contestant, s.repeat) for s in u.mapping.values())
+        tasks = sorted(sealed.tasks) if sealed.tasks is not None else [None]  # a dataset: every task too
+        want = sorted((c.id, k, t or "") for c in lab.contestants for k in range(1, sealed.repeats + 1)
+                      for t in tasks)
+        got = sorted((s.contestant, s.repeat, s.task or "") for s in u.mapping.values())
         if got != want:
-            v.add(UNSEALED_FILE, "mapping is not one run per contestant and repeat of lab.yaml")
+            v.add(UNSEALED_FILE, "mapping is not one run per contestant, repeat (and task) of lab.yaml")
+        if sealed.run_tasks is not None and {r: s.task for r, s in u.mapping.items()} != sealed.run_tasks:
+            v.add(UNSEALED_FILE, "mapping's tasks differ from sealed.json's run_tasks")
     v.checked["seal"] = True
     return u
 
@@ -310,7 +314,7 @@ def _check_outcome(v: Verification, sealed: SealedRound, rid: str, recorded: Out
         v.add(f"{rel}/metrics.json", f"unreadable: {str(e).splitlines()[0]}", rid)
         return
     try:
-        derived = derive_outcome(reward, metrics, sealed.outcome_rules)
+        derived = derive_outcome(reward, metrics, sealed.rules_for(rid))
     except ValueError as e:
         v.add(f"{rel}/{source}", f"cannot grade: {e}", rid)
         return

@@ -19,11 +19,12 @@ from labctl.gguf.store import Store
 from labctl.images.specs import image_tags
 from labctl.lock.lockfile import Lock
 from labctl.lock.resolve import require_lock
-from labctl.lock.treehash import tree_sha256
 from labctl.round.layout import LAB_FILE, SealedRound, read_sealed
 from labctl.round.seal import check_envelope, load_envelope
+from labctl.run.dataset import check_dataset
 from labctl.run.parts import RunError
 from labctl.spec.load import LoadedLab, load_lab
+from labctl.treehash import tree_sha256
 
 
 class Interrupted(BaseException):
@@ -71,7 +72,9 @@ def open_round(round_dir: Path, lab: Path | None = None, profile: str | None = N
     if lock.sha256() != sealed.lock_sha256:
         raise RunError(f"{loaded.path}'s lock is not the one round {sealed.round} was sealed with "
                        "(a different lab, or one locked again since)")
-    if (tree := tree_sha256(loaded.task_dir)) != sealed.task_tree_sha256:
+    if loaded.is_dataset:
+        check_dataset(loaded, sealed)
+    elif (tree := tree_sha256(loaded.task_dir)) != sealed.task_tree_sha256:
         raise RunError(f"task {loaded.task_dir} changed since round {sealed.round} was sealed "
                        f"(tree sha256 {tree[:12]}…, sealed {sealed.task_tree_sha256[:12]}…)")
     env = load_envelope(sealed.round)

@@ -47,6 +47,7 @@ from labctl.run.context import (
     signals_deferred,
     sigterm_raises,
 )
+from labctl.run.dataset import for_run
 from labctl.run.parts import RunError
 from labctl.run.session import RunSession
 
@@ -60,7 +61,9 @@ def now() -> datetime:
 def execute_run(ctx: RoundContext, run_id: str, attempts: int, say: Say = lambda s: None) -> RunResult:
     """One run from scratch to result.json; never leaves a labelled object behind."""
     kind = next(c.kind for c in ctx.loaded.lab.contestants if c.id == ctx.mapping[run_id])
-    result = RunResult(run_id=run_id, status="running", attempts=attempts, started=now(),
+    task = (ctx.sealed.run_tasks or {}).get(run_id)
+    ctx = for_run(ctx, run_id)  # a dataset round: this run's task, its images and its rules
+    result = RunResult(run_id=run_id, status="running", attempts=attempts, started=now(), task=task,
                        control=kind if kind in ("oracle", "nop") else None)
     write_result(ctx.round_dir, result)
     session = RunSession(ctx, run_id, say)
@@ -92,6 +95,8 @@ class RunSummary:
     skipped: bool
     reason: str | None = None
     metrics: RunMetrics = field(default_factory=RunMetrics)
+    task: str | None = None
+    """The run's task in a dataset round."""
 
 
 def run_round(ctx: RoundContext, say: Say = lambda s: None, retry_errored: bool = False) -> list[RunSummary]:
@@ -138,7 +143,7 @@ def _summary(ctx: RoundContext, rid: str, res: RunResult, skipped: bool) -> RunS
         metrics = read_metrics(metrics_path(ctx.round_dir, rid)) or RunMetrics()
     except (OSError, ValueError):  # a summary line, not a verification: `labctl verify` names the file
         metrics = RunMetrics()
-    return RunSummary(rid, res.status, res.outcome, skipped, res.reason, metrics)
+    return RunSummary(rid, res.status, res.outcome, skipped, res.reason, metrics, res.task)
 
 
 def down(docker: Docker, round_id: str | None) -> dict[str, list[str]]:

@@ -22,9 +22,9 @@ import yaml
 
 from labctl.lock.lockfile import Lock, lock_path, write_lock
 from labctl.lock.resolve import spec_sha256
-from labctl.lock.treehash import tree_sha256
 from labctl.round.controls import ControlFailure, control_failures
 from labctl.spec.load import LoadedLab, load_lab
+from labctl.treehash import tree_sha256
 
 Say = Callable[[str], None]
 CONTESTANTS = [{"id": "oracle", "kind": "oracle", "name": "Reference solution"},

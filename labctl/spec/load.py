@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from labctl.spec.dataset import combined_tree_sha256, find_tasks, task_trees
 from labctl.spec.lab import Lab, LocalContestant
 from labctl.spec.located import Document, Issue, SpecError, load_yaml, validate
 from labctl.spec.profiles import Profile, all_profiles
 from labctl.spec.task import task_problems
+from labctl.treehash import tree_sha256
 
 DEFAULT_LAB = Path("lab.yaml")
 
@@ -25,6 +28,10 @@ class LoadedLab:
     base: Path | None = None
     """Where the lab's relative paths start when not beside the file: a round's copy of lab.yaml is
     read with the directory of the lab it was sealed from."""
+    tasks: dict[str, Path] = field(default_factory=dict)
+    """Task name → directory: the one task, or a dataset's selected tasks (`labctl.spec.dataset`)."""
+    only: str | None = None
+    """Set on the view of one task of a dataset (`for_task`): `task_dir` is then that task."""
 
     @property
     def path(self) -> Path:
@@ -39,8 +46,29 @@ class LoadedLab:
         return p if p.is_absolute() else self.base_dir / p
 
     @property
+    def is_dataset(self) -> bool:
+        return self.lab.task.is_dataset
+
+    @property
     def task_dir(self) -> Path:
+        """The lab's one task (or, on a `for_task` view, that task of the dataset)."""
+        if self.only is not None:
+            return self.tasks[self.only]
+        if self.lab.task.path is None:
+            raise ValueError(f"{self.path} runs a dataset of {len(self.tasks)} tasks, not one task")
         return self.resolve(self.lab.task.path)
+
+    def tree_sha256(self) -> str:
+        """The hash `lock.task.tree_sha256` pins: the one task's tree, or a dataset's combined hash."""
+        if self.only is None and self.is_dataset:
+            return combined_tree_sha256(task_trees(self.tasks))
+        return tree_sha256(self.task_dir)
+
+    def for_task(self, name: str) -> LoadedLab:
+        """This lab seen as if `name` were its only task (a run of a dataset round)."""
+        if name not in self.tasks:
+            raise KeyError(f"no task {name!r} in {self.path}")
+        return dataclasses.replace(self, only=name)
 
 
 def load_lab(path: Path | str = DEFAULT_LAB, *, profile: str | None = None,
@@ -52,12 +80,16 @@ def load_lab(path: Path | str = DEFAULT_LAB, *, profile: str | None = None,
     lab: Lab = validate(Lab, doc)
     base = base_dir.resolve() if base_dir else path.resolve().parent
     issues = _check(lab, doc, base)
+    tasks = find_tasks(lab.task, base)
+    issues += [doc.issue(loc, msg) for loc, msg in tasks.problems]
+    for name, task in tasks.tasks.items():
+        issues += _check_task(doc, task, tasks.where[name])
     found, source, profile_issues = _profile(lab, doc, base, profile)
     issues += profile_issues
     if issues:
         raise SpecError(issues)
     assert found is not None
-    return LoadedLab(lab, doc, found, source, base_dir.resolve() if base_dir else None)
+    return LoadedLab(lab, doc, found, source, base_dir.resolve() if base_dir else None, tasks=tasks.tasks)
 
 
 def _check(lab: Lab, doc: Document, base: Path) -> list[Issue]:
@@ -75,7 +107,6 @@ def _check(lab: Lab, doc: Document, base: Path) -> list[Issue]:
     if lab.agent is None and any(c.kind in ("local", "cloud") for c in lab.contestants):
         issues.append(doc.issue(("contestants",), "local and cloud contestants need an agent "
                                                   "runtime: add an `agent:` section"))
-    issues += _check_task(doc, base / lab.task.path if not lab.task.path.is_absolute() else lab.task.path)
     llama = lab.engine.llama_cpp
     if llama.path is not None:
         p = llama.path if llama.path.is_absolute() else base / llama.path
@@ -84,10 +115,9 @@ def _check(lab: Lab, doc: Document, base: Path) -> list[Issue]:
     return issues
 
 
-def _check_task(doc: Document, task: Path) -> list[Issue]:
+def _check_task(doc: Document, task: Path, loc: tuple[str | int, ...] = ("task", "path")) -> list[Issue]:
     """A Harbor task directory: task.toml that parses with valid tables, and instruction.md. What a
     run would trip over later (resource limits, labctl's tables, the repository path) is said now."""
-    loc = ("task", "path")
     if not task.is_dir():
         return [doc.issue(loc, f"task directory does not exist: {task}")]
     problems = task_problems(task)

@@ -14,8 +14,8 @@ import pytest
 
 from labctl.lock.lockfile import ImageLock, Lock, PackageLock, SourceLock, TaskLock, lock_path, write_lock
 from labctl.lock.resolve import spec_sha256
-from labctl.lock.treehash import tree_sha256
 from labctl.spec.load import load_lab
+from labctl.treehash import tree_sha256
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE_IMAGE = "debian:bookworm-slim"

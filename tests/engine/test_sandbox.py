@@ -28,11 +28,11 @@ from labctl.images.build import build_all
 from labctl.images.specs import lab_images, settings_for
 from labctl.lock.lockfile import lock_path, read_lock, write_lock
 from labctl.lock.resolve import require_lock
-from labctl.lock.treehash import tree_sha256
 from labctl.round.layout import RunResult
 from labctl.run.runner import RunSession, down, open_round
 from labctl.run.session import PORT
 from labctl.spec.load import load_lab
+from labctl.treehash import tree_sha256
 from tests.run.test_runner import build, derived_lab, labelled_now, runner_env, seal  # noqa: F401  (module fixture)
 
 pytestmark = pytest.mark.docker

@@ -61,9 +61,9 @@ from labctl.lock.lockfile import (
 )
 from labctl.lock.resolve import spec_sha256
 from labctl.lock.sdist import SourceHashMismatch, fetch_sdist
-from labctl.lock.treehash import tree_sha256
 from labctl.spec.load import LoadedLab, load_lab
 from labctl.spec.profiles import find_profile
+from labctl.treehash import tree_sha256
 from tests.conftest import BASE_IMAGE, ROOT, remove_labelled
 
 SDIST_SHA = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"  # llama-cpp-python 0.3.36

@@ -31,8 +31,8 @@ from labctl.lock.registry import (
     registry_endpoint,
     resolve_image,
 )
-from labctl.lock.treehash import TreeHashError, file_sha256, tree_sha256
 from labctl.spec.load import load_lab
+from labctl.treehash import TreeHashError, file_sha256, tree_sha256
 from tests.helpers import lab_copy
 from tests.registry import (
     MANIFEST_DIGEST,

@@ -27,11 +27,11 @@ from labctl.gguf.tiny import TinyModelParams, write_tiny_gguf
 from labctl.lock.hub import lock_generated, lock_local
 from labctl.lock.lockfile import lock_path, read_lock, write_lock
 from labctl.lock.resolve import spec_sha256
-from labctl.lock.treehash import tree_sha256
 from labctl.round.bundle import INDEX, Index, Source, hash_sources, pack, read_index, scan
 from labctl.round.layout import run_dir
 from labctl.spec.lab import LocalContestant
 from labctl.spec.load import load_lab
+from labctl.treehash import tree_sha256
 from tests.helpers import ROOT, run_cli
 from tests.round.test_seal import CHECKS, LOCAL, NOP, ORACLE, envelopes, make_lab, sealed_lab  # noqa: F401
 from tests.round.test_verify import round_dir  # noqa: F401

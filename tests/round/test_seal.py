@@ -31,7 +31,6 @@ from labctl.lock.lockfile import (
     write_lock,
 )
 from labctl.lock.resolve import require_lock, spec_sha256
-from labctl.lock.treehash import tree_sha256
 from labctl.round.layout import (
     RunResult,
     canonical,
@@ -43,6 +42,7 @@ from labctl.round.layout import (
 from labctl.round.seal import ENVELOPES_ENV, envelope_path, load_envelope, seal_round
 from labctl.round.verify import derive_outcome
 from labctl.spec.load import load_lab
+from labctl.treehash import tree_sha256
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -27,9 +27,9 @@ import pytest
 from labctl.engine.commands import Docker
 from labctl.lock.lockfile import lock_path, read_lock, write_lock
 from labctl.lock.resolve import spec_sha256
-from labctl.lock.treehash import tree_sha256
 from labctl.round.verify import derive_outcome, named_checks
 from labctl.spec.load import load_lab
+from labctl.treehash import tree_sha256
 from tests.run.test_runner import ROOT, SMOKE, build, derived_lab, labctl, labelled_now, runner_env, seal
 
 __all__ = ["runner_env"]  # the module fixture of test_runner: envelopes, scratch, the smoke lock

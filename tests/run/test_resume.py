@@ -25,9 +25,9 @@ import pytest
 
 from labctl.engine.commands import Docker
 from labctl.lock.lockfile import lock_path, read_lock, write_lock
-from labctl.lock.treehash import tree_sha256
 from labctl.round.layout import FINISHED, read_result, result_path
 from labctl.round.seal import unseal_round
+from labctl.treehash import tree_sha256
 from tests.run.test_runner import ROOT, build, derived_lab, labctl, labelled_now, runner_env, seal
 
 pytestmark = pytest.mark.docker

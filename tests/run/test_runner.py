@@ -32,11 +32,11 @@ from labctl.images.build import build_all
 from labctl.images.specs import lab_images, settings_for
 from labctl.lock.lockfile import lock_path, read_lock, write_lock
 from labctl.lock.resolve import require_lock, spec_sha256
-from labctl.lock.treehash import tree_sha256
 from labctl.round.layout import read_result
 from labctl.round.seal import seal_round
 from labctl.run.runner import RunSession, open_round, run_round
 from labctl.spec.load import load_lab
+from labctl.treehash import tree_sha256
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "labs" / "smoke.yaml"

@@ -25,7 +25,6 @@ from labctl.engine.commands import Docker, run_labels
 from labctl.images.specs import lab_images, settings_for
 from labctl.lock.lockfile import TaskLock, lock_path, read_lock, write_lock
 from labctl.lock.resolve import LockError, require_lock, spec_sha256
-from labctl.lock.treehash import tree_sha256
 from labctl.meter.state import MeterState
 from labctl.report.data import RunData, _run_metrics
 from labctl.report.why import story
@@ -37,6 +36,7 @@ from labctl.spec.lab import Lab
 from labctl.spec.load import load_lab
 from labctl.spec.located import load_yaml, validate
 from labctl.spec.task import read_task
+from labctl.treehash import tree_sha256
 from tests.round7_endings import ENDINGS, Ending
 from tests.run.test_runner import ROOT, SMOKE, build, labelled_now, runner_env
 
