@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -91,9 +92,11 @@ def round_lab(round_dir: Path, sealed: SealedRound, lab: Path | None,
 
 
 def open_round(round_dir: Path, lab: Path | None = None, profile: str | None = None,
-               docker: Docker | None = None, store: Store | None = None) -> RoundContext:
+               docker: Docker | None = None, store: Store | None = None,
+               check_images: bool = True) -> RoundContext:
     """Load and cross-check everything a run needs, before any container starts: the lab and its lock
-    must be the ones sealed, the envelope must open the commitment, every image must exist."""
+    must be the ones sealed, the envelope must open the commitment, every image must exist (here;
+    `check_images=False` when the runs execute elsewhere, on a Ray cluster's nodes)."""
     from labctl.images import lab_images, settings_for  # heavy imports only when running
 
     sealed = read_sealed(round_dir)
@@ -108,8 +111,12 @@ def open_round(round_dir: Path, lab: Path | None = None, profile: str | None = N
     env = load_envelope(sealed.round)
     if problems := check_envelope(env, sealed):
         raise RunError("; ".join(problems))
-    docker = docker or Docker.detect()
     tags = {s.name: s.tag for s in lab_images(loaded, lock, loaded.profile, settings_for(loaded))}
+    if not check_images:  # no Docker needed on the machine that only starts the round
+        return RoundContext(round_dir=round_dir, sealed=sealed, loaded=loaded, lock=lock, images=tags,
+                            docker=docker or Docker(["docker"]), store=store or Store(),
+                            mapping={rid: slot.contestant for rid, slot in env.mapping.items()})
+    docker = docker or Docker.detect()
     missing = [t for t in tags.values() if not docker.image_present(t)]
     if missing:
         raise RunError(f"image {missing[0]} is missing ({len(missing)} missing): "
@@ -131,17 +138,24 @@ def _sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
+def this_host() -> str:
+    """The name a run records as where it ran."""
+    return socket.gethostname()
+
+
 def now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 
 
-def execute_run(ctx: RoundContext, run_id: str, attempts: int, say: Say = lambda s: None) -> RunResult:
-    """One run from scratch to result.json; never leaves a labelled object behind."""
+def execute_run(ctx: RoundContext, run_id: str, attempts: int, say: Say = lambda s: None,
+                gpus: list[int] | None = None, host: str | None = None) -> RunResult:
+    """One run from scratch to result.json; never leaves a labelled object behind. `gpus`: the
+    devices it may use (`labctl.gpualloc`, None: all); `host`: where it runs (default this host)."""
     kind = next(c.kind for c in ctx.loaded.lab.contestants if c.id == ctx.mapping[run_id])
     result = RunResult(run_id=run_id, status="running", attempts=attempts, started=now(),
-                       control=kind if kind in ("oracle", "nop") else None)
+                       control=kind if kind in ("oracle", "nop") else None, host=host or this_host())
     write_result(ctx.round_dir, result)
-    session = RunSession(ctx, run_id, say)
+    session = RunSession(ctx, run_id, say, gpus)
     try:
         session.setup()
         say(f"{run_id}: agent running (wall time {ctx.loaded.lab.budgets.wall_time:.0f}s)")
@@ -170,6 +184,7 @@ class RunSummary:
     skipped: bool
     reason: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
+    host: str | None = None
 
 
 def run_round(ctx: RoundContext, say: Say = lambda s: None, retry_errored: bool = False) -> list[RunSummary]:
@@ -183,18 +198,10 @@ def run_round(ctx: RoundContext, say: Say = lambda s: None, retry_errored: bool 
     out: list[RunSummary] = []
     with _sigterm_raises():
         for rid in ctx.sealed.order:
-            attempts = 1
-            if result_path(ctx.round_dir, rid).is_file():
-                prev = read_result(ctx.round_dir, rid)
-                if prev.status in FINISHED and not (retry_errored and prev.status == "errored"):
-                    say(f"{rid}: {prev.status}, skipped")
-                    out.append(_summary(ctx, rid, prev, skipped=True))
-                    continue
-                attempts = prev.attempts + 1
-                if prev.status == "running":
-                    say(f"{rid}: was interrupted; cleaning up and starting again (attempt {attempts})")
-                elif prev.status == "errored":
-                    say(f"{rid}: errored ({prev.reason}); starting again (attempt {attempts})")
+            attempts = next_attempt(ctx, rid, retry_errored, say)
+            if attempts is None:
+                out.append(summary(ctx, rid, read_result(ctx.round_dir, rid), skipped=True))
+                continue
             try:
                 res = execute_run(ctx, rid, attempts, say)
             finally:
@@ -202,7 +209,7 @@ def run_round(ctx: RoundContext, say: Say = lambda s: None, retry_errored: bool 
                     write_manifest(ctx.round_dir)
             say(f"{rid}: {res.status}" + (f", {res.outcome}" if res.outcome else "")
                 + (f" ({res.reason})" if res.reason else ""))
-            out.append(_summary(ctx, rid, res, skipped=False))
+            out.append(summary(ctx, rid, res, skipped=False))
         if all(s.skipped for s in out):
             # Nothing ran: a kill between the last result.json and its manifest rewrite left the
             # manifest stale, and no later run would ever rewrite it.
@@ -211,9 +218,25 @@ def run_round(ctx: RoundContext, say: Say = lambda s: None, retry_errored: bool 
     return out
 
 
-def _summary(ctx: RoundContext, rid: str, res: RunResult, skipped: bool) -> RunSummary:
+def next_attempt(ctx: RoundContext, rid: str, retry_errored: bool, say: Say) -> int | None:
+    """The attempt number a run starts with now, or None when it is finished and skipped (resume)."""
+    if not result_path(ctx.round_dir, rid).is_file():
+        return 1
+    prev = read_result(ctx.round_dir, rid)
+    if prev.status in FINISHED and not (retry_errored and prev.status == "errored"):
+        say(f"{rid}: {prev.status}, skipped")
+        return None
+    attempts = prev.attempts + 1
+    if prev.status == "running":
+        say(f"{rid}: was interrupted; cleaning up and starting again (attempt {attempts})")
+    elif prev.status == "errored":
+        say(f"{rid}: errored ({prev.reason}); starting again (attempt {attempts})")
+    return attempts
+
+
+def summary(ctx: RoundContext, rid: str, res: RunResult, skipped: bool) -> RunSummary:
     metrics = read_json(run_dir(ctx.round_dir, rid) / "metrics.json") or {}
-    return RunSummary(rid, res.status, res.outcome, skipped, res.reason, metrics)
+    return RunSummary(rid, res.status, res.outcome, skipped, res.reason, metrics, res.host)
 
 
 def down(docker: Docker, round_id: str | None) -> dict[str, list[str]]:

@@ -86,8 +86,12 @@ class RunSession:
 
     Tests drive the steps one by one (e.g. to probe the agent container's network)."""
 
-    def __init__(self, ctx: RoundContext, run_id: str, say: Say = lambda s: None) -> None:
+    def __init__(self, ctx: RoundContext, run_id: str, say: Say = lambda s: None,
+                 gpus: list[int] | None = None) -> None:
         self.ctx, self.run_id, self.say = ctx, run_id, say
+        self.gpus = gpus
+        """The GPU indices this run's model server gets (`labctl.gpualloc`); None: every GPU the
+        profile has (one run at a time)."""
         self.docker = ctx.docker
         rid = ctx.sealed.round
         self.labels = run_labels(rid, run_id)
@@ -181,7 +185,10 @@ class RunSession:
         argv = server_argv("llama-server", MODEL_PATH, row.server, "0.0.0.0", PORT, alias=self.run_id)[1:]
         name = self.names["server"]
         from labctl.engine import DockerEngine
-        gpu = DockerEngine().gpu_run_args(self.ctx.loaded.profile)
+        from labctl.gpualloc import device_flags
+        profile = self.ctx.loaded.profile
+        gpu = (device_flags(self.gpus) if self.gpus is not None and profile.is_gpu
+               else DockerEngine().gpu_run_args(profile))
         life = self._lifetime(SERVER_HEALTH_TIMEOUT_S, METER_START_S, self.setup_s)
         self.docker("create", "--name", name, "--network", model_net, "--network-alias", "server",
                     *label_flags({**self.labels, "labctl.role": "server"}), *gpu,
