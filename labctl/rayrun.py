@@ -189,14 +189,26 @@ def land(ctx: RoundContext, rid: str, out: dict[str, Any]) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def round_payload(ctx: RoundContext) -> dict[str, Any]:
+    """What every run's task needs from the starting machine: the round's sealed files, the task
+    directory and the profile. No envelope: each task gets its own run's contestant only."""
+    files = {name: (ctx.round_dir / name).read_bytes() for name in (LAB_FILE, LOCK_FILE, SEALED_FILE)}
+    return {**files, "task": pack(ctx.loaded.task_dir), "profile": ctx.loaded.profile.model_dump(mode="json")}
+
+
 def _connect(address: str) -> Any:
+    host = urlsplit(address if "://" in address else f"//{address}").hostname or ""
+    extra: dict[str, Any] = {}
+    if host in LOOPBACK:
+        # A cluster on this machine's loopback (tests, a one-box lab): Ray would otherwise swap
+        # 127.0.0.1 for the host's outward address and look for the cluster there. Read at import.
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        extra["_node_ip_address"] = "127.0.0.1"
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     try:
         import ray
     except ImportError:
         raise RunError("--ray needs Ray: pip install 'labctl[ray]'") from None
-    host = urlsplit(address if "://" in address else f"//{address}").hostname or ""
-    extra: dict[str, Any] = {"_node_ip_address": "127.0.0.1"} if host in LOOPBACK else {}
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(address=address, namespace="labctl", log_to_driver=False, logging_level="WARNING",
              configure_logging=True, **extra)
     return ray
@@ -220,11 +232,7 @@ def _drive(ray: Any, ctx: RoundContext, say: Say, retry_errored: bool) -> list[R
     from labctl.parallel import safe_manifest
 
     need = gpus_needed(ctx.loaded, ctx.lock)
-    common = ray.put({LAB_FILE: (ctx.round_dir / LAB_FILE).read_bytes(),
-                      LOCK_FILE: (ctx.round_dir / LOCK_FILE).read_bytes(),
-                      SEALED_FILE: (ctx.round_dir / SEALED_FILE).read_bytes(),
-                      "task": pack(ctx.loaded.task_dir),
-                      "profile": ctx.loaded.profile.model_dump(mode="json")})
+    common = ray.put(round_payload(ctx))
     task = ray.remote(_task)
     pending: dict[Any, tuple[str, int]] = {}
     done: dict[str, RunSummary] = {}
