@@ -47,8 +47,9 @@ class Slot:
 
     rid: str
     attempts: int
-    proc: subprocess.Popen[str]
+    proc: subprocess.Popen[bytes]
     gpus: list[int]
+    log: Path
     started: float = field(default_factory=time.monotonic)
     last: str = ""
 
@@ -138,6 +139,8 @@ def run_parallel(ctx: RoundContext, parallel: int, say: Say = lambda s: None, re
                 for rid in [r for r, s in running.items() if s.proc.poll() is not None]:
                     slot = running.pop(rid)
                     pool.give(slot.gpus)
+                    lines = slot.log.read_text(errors="replace").splitlines()
+                    slot.last = lines[-1] if lines else slot.last  # for _finish: the follower may lag
                     done[rid] = _finish(ctx, slot, progress)
                     safe_manifest(ctx.round_dir)
                 for rid, slot in running.items():
@@ -170,21 +173,32 @@ def _start_what_fits(ctx: RoundContext, queue: list[tuple[str, int]], running: d
             cmd += ["--gpus", ",".join(map(str, devices))]
         cmd += [*(["--lab", str(lab)] if lab else []), *(["--profile", profile] if profile else [])]
         # Its own session: a terminal's Ctrl-C reaches this process only, which passes it on once.
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                start_new_session=True, env=os.environ.copy())
-        slot = Slot(rid, attempts, proc, devices)
+        # Its output goes to a file, not a pipe: a worker outliving a killed `labctl run` must not
+        # die of a broken pipe halfway through its cleanup.
+        log = work_root() / ctx.sealed.round / f"{rid}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("w") as sink:
+            proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True, env=os.environ.copy())
+        slot = Slot(rid, attempts, proc, devices, log=log)
         running[rid] = slot
-        threading.Thread(target=_read_lines, args=(slot, progress), daemon=True).start()
+        threading.Thread(target=_follow, args=(slot, progress), daemon=True).start()
         progress.set(rid, status="running", host="this host" + (f" gpu {','.join(map(str, devices))}"
                                                               if devices else ""))
         progress.line(rid, f"started (attempt {attempts})" + (f" on GPU {devices}" if devices else ""))
 
 
-def _read_lines(slot: Slot, progress: Progress) -> None:
-    assert slot.proc.stdout is not None
-    for line in slot.proc.stdout:
-        slot.last = line.rstrip()
-        progress.line(slot.rid, slot.last)
+def _follow(slot: Slot, progress: Progress) -> None:
+    """Pass the worker's lines on as it writes them, until it has exited and all are read."""
+    with slot.log.open(errors="replace") as f:
+        while True:
+            exited = slot.proc.poll() is not None
+            while line := f.readline():
+                slot.last = line.rstrip()
+                progress.line(slot.rid, slot.last)
+            if exited:
+                return
+            time.sleep(POLL_S)
 
 
 def _finish(ctx: RoundContext, slot: Slot, progress: Progress) -> RunSummary:

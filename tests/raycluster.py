@@ -11,6 +11,8 @@ would refuse) start through a wrapper that keeps the address as given.
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import json
 import os
 import signal
@@ -93,10 +95,8 @@ class RayCluster:
     def kill(self, name: str) -> None:
         """The node dies at once, as a host that loses power: SIGKILL to its whole session."""
         node = self.nodes.pop(name)
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(node.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         node.proc.wait()
 
     def stop(self) -> None:
@@ -104,11 +104,40 @@ class RayCluster:
             self.kill(name)
 
     def listening(self) -> list[str]:
-        """Every TCP listening address of this cluster's processes (`ss`), for the loopback check."""
-        pids = set()
-        for node in self.nodes.values():
-            out = subprocess.run(["pgrep", "-s", str(node.proc.pid)], capture_output=True, text=True).stdout
-            pids.update(out.split())
-        ss = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True).stdout
-        return [line.split()[3] for line in ss.splitlines()
-                if any(f"pid={p}," in line for p in pids)]
+        """Every TCP address this cluster's processes listen on (`ip:port`, from /proc), for the
+        loopback check: the sockets of every process in a node's session."""
+        sessions = {node.proc.pid for node in self.nodes.values()}
+        inodes: set[str] = set()
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                stat = (proc / "stat").read_text()
+                if int(stat[stat.rindex(")") + 2:].split()[3]) not in sessions:  # field 6: session id
+                    continue
+                for fd in (proc / "fd").iterdir():
+                    target = os.readlink(fd)
+                    if target.startswith("socket:["):
+                        inodes.add(target[8:-1])
+            except (OSError, ValueError):
+                continue
+        found = []
+        for table, v6 in (("/proc/net/tcp", False), ("/proc/net/tcp6", True)):
+            for line in Path(table).read_text().splitlines()[1:]:
+                cols = line.split()
+                if cols[3] == "0A" and cols[9] in inodes:  # 0A: LISTEN
+                    found.append(_address(cols[1], v6))
+        return found
+
+
+def _address(hexaddr: str, v6: bool) -> str:
+    """/proc/net/tcp's `0100007F:1F90` → `127.0.0.1:8080` (v6: the IPv4-mapped form → its IPv4)."""
+    host, port = hexaddr.split(":")
+    raw = bytes.fromhex(host)
+    if v6:  # four little-endian 32-bit words
+        raw = b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))
+        ip = ipaddress.IPv6Address(raw)
+        text = str(ip.ipv4_mapped) if ip.ipv4_mapped else str(ip)
+    else:
+        text = str(ipaddress.IPv4Address(raw[::-1]))
+    return f"{text}:{int(port, 16)}"

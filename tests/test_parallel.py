@@ -54,8 +54,8 @@ def agents(round_id: str) -> list[str]:
 
 
 def start(rd: Path, lab: Path, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "labctl.cmd_run", "run", str(rd), "--lab", str(lab), *args],
-                            cwd=rd.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    argv = [sys.executable, "-m", "labctl.cmd_run", "run", str(rd), "--lab", str(lab), *args]
+    return subprocess.Popen(argv, cwd=rd.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def wait_agents(proc: subprocess.Popen[str], round_id: str, n: int) -> None:
@@ -74,7 +74,8 @@ def outcomes(rd: Path) -> list[tuple[str, str, str | None]]:
 
 
 def verify(rd: Path) -> None:
-    check = subprocess.run([sys.executable, "-m", "labctl", "verify", str(rd)], capture_output=True, text=True)
+    check = subprocess.run([sys.executable, "-m", "labctl", "verify", str(rd)], capture_output=True,
+                           text=True)
     assert check.returncode == 0, check.stdout + check.stderr
 
 
