@@ -15,6 +15,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -50,6 +51,8 @@ class RayCluster:
     base: Path
     port: int = field(default_factory=free_port)
     nodes: dict[str, Node] = field(default_factory=dict)
+    temp: Path | None = None
+    """The head's Ray temp dir (sessions, sockets, logs), removed by `stop`."""
 
     @property
     def address(self) -> str:
@@ -82,6 +85,7 @@ class RayCluster:
     def start_head(self, docker_slots: int = 1) -> Node:
         # A short temp dir: Ray's unix sockets live under it and their paths are length-limited.
         tmp = tempfile.mkdtemp(prefix="lray", dir="/tmp")
+        self.temp = Path(tmp)
         env = {**self._env("head"), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
         ray = str(Path(sys.executable).parent / "ray")
         return self._start("head", [ray, "start", "--head", f"--port={self.port}",
@@ -102,6 +106,8 @@ class RayCluster:
     def stop(self) -> None:
         for name in list(self.nodes)[::-1]:  # workers first, the head last
             self.kill(name)
+        if self.temp is not None:
+            shutil.rmtree(self.temp, ignore_errors=True)
 
     def listening(self) -> list[str]:
         """Every TCP address this cluster's processes listen on (`ip:port`, from /proc), for the
