@@ -19,10 +19,13 @@ from pathlib import Path
 import pytest
 from raycluster import RayCluster
 from test_parallel import outcomes, repeated_lab, verify
-from test_runner import labctl, labelled_now, runner_env, seal
+from test_runner import SMOKE, build, labctl, labelled_now, runner_env, seal
 
 from labctl.rounddir import read_result, read_unsealed
+from labctl.runner import open_round
+from labctl.runparts import RunError
 from labctl.seal import unseal_round
+from labctl.store import Store
 
 pytestmark = pytest.mark.docker
 __all__ = ["runner_env"]  # the module fixture of test_runner: envelopes, scratch, the smoke lock
@@ -102,3 +105,24 @@ def test_node_lost_mid_run(cluster: RayCluster, tmp_path: Path) -> None:
     assert outcomes(rd) == [("nop", "done", "Failed")] * 2 + [("oracle", "done", "Complete")] * 2
     verify(rd)
     assert labelled_now(rd.name) == NOTHING
+
+
+def test_node_fetches_the_model_by_sha256(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a node does before the run (no Ray needed to call it): the model lands in the node's
+    own store under the lock's sha256, the task is the one sealed, and a lock that is not the
+    sealed one is refused."""
+    from labctl.rayrun import node_context, round_payload
+
+    build(SMOKE)
+    rd = seal(SMOKE, tmp_path)
+    ctx = open_round(rd, SMOKE)
+    rid = next(r for r, c in ctx.mapping.items() if c == "tiny-llama")
+    job = {**round_payload(ctx), "round": rd.name, "run": rid, "attempts": 1, "contestant": "tiny-llama"}
+    monkeypatch.setenv("LABCTL_STORE", str(tmp_path / "node-store"))
+    sha = ctx.lock.models["tiny-llama"].files[0].sha256
+    assert not Store().blob_path(sha).exists()
+    node = node_context(job, tmp_path / "node")
+    assert Store().blob_path(sha).is_file() and node.mapping == {rid: "tiny-llama"}
+    assert node.loaded.task_dir == tmp_path / "node" / "task"
+    with pytest.raises(RunError, match="lab.lock"):
+        node_context({**job, "lab.lock": job["lab.lock"] + b"\n"}, tmp_path / "tampered")
