@@ -57,7 +57,7 @@ def test_cluster_is_loopback_only(cluster: RayCluster) -> None:
 
 
 def test_ray_round_matches_local(cluster: RayCluster, tmp_path: Path) -> None:
-    lab = repeated_lab(tmp_path, sleep=3)
+    lab = repeated_lab(tmp_path, sleep=0)
     local, remote = seal(lab, tmp_path / "local"), seal(lab, tmp_path / "ray")
     here = labctl("run", local, "--lab", lab, "--parallel", "2", "--json", cwd=tmp_path)
     assert here.returncode == 0, here.stderr
@@ -78,7 +78,7 @@ def test_ray_round_matches_local(cluster: RayCluster, tmp_path: Path) -> None:
 
 def test_node_lost_mid_run(cluster: RayCluster, tmp_path: Path) -> None:
     """Kill the worker node (its whole process session, SIGKILL) while a run is in flight there."""
-    lab = repeated_lab(tmp_path, sleep=15)
+    lab = repeated_lab(tmp_path, sleep=8)
     rd = seal(lab, tmp_path)
     proc = subprocess.Popen([sys.executable, "-m", "labctl.cmd_run", "run", str(rd), "--lab", str(lab),
                              "--ray", cluster.address, "--json"], cwd=tmp_path, stdout=subprocess.PIPE,
