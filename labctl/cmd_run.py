@@ -106,7 +106,7 @@ def run_command(round_dir: RoundArg, lab: LabOpt = None, profile: ProfileOpt = N
                     "needs")] = None,
                 ray: Annotated[str | None, typer.Option(
                     "--ray", metavar="ADDRESS", help="Run each run as a task on this Ray cluster "
-                    "(`pip install 'labctl[ray]'`); artifacts come back into the round")] = None,
+                    "(`pip install 'labctl\\[ray]'`); artifacts come back into the round")] = None,
                 as_json: JsonOpt = False) -> None:
     """Execute a sealed round's runs in sealed order; finished runs are skipped, interrupted ones redone."""
     from labctl.runner import open_round
