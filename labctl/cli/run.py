@@ -58,13 +58,15 @@ def _rows(summaries: list[RunSummary], mapping: dict[str, str] | None) -> list[d
                      "contestant": mapping.get(s.run_id) if mapping else None,
                      "status": s.status, "outcome": s.outcome, "tool_calls": m.tool_calls,
                      "total_tokens": m.total_tokens, "commits": m.commits_pushed,
-                     "wall_time_s": m.wall_time_s, "reason": s.reason, "skipped": s.skipped})
+                     "wall_time_s": m.wall_time_s, "host": s.host, "reason": s.reason,
+                     "skipped": s.skipped})
     return rows
 
 
 def _table(rows: list[dict[str, Any]], title: str) -> None:
     """Plain text (no box drawing): the table is meant to be pasted into reports and CI logs."""
-    cols = ["run", "contestant", "status", "outcome", "tool_calls", "total_tokens", "commits", "wall_time_s"]
+    cols = ["run", "contestant", "status", "outcome", "tool_calls", "total_tokens", "commits", "wall_time_s",
+            "host"]
     if any("task" in r for r in rows):  # a dataset round: which task each run worked on (public)
         cols.insert(1, "task")
     cells = [[("—" if r.get(c) is None else str(r[c])) for c in cols] for r in rows]
@@ -98,13 +100,20 @@ def run_command(round_dir: RoundArg, lab: LabOpt = None, profile: ProfileOpt = N
                 retry_errored: Annotated[bool, typer.Option(
                     "--retry-errored", help="Run the errored runs again too (an upstream outage, "
                     "a server that would not start): their attempt count goes up")] = False,
+                parallel: Annotated[int | None, typer.Option(
+                    "--parallel", min=1, help="Runs at once on this host (default: what the profile "
+                    "allows, one per GPU; 1 on a CPU profile); a model takes the GPUs its plan "
+                    "needs")] = None,
+                ray: Annotated[str | None, typer.Option(
+                    "--ray", metavar="ADDRESS", help="Run each run as a task on this Ray cluster "
+                    "(`pip install 'labctl\\[ray]'`); artifacts come back into the round")] = None,
                 as_json: JsonOpt = False) -> None:
     """Execute a sealed round's runs in sealed order; finished runs are skipped, interrupted ones redone."""
-    from labctl.run.runner import open_round, run_round
+    from labctl.run.runner import open_round
 
     try:
-        ctx = open_round(round_dir, lab, profile)
-        summaries = run_round(ctx, _say(as_json), retry_errored=retry_errored)
+        ctx = open_round(round_dir, lab, profile, check_images=ray is None)
+        summaries = _execute(ctx, as_json, retry_errored, parallel, ray, lab, profile)
     except (LabctlError, OSError, ValueError) as e:
         raise fail(one_line(e), as_json) from None
     except KeyboardInterrupt:
@@ -118,6 +127,24 @@ def run_command(round_dir: RoundArg, lab: LabOpt = None, profile: ProfileOpt = N
         failed = _controls_alarm(round_dir)
     if failed:
         raise typer.Exit(EXIT_FAIL)
+
+
+def _execute(ctx: Any, as_json: bool, retry_errored: bool, parallel: int | None, ray: str | None,
+             lab: Path | None, profile: str | None) -> list[RunSummary]:
+    """The round's runs: on a Ray cluster, side by side here (`labctl.run.parallel`), or one by one."""
+    from labctl.run.gpualloc import default_parallel
+    from labctl.run.runner import run_round
+
+    if ray is not None:
+        from labctl.run.ray import run_on_ray
+        return run_on_ray(ctx, ray, _say(as_json), retry_errored=retry_errored)
+    n = parallel or default_parallel(ctx.loaded.profile)
+    if n == 1:
+        return run_round(ctx, _say(as_json), retry_errored=retry_errored)
+    from labctl.run.parallel import run_parallel
+    live = out if not as_json and out.is_terminal else None
+    return run_parallel(ctx, n, _say(as_json), retry_errored=retry_errored, console=live, lab=lab,
+                        profile=profile)
 
 
 def lock_first_run(lab: Path, profile: str | None, as_json: bool, say: Any) -> tuple[LoadedLab, Lock]:

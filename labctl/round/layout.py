@@ -178,6 +178,9 @@ class RunResult(Record):
     """Why the run ended as it did when not plainly done (an error, a budget, an interrupt)."""
     task: str | None = None
     """The run's task in a dataset round (from sealed.json's public `run_tasks`)."""
+    host: str | None = None
+    """Where the run's last attempt ran: a host name (and the Ray node for `labctl run --ray`).
+    Public: it names a machine, never a contestant."""
     control: Literal["oracle", "nop"] | None = None
     """Set for the control runs only, so the round's controls can be judged before unseal
     (`labctl.round.controls`). Public on purpose: oracle and nop are no model, and a run without a model is

@@ -63,9 +63,11 @@ def round_lab(round_dir: Path, sealed: SealedRound, lab: Path | None,
 
 
 def open_round(round_dir: Path, lab: Path | None = None, profile: str | None = None,
-               docker: Docker | None = None, store: Store | None = None) -> RoundContext:
+               docker: Docker | None = None, store: Store | None = None,
+               check_images: bool = True) -> RoundContext:
     """Load and cross-check everything a run needs, before any container starts: the lab and its lock
-    must be the ones sealed, the envelope must open the commitment, every image must exist."""
+    must be the ones sealed, the envelope must open the commitment, every image must exist (here;
+    `check_images=False` when the runs execute elsewhere, on a Ray cluster's nodes)."""
     sealed = read_sealed(round_dir)
     loaded = round_lab(round_dir, sealed, lab, profile)
     lock = require_lock(loaded)
@@ -80,8 +82,12 @@ def open_round(round_dir: Path, lab: Path | None = None, profile: str | None = N
     env = load_envelope(sealed.round)
     if problems := check_envelope(env, sealed):
         raise RunError("; ".join(problems))
-    docker = docker or Docker.detect()
     tags = sealed.images if sealed.images and profile is None else image_tags(loaded, lock)
+    if not check_images:  # no Docker needed on the machine that only starts the round
+        return RoundContext(round_dir=round_dir, sealed=sealed, loaded=loaded, lock=lock, images=tags,
+                            docker=docker or Docker(["docker"]), store=store or Store(),
+                            mapping={rid: slot.contestant for rid, slot in env.mapping.items()})
+    docker = docker or Docker.detect()
     missing = [t for t in tags.values() if not docker.image_present(t)]
     if missing:
         raise RunError(f"image {missing[0]} is missing ({len(missing)} missing): "

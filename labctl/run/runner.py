@@ -22,6 +22,7 @@ SIGINT/SIGTERM stop the current run, remove everything labelled for it, and leav
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -54,19 +55,26 @@ from labctl.run.session import RunSession
 Say = Callable[[str], None]
 
 
+def this_host() -> str:
+    """The name a run records as where it ran."""
+    return socket.gethostname()
+
+
 def now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 
 
-def execute_run(ctx: RoundContext, run_id: str, attempts: int, say: Say = lambda s: None) -> RunResult:
-    """One run from scratch to result.json; never leaves a labelled object behind."""
+def execute_run(ctx: RoundContext, run_id: str, attempts: int, say: Say = lambda s: None,
+                gpus: list[int] | None = None, host: str | None = None) -> RunResult:
+    """One run from scratch to result.json; never leaves a labelled object behind. `gpus`: the
+    devices it may use (`labctl.run.gpualloc`, None: all); `host`: where it runs (default this host)."""
     kind = next(c.kind for c in ctx.loaded.lab.contestants if c.id == ctx.mapping[run_id])
     task = (ctx.sealed.run_tasks or {}).get(run_id)
     ctx = for_run(ctx, run_id)  # a dataset round: this run's task, its images and its rules
     result = RunResult(run_id=run_id, status="running", attempts=attempts, started=now(), task=task,
-                       control=kind if kind in ("oracle", "nop") else None)
+                       control=kind if kind in ("oracle", "nop") else None, host=host or this_host())
     write_result(ctx.round_dir, result)
-    session = RunSession(ctx, run_id, say)
+    session = RunSession(ctx, run_id, say, gpus)
     try:
         session.setup()
         say(f"{run_id}: agent running (wall time {ctx.loaded.lab.budgets.wall_time:.0f}s)")
@@ -97,6 +105,8 @@ class RunSummary:
     metrics: RunMetrics = field(default_factory=RunMetrics)
     task: str | None = None
     """The run's task in a dataset round."""
+    host: str | None = None
+    """Where the run ran (a host name; a Ray node for `labctl run --ray`)."""
 
 
 def run_round(ctx: RoundContext, say: Say = lambda s: None, retry_errored: bool = False) -> list[RunSummary]:
@@ -110,18 +120,10 @@ def run_round(ctx: RoundContext, say: Say = lambda s: None, retry_errored: bool 
     out: list[RunSummary] = []
     with sigterm_raises():
         for rid in ctx.sealed.order:
-            attempts = 1
-            if result_path(ctx.round_dir, rid).is_file():
-                prev = read_result(ctx.round_dir, rid)
-                if prev.status in FINISHED and not (retry_errored and prev.status == "errored"):
-                    say(f"{rid}: {prev.status}, skipped")
-                    out.append(_summary(ctx, rid, prev, skipped=True))
-                    continue
-                attempts = prev.attempts + 1
-                if prev.status == "running":
-                    say(f"{rid}: was interrupted; cleaning up and starting again (attempt {attempts})")
-                elif prev.status == "errored":
-                    say(f"{rid}: errored ({prev.reason}); starting again (attempt {attempts})")
+            attempts = next_attempt(ctx, rid, retry_errored, say)
+            if attempts is None:
+                out.append(summary(ctx, rid, read_result(ctx.round_dir, rid), skipped=True))
+                continue
             try:
                 res = execute_run(ctx, rid, attempts, say)
             finally:
@@ -129,7 +131,7 @@ def run_round(ctx: RoundContext, say: Say = lambda s: None, retry_errored: bool 
                     write_manifest(ctx.round_dir)
             say(f"{rid}: {res.status}" + (f", {res.outcome}" if res.outcome else "")
                 + (f" ({res.reason})" if res.reason else ""))
-            out.append(_summary(ctx, rid, res, skipped=False))
+            out.append(summary(ctx, rid, res, skipped=False))
         if all(s.skipped for s in out):
             # Nothing ran: a kill between the last result.json and its manifest rewrite left the
             # manifest stale, and no later run would ever rewrite it.
@@ -138,12 +140,28 @@ def run_round(ctx: RoundContext, say: Say = lambda s: None, retry_errored: bool 
     return out
 
 
-def _summary(ctx: RoundContext, rid: str, res: RunResult, skipped: bool) -> RunSummary:
+def next_attempt(ctx: RoundContext, rid: str, retry_errored: bool, say: Say) -> int | None:
+    """The attempt number a run starts with now, or None when it is finished and skipped (resume)."""
+    if not result_path(ctx.round_dir, rid).is_file():
+        return 1
+    prev = read_result(ctx.round_dir, rid)
+    if prev.status in FINISHED and not (retry_errored and prev.status == "errored"):
+        say(f"{rid}: {prev.status}, skipped")
+        return None
+    attempts = prev.attempts + 1
+    if prev.status == "running":
+        say(f"{rid}: was interrupted; cleaning up and starting again (attempt {attempts})")
+    elif prev.status == "errored":
+        say(f"{rid}: errored ({prev.reason}); starting again (attempt {attempts})")
+    return attempts
+
+
+def summary(ctx: RoundContext, rid: str, res: RunResult, skipped: bool) -> RunSummary:
     try:
         metrics = read_metrics(metrics_path(ctx.round_dir, rid)) or RunMetrics()
     except (OSError, ValueError):  # a summary line, not a verification: `labctl verify` names the file
         metrics = RunMetrics()
-    return RunSummary(rid, res.status, res.outcome, skipped, res.reason, metrics, res.task)
+    return RunSummary(rid, res.status, res.outcome, skipped, res.reason, metrics, res.task, res.host)
 
 
 def down(docker: Docker, round_id: str | None) -> dict[str, list[str]]:

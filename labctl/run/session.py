@@ -77,8 +77,12 @@ class RunSession:
 
     Tests drive the steps one by one (e.g. to probe the agent container's network)."""
 
-    def __init__(self, ctx: RoundContext, run_id: str, say: Say = lambda s: None) -> None:
+    def __init__(self, ctx: RoundContext, run_id: str, say: Say = lambda s: None,
+                 gpus: list[int] | None = None) -> None:
         self.ctx, self.run_id, self.say = ctx, run_id, say
+        self.gpus = gpus
+        """The GPU indices this run's model server gets (`labctl.run.gpualloc`); None: every GPU the
+        profile has (one run at a time)."""
         self.docker = ctx.docker
         rid = ctx.sealed.round
         self.labels = run_labels(rid, run_id)
@@ -171,7 +175,10 @@ class RunSession:
         model_net = self._net("model", internal=True)
         argv = server_argv("llama-server", MODEL_PATH, row.server, "0.0.0.0", PORT, alias=self.run_id)[1:]
         name = self.names["server"]
-        gpu = self.docker.gpu_run_args(self.ctx.loaded.profile)
+        from labctl.run.gpualloc import device_flags
+        profile = self.ctx.loaded.profile
+        gpu = (device_flags(self.gpus) if self.gpus is not None and profile.is_gpu
+               else self.docker.gpu_run_args(profile))
         life = self._lifetime(SERVER_HEALTH_TIMEOUT_S, METER_START_S, self.setup_s)
         self.docker("create", "--name", name, "--network", model_net, "--network-alias", "server",
                     *label_flags({**self.labels, "labctl.role": "server"}), *gpu,
