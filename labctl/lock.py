@@ -92,7 +92,10 @@ def resolve(loaded: LoadedLab, store: Store, report: Report = _noop) -> Lock:
     if lab.agent is not None:
         resolved = attempt("agent", lambda: resolve_package(lab.agent.runtime, lab.agent.version))
         if resolved is not None:
-            agent = resolved.lock.model_copy(update={"integrity": resolved.integrity})
+            from labctl.runtimelock import pin_tree
+
+            agent = attempt("agent.tree", lambda: pin_tree(resolved.lock.model_copy(
+                update={"integrity": resolved.integrity})))
     task = attempt("task", lambda: TaskLock(path=str(lab.task.path),
                                             tree_sha256=tree_sha256(loaded.task_dir)))
     if problems or source is None or task is None:

@@ -308,8 +308,8 @@ Contestant = Annotated[
 class AgentRuntime(Spec):
     """The agent program that drives local and cloud contestants (oracle and nop need none)."""
 
-    runtime: Literal["mini-swe-agent"]
-    """Agent runtime; more adapters (aider, opencode, claude-code, codex, qwen-code) come as files."""
+    runtime: Literal["mini-swe-agent", "claude-code"]
+    """Agent runtime (one adapter file each under labctl/agents/); its whole install set is locked."""
     version: str = Field(pattern=r"^\d+(\.\d+)*([a-z0-9.+-]*)$")
     """Exact version of the runtime's package; locked to its distribution sha256."""
     options: dict[str, Any] = {}

@@ -57,6 +57,7 @@ from labctl.lockfile import (
     PackageLock,
     SourceLock,
     TaskLock,
+    WheelLock,
     lock_path,
     read_lock,
     write_lock,
@@ -65,6 +66,7 @@ from labctl.profiles import find_profile
 from labctl.sdist import HashMismatch, fetch_sdist
 from labctl.tinymodel import TinyModelParams, write_tiny_gguf
 from labctl.treehash import tree_sha256
+from labctl.wheeltree import resolve_wheels
 
 SDIST_SHA = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"  # llama-cpp-python 0.3.36
 AGENT_SHA = "a35463c553ac825c7773b03cfa69cd44958e3af20155dcc5711fdf9e4c67cd54"  # mini-swe-agent 2.4.6 wheel
@@ -91,15 +93,19 @@ def smoke_lab(tmp: Path, name: str = "smoke", edit: dict[str, str] | None = None
 
 def make_lock(loaded: LoadedLab, *, base: str = LOCAL_ID, sdist: str = "llama-cpp-python==0.3.36",
               sdist_file: str = "llama_cpp_python-0.3.36.tar.gz", sdist_sha: str = SDIST_SHA,
-              subdir: str = "vendor/llama.cpp", images: dict[str, ImageLock] | None = None) -> Lock:
+              subdir: str = "vendor/llama.cpp", images: dict[str, ImageLock] | None = None,
+              wheels: list[WheelLock] | None = None) -> Lock:
     agent = loaded.lab.agent
     assert agent is not None
+    wheel = f"mini_swe_agent-{agent.version}-py3-none-any.whl"
+    wheels = wheels or [WheelLock(name="mini-swe-agent", version=agent.version, filename=wheel,
+                                  sha256=AGENT_SHA, url=f"https://files.example/{wheel}", pythons=["3.11"])]
     return Lock(
         lab=loaded.lab.lab.name, spec_sha256=spec_sha256(loaded),
         llama_cpp=SourceLock(sdist=sdist, sdist_file=sdist_file, sdist_sha256=sdist_sha, subdir=subdir),
         images={"debian:bookworm-slim": ImageLock(digest=base, source="local"), **(images or {})},
         agent=PackageLock(registry="pypi", name="mini-swe-agent", version=agent.version,
-                          filename=f"mini_swe_agent-{agent.version}-py3-none-any.whl", sha256=AGENT_SHA),
+                          filename=wheel, sha256=AGENT_SHA, wheels=wheels),
         task=TaskLock(path="../tasks/smoke-hello", tree_sha256=tree_sha256(loaded.task_dir)),
     )
 
@@ -349,7 +355,7 @@ def test_oracle_nop_and_unknown_runtimes() -> None:
     assert adapter("oracle").command(inv).argv == ["bash", "/solution/solve.sh"]
     assert adapter("nop").command(inv).argv == ["true"]
     assert adapter("oracle").packages(None) == [] and not adapter("nop").needs_model
-    with pytest.raises(KeyError, match="known: mini-swe-agent, nop, oracle"):
+    with pytest.raises(KeyError, match="known: claude-code, mini-swe-agent, nop, oracle"):
         adapter("aider")
 
 
@@ -505,7 +511,9 @@ def built_smoke(docker_engine: DockerClient, tmp_path_factory: pytest.TempPathFa
     tmp = tmp_path_factory.mktemp("smoke-images")
     lab = smoke_lab(tmp, name=f"smoke-test-{suffix}")
     loaded = load_lab(lab)
-    lock = make_lock(loaded, base=docker_engine.image.inspect(BASE_IMAGE).id)
+    # The agent's real dependency tree, for the task image's Python (bookworm: 3.11).
+    wheels = resolve_wheels("mini-swe-agent", loaded.lab.agent.version, pythons=("3.11",))
+    lock = make_lock(loaded, base=docker_engine.image.inspect(BASE_IMAGE).id, wheels=wheels)
     write_lock(lock_path(lab), lock)
     namespace, canary = f"labctl-test-{suffix}", f"sk-canary-{uuid.uuid4().hex}"
     engine = DockerEngine(docker_engine)

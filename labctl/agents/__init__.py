@@ -17,6 +17,7 @@ from labctl.agents.base import (
 
 _MODULES = {
     "mini-swe-agent": "labctl.agents.mini_swe_agent",
+    "claude-code": "labctl.agents.claude_code",
     "oracle": "labctl.agents.oracle",
     "nop": "labctl.agents.nop",
 }
