@@ -192,6 +192,10 @@ def fill_cache(name: str, version: str, node: NodeLock, npm: NodeLock, packages:
         work = Path(tmp)
         for fname, text in files.items():
             (work / fname).write_text(text, encoding="utf-8")
-        _npm(node, npm, ["ci", "--ignore-scripts"], work, cache, out, npm_url, log)
+        try:
+            _npm(node, npm, ["ci", "--ignore-scripts"], work, cache, out, npm_url, log)
+        except BaseException:
+            shutil.rmtree(out, ignore_errors=True)
+            raise
     (out / ".complete").write_text("")
     return out

@@ -355,7 +355,7 @@ def test_oracle_nop_and_unknown_runtimes() -> None:
     assert adapter("oracle").command(inv).argv == ["bash", "/solution/solve.sh"]
     assert adapter("nop").command(inv).argv == ["true"]
     assert adapter("oracle").packages(None) == [] and not adapter("nop").needs_model
-    with pytest.raises(KeyError, match="known: claude-code, mini-swe-agent, nop, oracle"):
+    with pytest.raises(KeyError, match="known: claude-code, mini-swe-agent, nop, oracle, qwen-code"):
         adapter("aider")
 
 

@@ -71,7 +71,8 @@ def npm_install(runtime: str, files: Sequence[str], bins: Sequence[str], *,
         # No user/global npmrc (a task image's must not redirect or add anything); the cache is the
         # host-filled one, and --offline makes a missing tarball an error instead of a download.
         f"printf '' > {BUILD_DIR}/npmrc",
-        f"export npm_config_userconfig={BUILD_DIR}/npmrc npm_config_globalconfig={BUILD_DIR}/npmrc",
+        f"printf '' > {BUILD_DIR}/npmrc-global",
+        f"export npm_config_userconfig={BUILD_DIR}/npmrc npm_config_globalconfig={BUILD_DIR}/npmrc-global",
         f"{npm} ci --ignore-scripts --cache {BUILD_DIR}/dist/npm-cache {flags}",
     ]
     for pkg in run_scripts_of:

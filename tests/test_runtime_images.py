@@ -1,0 +1,131 @@
+"""Agent runtimes pinned completely (issue #14 part 2), against the real registries and Docker.
+
+Each runtime is locked for real (its package, then its whole tree: every wheel by sha256, or node,
+npm and the package-lock by integrity), its image is built once per session from the host-filled
+cache (`pip --no-index --require-hashes`, `npm ci --offline`), and the runtime must run in a
+container with no network at all. A tampered hash in the lock stops the build on the host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import BASE_IMAGE, remove_labelled
+from python_on_whales import DockerClient, DockerException
+from test_images import HOST_CA, make_lock, smoke_lab
+
+from labctl.agents import adapter
+from labctl.engine import DockerEngine
+from labctl.imagebuild import build_all, prune_build_stages
+from labctl.images import BuildSettings, ImageSpec, lab_images
+from labctl.labfile import load_lab
+from labctl.lockfile import Lock, PackageLock
+from labctl.npmtree import NODE_VERSION, fill_cache
+from labctl.packages import resolve_package
+from labctl.runtimelock import pin_tree
+from labctl.sdist import HashMismatch
+from labctl.wheeltree import fetch_wheels, resolve_wheels
+
+RUNTIMES = {"mini-swe-agent": "2.4.6", "claude-code": "2.1.332"}
+"""Runtime → pinned version under test (one image each, built once per session)."""
+LABEL = "org.labctl.test-runtimes"
+
+
+def lock_runtime(runtime: str, version: str) -> PackageLock:
+    """The real lock entry; PyPI trees for bookworm's Python only (the smoke task's), to keep it short."""
+    resolved = resolve_package(runtime, version)
+    pkg = resolved.lock.model_copy(update={"integrity": resolved.integrity})
+    if pkg.registry == "pypi":
+        return pkg.model_copy(update={"wheels": resolve_wheels(pkg.name, version, pythons=("3.11",))})
+    return pin_tree(pkg)
+
+
+@dataclass
+class RuntimeImage:
+    runtime: str
+    lock: Lock
+    spec: ImageSpec
+    engine: DockerEngine
+
+
+@pytest.fixture(scope="session")
+def runtime_images(docker_engine: DockerClient, tmp_path_factory: pytest.TempPathFactory
+                   ) -> Iterator[dict[str, RuntimeImage]]:
+    suffix = uuid.uuid4().hex[:8]
+    engine = DockerEngine(docker_engine)
+    labels = {LABEL: suffix}
+    out: dict[str, RuntimeImage] = {}
+    build_ids: list[str] = []
+    try:
+        for runtime, version in RUNTIMES.items():
+            tmp = tmp_path_factory.mktemp(f"rt-{runtime}")
+            lab = smoke_lab(tmp, name=f"rt-{suffix}", edit={
+                "runtime: mini-swe-agent\n  version: 2.4.6": f"runtime: {runtime}\n  version: {version}"})
+            loaded = load_lab(lab)
+            lock = make_lock(loaded, base=docker_engine.image.inspect(BASE_IMAGE).id)
+            lock = lock.model_copy(update={"agent": lock_runtime(runtime, version)})
+            settings = BuildSettings(namespace=f"labctl-test-{suffix}", extra_labels=labels,
+                                     ca_bundle=HOST_CA if HOST_CA.is_file() else None)
+            specs = {s.name: s for s in lab_images(loaded, lock, settings=settings)}
+            wanted = [specs["task-smoke-hello"], specs[f"agent-{runtime}"]]
+            results = build_all(engine, wanted, log_dir=tmp / "logs")
+            build_ids += [r.build_id for r in results if getattr(r, "build_id", None)]
+            failed = [r for r in results if r.status == "failed"]
+            assert not failed, [(r.name, r.log) for r in failed]
+            out[runtime] = RuntimeImage(runtime, lock, wanted[1], engine)
+        yield out
+    finally:
+        prune_build_stages(engine, build_ids)
+        with contextlib.suppress(DockerException, AssertionError):
+            remove_labelled(docker_engine, labels)
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("runtime", sorted(RUNTIMES))
+def test_runtime_image_runs_with_no_network(runtime_images: dict[str, RuntimeImage], runtime: str) -> None:
+    """Baked, not fetched: the runtime answers its check command in a container without a network."""
+    image = runtime_images[runtime]
+    got = image.engine.run(image.spec.tag, adapter(runtime).check_command(), network="none")
+    assert got.returncode == 0, got.stderr[-2000:]
+    if runtime == "claude-code":
+        assert RUNTIMES[runtime] in got.stdout  # `claude --version`: the pinned one, not another
+        node = image.engine.run(image.spec.tag, ["/opt/labctl/node/bin/node", "--version"], network="none")
+        assert node.stdout.strip() == f"v{NODE_VERSION}"
+
+
+@pytest.mark.docker
+def test_lock_records_the_whole_tree(runtime_images: dict[str, RuntimeImage]) -> None:
+    mini = runtime_images["mini-swe-agent"].lock.agent
+    assert mini is not None and mini.wheels is not None
+    names = {w.name for w in mini.wheels}
+    assert {"mini-swe-agent", "litellm", "pydantic-core"} <= names and len(names) > 40
+    assert all(len(w.sha256) == 64 and w.pythons == ["3.11"] for w in mini.wheels)
+    claude = runtime_images["claude-code"].lock.agent
+    assert claude is not None and claude.npm_packages and claude.node and claude.npm
+    linux = claude.npm_packages["node_modules/@anthropic-ai/claude-code-linux-x64"]
+    assert linux["integrity"].startswith("sha512-") and linux["version"] == RUNTIMES["claude-code"]
+    assert all(p.get("integrity") for path, p in claude.npm_packages.items() if path)
+
+
+@pytest.mark.docker
+def test_a_changed_hash_stops_the_build_on_the_host(runtime_images: dict[str, RuntimeImage],
+                                                    tmp_path: Path) -> None:
+    """A wheel whose bytes do not match the lock, or an npm tarball whose integrity does not, is never
+    put into an image: the host refuses it before any build."""
+    mini = runtime_images["mini-swe-agent"].lock.agent
+    assert mini is not None and mini.wheels
+    wheel = mini.wheels[0].model_copy(update={"sha256": "0" * 64})
+    with pytest.raises(HashMismatch):
+        fetch_wheels([wheel], cache=tmp_path)
+    claude = runtime_images["claude-code"].lock.agent
+    assert claude is not None and claude.npm_packages and claude.node and claude.npm
+    packages = {k: dict(v) for k, v in claude.npm_packages.items()}
+    entry = packages["node_modules/@anthropic-ai/claude-code"]
+    entry["integrity"] = "sha512-" + "A" * 86 + "=="
+    with pytest.raises(Exception, match="integrity|EINTEGRITY"):
+        fill_cache(claude.name, claude.version, claude.node, claude.npm, packages)
