@@ -237,7 +237,7 @@ def lab_images(loaded: LoadedLab, lock: Lock, profile: Profile | None = None,
         specs.append(_llama_spec(loaded, lock, profile, settings, root, pin))
     task = _task_spec(loaded, lock, settings, pin)
     specs.append(task)
-    runtimes = ([lab.agent.runtime] if lab.agent is not None and kinds & {"local", "cloud"} else [])
+    runtimes = list(dict.fromkeys(a.runtime for c in lab.contestants if (a := lab.agent_for(c)) is not None))
     runtimes += [k for k in ("oracle", "nop") if k in kinds]
     specs += [_agent_spec(rt, loaded, lock, settings, root, task) for rt in runtimes]
     specs.append(_labctl_spec(settings, root, pin))
@@ -386,10 +386,13 @@ def _agent_spec(runtime: str, loaded: LoadedLab, lock: Lock, settings: BuildSett
     from labctl.runtimelock import BuildInputs, TreeError, build_inputs
 
     adapter = agent_adapter(runtime)
-    version = loaded.lab.agent.version if loaded.lab.agent and loaded.lab.agent.runtime == runtime else None
+    lab = loaded.lab
+    named = lab.agents().get(runtime)
+    version = named.version if named else None
     tree = BuildInputs()
     for pkg in adapter.packages(version):
-        pinned = lock.agent
+        own = lab.agent is None or lab.agent.runtime != runtime
+        pinned = (lock.agents or {}).get(runtime) if own else lock.agent
         if pinned is None or (pinned.registry, pinned.name, pinned.version) != (pkg.registry, pkg.name,
                                                                                   pkg.version):
             raise ImageError(f"lab.lock does not pin {pkg.registry} package {pkg.name}=={pkg.version}: "

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from labctl.located import Document, Issue, SpecError, load_yaml, validate
+from labctl.located import Document, Issue, SpecError, dotted, load_yaml, validate
 from labctl.profiles import Profile, all_profiles
 from labctl.spec import Lab, LocalContestant
 
@@ -73,9 +73,20 @@ def _check(lab: Lab, doc: Document, base: Path) -> list[Issue]:
             p = c.model.path if c.model.path.is_absolute() else base / c.model.path
             if not p.is_file():
                 issues.append(doc.issue(("contestants", i, "model", "path"), f"no such file: {p}"))
-    if lab.agent is None and any(c.kind in ("local", "cloud") for c in lab.contestants):
-        issues.append(doc.issue(("contestants",), "local and cloud contestants need an agent "
-                                                  "runtime: add an `agent:` section"))
+    runtimes: dict[str, tuple[str, tuple[str | int, ...]]] = {}
+    if lab.agent is not None:
+        runtimes[lab.agent.runtime] = (lab.agent.version, ("agent", "version"))
+    for i, c in enumerate(lab.contestants):
+        own = getattr(c, "agent", None)
+        if c.kind in ("local", "cloud") and own is None and lab.agent is None:
+            issues.append(doc.issue(("contestants", i), f"contestant {c.id!r} needs an agent runtime: "
+                                                        "add an `agent:` section (the lab's or its own)"))
+        if own is not None:
+            version, where = runtimes.setdefault(own.runtime, (own.version, ("contestants", i, "agent")))
+            if version != own.version:  # one image per runtime: two versions would share its name
+                issues.append(doc.issue(("contestants", i, "agent", "version"),
+                                        f"{own.runtime} {own.version} differs from {version} named at "
+                                        f"{dotted(where)}: one version per runtime in a lab"))
     issues += _check_task(doc, base / lab.task.path if not lab.task.path.is_absolute() else lab.task.path)
     llama = lab.engine.llama_cpp
     if llama.path is not None:

@@ -16,8 +16,17 @@ from typing import TYPE_CHECKING, Any
 from labctl.ggufmeta import GGUFMeta
 from labctl.gitref import lock_path_source, resolve_git
 from labctl.labfile import LoadedLab
-from labctl.lockfile import ImageLock, Lock, ModelLock, SourceLock, TaskLock, lock_path, read_lock
-from labctl.spec import LocalContestant
+from labctl.lockfile import (
+    ImageLock,
+    Lock,
+    ModelLock,
+    PackageLock,
+    SourceLock,
+    TaskLock,
+    lock_path,
+    read_lock,
+)
+from labctl.spec import AgentRuntime, LocalContestant
 from labctl.treehash import tree_sha256
 
 if TYPE_CHECKING:
@@ -48,7 +57,17 @@ def spec_sha256(loaded: LoadedLab) -> str:
         "agent": lab.agent.model_dump(mode="json", include={"runtime", "version"}) if lab.agent else None,
         "task": str(lab.task.path),
     }
+    own = contestant_agents(loaded)
+    if own:  # only when used, so the locks of labs without them keep their hash
+        pinned["agents"] = {name: a.model_dump(mode="json", include={"runtime", "version"})
+                            for name, a in sorted(own.items())}
     return hashlib.sha256(json.dumps(pinned, sort_keys=True).encode()).hexdigest()
+
+
+def contestant_agents(loaded: LoadedLab) -> dict[str, AgentRuntime]:
+    """Runtimes only contestants name (not the lab's own `agent`), by name."""
+    lab = loaded.lab
+    return {name: a for name, a in lab.agents().items() if lab.agent is None or name != lab.agent.runtime}
 
 
 def _noop(entry: str, what: str) -> None:
@@ -96,12 +115,25 @@ def resolve(loaded: LoadedLab, store: Store, report: Report = _noop) -> Lock:
 
             agent = attempt("agent.tree", lambda: pin_tree(resolved.lock.model_copy(
                 update={"integrity": resolved.integrity})))
+    agents: dict[str, PackageLock] = {}
+    for name, a in sorted(contestant_agents(loaded).items()):
+        got = attempt(f"agents.{name}", lambda a=a: _pin_runtime(a.runtime, a.version))
+        if got is not None:
+            agents[name] = got
     task = attempt("task", lambda: TaskLock(path=str(lab.task.path),
                                             tree_sha256=tree_sha256(loaded.task_dir)))
     if problems or source is None or task is None:
         raise LockError(problems)
     return Lock(lab=lab.lab.name, spec_sha256=spec_sha256(loaded), llama_cpp=source, images=images,
-                models=models, agent=agent, task=task)
+                models=models, agent=agent, agents=agents or None, task=task)
+
+
+def _pin_runtime(runtime: str, version: str) -> PackageLock:
+    from labctl.packages import resolve_package
+    from labctl.runtimelock import pin_tree
+
+    resolved = resolve_package(runtime, version)
+    return pin_tree(resolved.lock.model_copy(update={"integrity": resolved.integrity}))
 
 
 def _source(loaded: LoadedLab) -> SourceLock:
@@ -268,6 +300,7 @@ def verify_offline(loaded: LoadedLab, lock: Lock, store: Store) -> OfflineResult
             bad = [f.name for f, g in zip(old.files, new.files, strict=False) if f.sha256 != g.sha256]
             check(entry, not bad and len(old.files) == len(new.files), f"sha256 changed for {', '.join(bad)}")
     (r.unchecked if lock.agent else r.verified).append("agent")
+    r.unchecked += [f"agents.{name}" for name in sorted(lock.agents or {})]
     return r
 
 

@@ -167,6 +167,9 @@ class Lock(Locked):
     models: dict[str, ModelLock] = {}
     """Contestant id → its pinned model (local contestants only)."""
     agent: PackageLock | None = None
+    agents: dict[str, PackageLock] | None = None
+    """Runtimes that contestants name for themselves (`contestants[].agent`), by runtime name, besides
+    the lab's own `agent`."""
     task: TaskLock
 
     def text(self) -> str:

@@ -66,7 +66,6 @@ from labctl.profiles import find_profile
 from labctl.sdist import HashMismatch, fetch_sdist
 from labctl.tinymodel import TinyModelParams, write_tiny_gguf
 from labctl.treehash import tree_sha256
-from labctl.wheeltree import resolve_wheels
 
 SDIST_SHA = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"  # llama-cpp-python 0.3.36
 AGENT_SHA = "a35463c553ac825c7773b03cfa69cd44958e3af20155dcc5711fdf9e4c67cd54"  # mini-swe-agent 2.4.6 wheel
@@ -91,6 +90,13 @@ def smoke_lab(tmp: Path, name: str = "smoke", edit: dict[str, str] | None = None
     return path
 
 
+def recorded_wheels(version: str) -> list[WheelLock] | None:
+    """mini-swe-agent's whole wheel tree as `labctl lock` recorded it from PyPI (tests/pins/): the
+    registry facts an offline lock of the smoke lab needs, like AGENT_SHA."""
+    path = Path(__file__).resolve().parent / "pins" / f"mini-swe-agent-{version}.json"
+    return [WheelLock(**w) for w in json.loads(path.read_text())] if path.is_file() else None
+
+
 def make_lock(loaded: LoadedLab, *, base: str = LOCAL_ID, sdist: str = "llama-cpp-python==0.3.36",
               sdist_file: str = "llama_cpp_python-0.3.36.tar.gz", sdist_sha: str = SDIST_SHA,
               subdir: str = "vendor/llama.cpp", images: dict[str, ImageLock] | None = None,
@@ -98,8 +104,9 @@ def make_lock(loaded: LoadedLab, *, base: str = LOCAL_ID, sdist: str = "llama-cp
     agent = loaded.lab.agent
     assert agent is not None
     wheel = f"mini_swe_agent-{agent.version}-py3-none-any.whl"
-    wheels = wheels or [WheelLock(name="mini-swe-agent", version=agent.version, filename=wheel,
-                                  sha256=AGENT_SHA, url=f"https://files.example/{wheel}", pythons=["3.11"])]
+    wheels = wheels or recorded_wheels(agent.version) or [
+        WheelLock(name="mini-swe-agent", version=agent.version, filename=wheel, sha256=AGENT_SHA,
+                  url=f"https://files.example/{wheel}", pythons=["3.11"])]
     return Lock(
         lab=loaded.lab.lab.name, spec_sha256=spec_sha256(loaded),
         llama_cpp=SourceLock(sdist=sdist, sdist_file=sdist_file, sdist_sha256=sdist_sha, subdir=subdir),
@@ -511,9 +518,7 @@ def built_smoke(docker_engine: DockerClient, tmp_path_factory: pytest.TempPathFa
     tmp = tmp_path_factory.mktemp("smoke-images")
     lab = smoke_lab(tmp, name=f"smoke-test-{suffix}")
     loaded = load_lab(lab)
-    # The agent's real dependency tree, for the task image's Python (bookworm: 3.11).
-    wheels = resolve_wheels("mini-swe-agent", loaded.lab.agent.version, pythons=("3.11",))
-    lock = make_lock(loaded, base=docker_engine.image.inspect(BASE_IMAGE).id, wheels=wheels)
+    lock = make_lock(loaded, base=docker_engine.image.inspect(BASE_IMAGE).id)
     write_lock(lock_path(lab), lock)
     namespace, canary = f"labctl-test-{suffix}", f"sk-canary-{uuid.uuid4().hex}"
     engine = DockerEngine(docker_engine)
