@@ -81,6 +81,24 @@ def test_qwen_code_script_writes_the_settings_it_is_given(tmp_path: Path) -> Non
     assert json.loads(settings)["model"]["name"] == "run-3" and args == "-p Say hello."
 
 
+def test_codex_speaks_responses_to_the_meter_with_a_private_home() -> None:
+    import tomllib
+
+    cmd = adapter("codex").command(INV)
+    script = cmd.argv[2]
+    assert "codex exec --dangerously-bypass-approvals-and-sandbox --skip-git-repo-check --json" in script
+    instruction, note, conf, home, events = _sh_args(cmd.argv)
+    cfg = tomllib.loads(conf)
+    provider = cfg["model_providers"][cfg["model_provider"]]
+    assert provider["base_url"] == "http://meter:8080/v1" and provider["wire_api"] == "responses"
+    assert provider["supports_websockets"] is False and cfg["model"] == "run-12"
+    assert cfg["approval_policy"] == "never" and cfg["check_for_update_on_startup"] is False
+    assert cfg["analytics"] == {"enabled": False}
+    assert cmd.env == {provider["env_key"]: "labctl-proxy-placeholder"}
+    check_no_secrets(cmd.env)
+    assert home.startswith("/logs/agent/") and events.startswith("/logs/agent/") and "2030" in note
+
+
 def test_npm_install_is_offline_and_runs_only_the_named_scripts() -> None:
     files = [f"{BUILD_DIR}/dist/node.tgz", f"{BUILD_DIR}/dist/npm.tgz"]
     script = adapter("claude-code").install_script(files)
@@ -119,7 +137,7 @@ def test_npm_project_is_one_exact_dependency_and_its_lock() -> None:
     assert lock["lockfileVersion"] == 3 and lock["packages"] == packages
 
 
-@pytest.mark.parametrize("runtime", ["claude-code", "qwen-code", "mini-swe-agent"])
+@pytest.mark.parametrize("runtime", ["claude-code", "codex", "qwen-code", "mini-swe-agent"])
 def test_every_runtime_needs_a_version_and_a_model(runtime: str) -> None:
     with pytest.raises(ValueError, match="version"):
         adapter(runtime).packages(None)

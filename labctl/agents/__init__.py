@@ -18,6 +18,7 @@ from labctl.agents.base import (
 _MODULES = {
     "mini-swe-agent": "labctl.agents.mini_swe_agent",
     "claude-code": "labctl.agents.claude_code",
+    "codex": "labctl.agents.codex",
     "qwen-code": "labctl.agents.qwen_code",
     "oracle": "labctl.agents.oracle",
     "nop": "labctl.agents.nop",
