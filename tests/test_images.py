@@ -362,7 +362,8 @@ def test_oracle_nop_and_unknown_runtimes() -> None:
     assert adapter("oracle").command(inv).argv == ["bash", "/solution/solve.sh"]
     assert adapter("nop").command(inv).argv == ["true"]
     assert adapter("oracle").packages(None) == [] and not adapter("nop").needs_model
-    with pytest.raises(KeyError, match="known: claude-code, codex, mini-swe-agent, nop, oracle, qwen-code"):
+    known = "claude-code, codex, mini-swe-agent, nop, opencode, oracle, qwen-code"
+    with pytest.raises(KeyError, match=f"known: {known}"):
         adapter("aider")
 
 

@@ -99,6 +99,24 @@ def test_codex_speaks_responses_to_the_meter_with_a_private_home() -> None:
     assert home.startswith("/logs/agent/") and events.startswith("/logs/agent/") and "2030" in note
 
 
+def test_opencode_uses_a_bundled_provider_at_the_meter() -> None:
+    cmd = adapter("opencode").command(INV)
+    assert "opencode run --model" in cmd.argv[2] and "--format json" in cmd.argv[2]
+    instruction, note, model, events = _sh_args(cmd.argv)
+    conf = json.loads(cmd.env["OPENCODE_CONFIG_CONTENT"])
+    provider = conf["provider"]["labctl"]
+    assert provider["npm"] == "@ai-sdk/openai-compatible"  # bundled: nothing installed at run time
+    assert provider["options"]["baseURL"] == "http://meter:8080/v1"
+    assert model == conf["model"] == conf["small_model"] == "labctl/run-12" and "run-12" in provider["models"]
+    assert conf["permission"] == {"edit": "allow", "bash": "allow", "webfetch": "deny"}
+    assert conf["autoupdate"] is False
+    for off in ("OPENCODE_DISABLE_MODELS_FETCH", "OPENCODE_DISABLE_AUTOUPDATE",
+                "OPENCODE_DISABLE_DEFAULT_PLUGINS", "OPENCODE_DISABLE_PROJECT_CONFIG"):
+        assert cmd.env[off] == "true"
+    check_no_secrets(cmd.env)
+    assert events.startswith("/logs/agent/") and "2030" in note
+
+
 def test_npm_install_is_offline_and_runs_only_the_named_scripts() -> None:
     files = [f"{BUILD_DIR}/dist/node.tgz", f"{BUILD_DIR}/dist/npm.tgz"]
     script = adapter("claude-code").install_script(files)
@@ -137,7 +155,7 @@ def test_npm_project_is_one_exact_dependency_and_its_lock() -> None:
     assert lock["lockfileVersion"] == 3 and lock["packages"] == packages
 
 
-@pytest.mark.parametrize("runtime", ["claude-code", "codex", "qwen-code", "mini-swe-agent"])
+@pytest.mark.parametrize("runtime", ["claude-code", "codex", "opencode", "qwen-code", "mini-swe-agent"])
 def test_every_runtime_needs_a_version_and_a_model(runtime: str) -> None:
     with pytest.raises(ValueError, match="version"):
         adapter(runtime).packages(None)

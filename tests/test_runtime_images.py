@@ -31,7 +31,8 @@ from labctl.runtimelock import pin_tree
 from labctl.sdist import HashMismatch
 from labctl.wheeltree import fetch_wheels, resolve_wheels
 
-RUNTIMES = {"mini-swe-agent": "2.4.6", "claude-code": "2.1.332"}
+RUNTIMES = {"mini-swe-agent": "2.4.6", "claude-code": "2.1.332", "codex": "0.171.0", "opencode": "1.18.33",
+            "qwen-code": "0.24.4"}
 """Runtime → pinned version under test (one image each, built once per session)."""
 LABEL = "org.labctl.test-runtimes"
 
@@ -92,8 +93,8 @@ def test_runtime_image_runs_with_no_network(runtime_images: dict[str, RuntimeIma
     image = runtime_images[runtime]
     got = image.engine.run(image.spec.tag, adapter(runtime).check_command(), network="none")
     assert got.returncode == 0, got.stderr[-2000:]
-    if runtime == "claude-code":
-        assert RUNTIMES[runtime] in got.stdout  # `claude --version`: the pinned one, not another
+    if runtime != "mini-swe-agent":
+        assert RUNTIMES[runtime] in got.stdout  # `<tool> --version`: the pinned one, not another
         node = image.engine.run(image.spec.tag, ["/opt/labctl/node/bin/node", "--version"], network="none")
         assert node.stdout.strip() == f"v{NODE_VERSION}"
 
