@@ -313,7 +313,7 @@ Contestant = Annotated[
 class AgentRuntime(Spec):
     """The agent program that drives local and cloud contestants (oracle and nop need none)."""
 
-    runtime: Literal["mini-swe-agent", "claude-code", "codex", "opencode", "qwen-code"]
+    runtime: Literal["mini-swe-agent", "aider", "claude-code", "codex", "opencode", "qwen-code"]
     """Agent runtime (one adapter file each under labctl/agents/); its whole install set is locked."""
     version: str = Field(pattern=r"^\d+(\.\d+)*([a-z0-9.+-]*)$")
     """Exact version of the runtime's package; locked to its distribution sha256."""

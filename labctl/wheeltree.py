@@ -49,7 +49,7 @@ def _pip_args(python: str, arch: str) -> list[str]:
     return args
 
 
-def _resolve_one(requirement: str, python: str, index: str, arch: str) -> list[dict]:
+def _resolve_one(requirement: str, python: str, index: str, arch: str) -> list[dict] | None:
     with tempfile.TemporaryDirectory(prefix="labctl-wheels-") as tmp:
         report = Path(tmp) / "report.json"
         # A clean configuration: the user's pip.conf (constraints, extra indexes, find-links) must not
@@ -62,9 +62,13 @@ def _resolve_one(requirement: str, python: str, index: str, arch: str) -> list[d
                "--target", str(Path(tmp) / "target"), *_pip_args(python, arch), requirement]
         done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
         if done.returncode != 0:
-            tail = " ".join((done.stderr or done.stdout).strip().splitlines()[-2:])
+            text = done.stderr or done.stdout
+            if f"satisfies the requirement {requirement}" in text and "different python" in text.lower():
+                return None  # the runtime itself does not support this Python: nothing to pin for it
+            tail = " ".join(text.strip().splitlines()[-2:])
             raise PackageError(f"pip cannot resolve {requirement} for Python {python} as wheels: {tail}")
-        return json.loads(report.read_text(encoding="utf-8"))["install"]
+        install: list[dict] = json.loads(report.read_text(encoding="utf-8"))["install"]
+        return install
 
 
 def resolve_wheels(name: str, version: str, *, pythons: tuple[str, ...] = PYTHONS,
@@ -75,8 +79,12 @@ def resolve_wheels(name: str, version: str, *, pythons: tuple[str, ...] = PYTHON
     with ThreadPoolExecutor(max_workers=len(pythons)) as pool:
         reports = dict(zip(pythons, pool.map(lambda py: _resolve_one(f"{name}=={version}", py, index, arch),
                                              pythons), strict=True))
+    if all(items is None for items in reports.values()):
+        raise PackageError(f"{name} {version} supports none of Python {', '.join(pythons)}")
     wheels: dict[str, dict] = {}
     for python, items in reports.items():
+        if items is None:
+            continue
         for item in items:
             info = item.get("download_info") or {}
             url = str(info.get("url", ""))

@@ -362,9 +362,9 @@ def test_oracle_nop_and_unknown_runtimes() -> None:
     assert adapter("oracle").command(inv).argv == ["bash", "/solution/solve.sh"]
     assert adapter("nop").command(inv).argv == ["true"]
     assert adapter("oracle").packages(None) == [] and not adapter("nop").needs_model
-    known = "claude-code, codex, mini-swe-agent, nop, opencode, oracle, qwen-code"
+    known = "aider, claude-code, codex, mini-swe-agent, nop, opencode, oracle, qwen-code"
     with pytest.raises(KeyError, match=f"known: {known}"):
-        adapter("aider")
+        adapter("goose")
 
 
 def test_wrapper_script_sets_overridable_defaults(tmp_path: Path) -> None:

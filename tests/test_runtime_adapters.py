@@ -117,6 +117,28 @@ def test_opencode_uses_a_bundled_provider_at_the_meter() -> None:
     assert events.startswith("/logs/agent/") and "2030" in note
 
 
+def test_aider_runs_one_message_with_every_question_answered(tmp_path: Path) -> None:
+    cmd = adapter("aider").command(INV)
+    script = cmd.argv[2]
+    for flag in ("--yes-always", "--message-file", "--no-analytics", "--no-check-update", "--auto-commits",
+                 "--no-gitignore", "--openai-api-key labctl-proxy-placeholder"):
+        assert flag in script
+    instruction, note, model, base, log_dir = _sh_args(cmd.argv)
+    assert (model, base, log_dir) == ("openai/run-12", "http://meter:8080/v1", "/logs/agent")
+    assert cmd.env == {"LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    # the message file it is handed: the instruction, then the deadline
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "aider").write_text('#!/bin/sh\ncat "$2"\n')
+    (bin_dir / "aider").chmod(0o755)
+    (tmp_path / "i.md").write_text("Say hello.")
+    inv = Invocation(instruction_file=str(tmp_path / "i.md"), model_base_url="http://meter:8080",
+                     model_name="m", deadline=DEADLINE, log_dir=str(tmp_path))
+    out = subprocess.run(adapter("aider").command(inv).argv, capture_output=True, text=True, check=True,
+                         env={"PATH": f"{bin_dir}:/usr/bin:/bin"}).stdout
+    assert out.startswith("Say hello.") and "2030-01-01T12:00:00+00:00" in out
+
+
 def test_npm_install_is_offline_and_runs_only_the_named_scripts() -> None:
     files = [f"{BUILD_DIR}/dist/node.tgz", f"{BUILD_DIR}/dist/npm.tgz"]
     script = adapter("claude-code").install_script(files)
@@ -155,7 +177,8 @@ def test_npm_project_is_one_exact_dependency_and_its_lock() -> None:
     assert lock["lockfileVersion"] == 3 and lock["packages"] == packages
 
 
-@pytest.mark.parametrize("runtime", ["claude-code", "codex", "opencode", "qwen-code", "mini-swe-agent"])
+@pytest.mark.parametrize("runtime", ["aider", "claude-code", "codex", "opencode", "qwen-code",
+                                     "mini-swe-agent"])
 def test_every_runtime_needs_a_version_and_a_model(runtime: str) -> None:
     with pytest.raises(ValueError, match="version"):
         adapter(runtime).packages(None)

@@ -16,6 +16,7 @@ from labctl.agents.base import (
 )
 
 _MODULES = {
+    "aider": "labctl.agents.aider",
     "mini-swe-agent": "labctl.agents.mini_swe_agent",
     "claude-code": "labctl.agents.claude_code",
     "codex": "labctl.agents.codex",
