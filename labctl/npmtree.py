@@ -152,8 +152,11 @@ def _npm(node: NodeLock, npm: NodeLock, args: list[str], cwd: Path, cache: Path,
     done = subprocess.run([str(node_bin), str(cli), *args, *NPM_FLAGS], cwd=cwd, env=env,
                           capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        tail = " ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
-        raise PackageError(f"npm {args[0]} failed: {tail}")
+        lines = [ln.removeprefix("npm error").strip() for ln in (done.stderr or done.stdout).splitlines()]
+        keys = ("code ", "Missing:", "Invalid:", "sha", "404", "integrity")
+        said = [ln for ln in lines if ln.startswith(keys) or "EINTEGRITY" in ln or "ENOTFOUND" in ln
+                or "can only install" in ln]
+        raise PackageError(f"npm {args[0]} failed: {' '.join(said[:6]) or ' '.join(lines[-3:])}")
 
 
 def resolve_tree(name: str, version: str, node: NodeLock, npm: NodeLock, *, npm_url: str | None = None,
@@ -167,11 +170,44 @@ def resolve_tree(name: str, version: str, node: NodeLock, npm: NodeLock, *, npm_
         _npm(node, npm, ["install", "--package-lock-only", "--ignore-scripts"], work, cache,
              work / ".npm-cache", npm_url, log)
         packages: dict[str, Any] = json.loads((work / "package-lock.json").read_text())["packages"]
+    packages = prune_unresolved_optionals(packages)
     missing = [path for path, p in packages.items()
                if path and not p.get("inBundle") and not p.get("link") and not p.get("integrity")]
     if missing:
         raise PackageError(f"npm resolved {', '.join(missing[:3])} without an integrity hash")
     return packages
+
+
+def _resolves(packages: dict[str, Any], at: str, name: str) -> bool:
+    """Whether `name`, required by the package installed at `at`, is in the tree (node's lookup:
+    `at/node_modules/name`, then each ancestor's node_modules, up to the root)."""
+    base = at
+    while True:
+        if f"{base}/node_modules/{name}".lstrip("/") in packages:
+            return True
+        if not base:
+            return False
+        cut = base.rfind("/node_modules/")
+        base = base[:cut] if cut >= 0 else ""
+
+
+def prune_unresolved_optionals(packages: dict[str, Any]) -> dict[str, Any]:
+    """Drop optional dependencies npm could not resolve from the entries that declare them.
+
+    `install --package-lock-only` skips an optional dependency it cannot get (a platform package
+    never published at that version), but `npm ci` then refuses the lock as out of sync with the
+    declaring package ("Missing: … from lock file"). Nothing would be installed for them either way;
+    the lock records the tree that is installed."""
+    out: dict[str, Any] = {}
+    for path, entry in packages.items():
+        optional = entry.get("optionalDependencies")
+        if optional:
+            kept = {n: v for n, v in optional.items() if _resolves(packages, path, n)}
+            if kept != optional:
+                entry = {**entry, "optionalDependencies": kept} if kept else \
+                    {k: v for k, v in entry.items() if k != "optionalDependencies"}
+        out[path] = entry
+    return out
 
 
 def fill_cache(name: str, version: str, node: NodeLock, npm: NodeLock, packages: dict[str, Any], *,

@@ -17,7 +17,7 @@ import pytest
 from labctl.agents import Invocation, adapter, check_no_secrets
 from labctl.agents.base import BUILD_DIR
 from labctl.lockfile import WheelLock
-from labctl.npmtree import project_files
+from labctl.npmtree import project_files, prune_unresolved_optionals
 from labctl.wheeltree import requirements
 
 DEADLINE = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
@@ -166,6 +166,23 @@ def test_requirements_per_python_pin_every_wheel() -> None:
                           wheel("b", "b-1.0-cp312-cp312-manylinux_2_17_x86_64.whl", "c", ["3.12"])])
     assert files == {"3.11.txt": f"a==1.0 --hash=sha256:{'a' * 64}\nb==1.0 --hash=sha256:{'b' * 64}\n",
                      "3.12.txt": f"a==1.0 --hash=sha256:{'a' * 64}\nb==1.0 --hash=sha256:{'c' * 64}\n"}
+
+
+def test_unresolvable_optional_platform_packages_leave_the_lock() -> None:
+    """What `install --package-lock-only` could not get is dropped from its declarer, so `npm ci`
+    accepts the lock (qwen-code 0.24.4: @teddyzhu/clipboard's never-published platform builds)."""
+    packages = {
+        "": {"dependencies": {"q": "1"}},
+        "node_modules/q": {"version": "1", "optionalDependencies": {"clip": "5", "clip-darwin": "5"}},
+        "node_modules/clip": {"version": "5", "optionalDependencies": {"clip-linux": "5", "clip-win": "5"}},
+        "node_modules/clip-linux": {"version": "5"},
+        "node_modules/q/node_modules/nested": {"version": "2", "optionalDependencies": {"clip": "5"}},
+    }
+    pruned = prune_unresolved_optionals(packages)
+    assert pruned["node_modules/q"]["optionalDependencies"] == {"clip": "5"}
+    assert pruned["node_modules/clip"]["optionalDependencies"] == {"clip-linux": "5"}
+    assert pruned["node_modules/q/node_modules/nested"] == packages["node_modules/q/node_modules/nested"]
+    assert pruned["node_modules/clip-linux"] == {"version": "5"}
 
 
 def test_npm_project_is_one_exact_dependency_and_its_lock() -> None:

@@ -11,24 +11,10 @@ from __future__ import annotations
 import shlex
 from collections.abc import Mapping, Sequence
 
-from labctl.agents.base import AGENTS_ROOT, BUILD_DIR, check_no_secrets
+from labctl.agents.base import AGENTS_ROOT, BUILD_DIR, wrapper_script
 
 NODE_ROOT = "/opt/labctl/node"
 NPM_ROOT = "/opt/labctl/npm"
-
-
-def _wrapper(path: str, target: str, env: Mapping[str, str], path_prefix: str | None = None) -> str:
-    """sh writing an executable wrapper: static, non-secret defaults (a caller may override them),
-    the pinned node first on PATH when given, then exec of the runtime's entry point."""
-    check_no_secrets(env)
-    lines = ["#!/bin/sh"]
-    if path_prefix:
-        lines.append(f'PATH="{path_prefix}:$PATH"; export PATH')
-    lines += [f": \"${{{k}:={v}}}\"; export {k}" for k, v in sorted(env.items())]
-    lines.append(f'exec {shlex.quote(target)} "$@"')
-    body = "\n".join(lines) + "\n"
-    return (f"cat > {shlex.quote(path)} <<'LABCTL_WRAPPER'\n{body}LABCTL_WRAPPER\n"
-            f"chmod 0755 {shlex.quote(path)}\n")
 
 
 def wheels_install(runtime: str, entry_points: Mapping[str, str],
@@ -49,7 +35,8 @@ def wheels_install(runtime: str, entry_points: Mapping[str, str],
     ]
     script = "\n".join(lines) + "\n"
     for command, target in entry_points.items():
-        script += _wrapper(f"/usr/local/bin/{command}", f"{AGENTS_ROOT}/{runtime}/bin/{target}", env or {})
+        script += wrapper_script(f"/usr/local/bin/{command}", f"{AGENTS_ROOT}/{runtime}/bin/{target}",
+                                 env or {})
     return script
 
 
@@ -81,6 +68,6 @@ def npm_install(runtime: str, files: Sequence[str], bins: Sequence[str], *,
     lines.append("cd /")
     script = "\n".join(lines) + "\n"
     for command in bins:
-        script += _wrapper(f"/usr/local/bin/{command}", f"{home}/node_modules/.bin/{command}", env or {},
-                           path_prefix=f"{NODE_ROOT}/bin")
+        script += wrapper_script(f"/usr/local/bin/{command}", f"{home}/node_modules/.bin/{command}",
+                                 env or {}, path_prefix=f"{NODE_ROOT}/bin")
     return script
