@@ -85,6 +85,14 @@ def test_a_model_contestant_without_any_agent_is_refused(tmp_path: Path) -> None
     assert load_lab(lab).lab.agents().keys() == {"claude-code"}
 
 
+def test_the_runtimes_lab_puts_every_runtime_under_the_tiny_model() -> None:
+    loaded = load_lab(Path(__file__).resolve().parents[1] / "labs" / "runtimes.yaml")
+    from labctl.agents import known_runtimes
+
+    assert set(loaded.lab.agents()) == set(known_runtimes()) - {"oracle", "nop"}
+    assert loaded.lab.agent is None and set(contestant_agents(loaded)) == set(loaded.lab.agents())
+
+
 def test_report_run_list_names_the_agent(tmp_path: Path, envelopes: Path) -> None:  # noqa: F811
     rd = make_round(tmp_path)
     assert cli("report", rd)[0] == 0
