@@ -16,7 +16,12 @@ from labctl.agents.base import (
 )
 
 _MODULES = {
+    "aider": "labctl.agents.aider",
     "mini-swe-agent": "labctl.agents.mini_swe_agent",
+    "claude-code": "labctl.agents.claude_code",
+    "codex": "labctl.agents.codex",
+    "opencode": "labctl.agents.opencode",
+    "qwen-code": "labctl.agents.qwen_code",
     "oracle": "labctl.agents.oracle",
     "nop": "labctl.agents.nop",
 }

@@ -120,31 +120,15 @@ def deadline_note(deadline: datetime | None) -> str:
             "commit and push your work before then.")
 
 
-def wrapper_script(path: str, target: str, env: Mapping[str, str]) -> str:
+def wrapper_script(path: str, target: str, env: Mapping[str, str], path_prefix: str | None = None) -> str:
     """sh that writes an executable wrapper at `path`: it sets static, non-secret defaults (user may
-    override them) and execs `target`. The wrapper, not image ENV, carries them so one Dockerfile
-    serves every runtime and `docker exec … <tool>` works for any user."""
+    override them), puts `path_prefix` (e.g. the pinned node's bin) first on PATH, and execs `target`.
+    The wrapper, not image ENV, carries them so one Dockerfile serves every runtime and
+    `docker exec … <tool>` works for any user."""
     check_no_secrets(env)
-    lines = ["#!/bin/sh"] + [f": \"${{{k}:={v}}}\"; export {k}" for k, v in sorted(env.items())]
+    lines = ["#!/bin/sh"] + ([f'PATH="{path_prefix}:$PATH"; export PATH'] if path_prefix else [])
+    lines += [f": \"${{{k}:={v}}}\"; export {k}" for k, v in sorted(env.items())]
     lines.append(f'exec {shlex.quote(target)} "$@"')
     body = "\n".join(lines) + "\n"
     return (f"cat > {shlex.quote(path)} <<'LABCTL_WRAPPER'\n{body}LABCTL_WRAPPER\n"
             f"chmod 0755 {shlex.quote(path)}\n")
-
-
-def pypi_venv_install(runtime: str, files: Sequence[str], entry_points: Mapping[str, str],
-                      env: Mapping[str, str] | None = None) -> str:
-    """sh installing verified wheels/sdists into a private venv under AGENTS_ROOT, with a wrapper on
-    PATH (/usr/local/bin) per entry point. Python comes from the task image when it is ≥ 3.10 with
-    venv support, else from the distribution's packages (ensure-python.sh). Dependencies of the
-    pinned files resolve from the configured index (PIP_INDEX_URL / the lab's CA bundle apply)."""
-    venv = f"{AGENTS_ROOT}/{runtime}"
-    quoted = " ".join(shlex.quote(f) for f in files)
-    script = [
-        f"sh {BUILD_DIR}/ensure-python.sh",
-        f"python3 -m venv {shlex.quote(venv)}",
-        f"{shlex.quote(venv)}/bin/pip install --no-cache-dir --disable-pip-version-check {quoted}",
-    ]
-    for command, target in entry_points.items():
-        script.append(wrapper_script(f"/usr/local/bin/{command}", f"{venv}/bin/{target}", env or {}))
-    return "\n".join(script) + "\n"

@@ -16,8 +16,8 @@ from labctl.agents.base import (
     Invocation,
     Package,
     deadline_note,
-    pypi_venv_install,
 )
+from labctl.agents.install import wheels_install
 
 DEFAULT_STEP_LIMIT = 250
 """Used when the lab sets no `budgets.steps` (cost limits cannot stop a local model)."""
@@ -51,7 +51,7 @@ class MiniSweAgent:
         return [Package("pypi", "mini-swe-agent", version)]
 
     def install_script(self, files: Sequence[str]) -> str:
-        return pypi_venv_install(self.name, files, {"mini": "mini"}, STATIC_ENV)
+        return wheels_install(self.name, {"mini": "mini"}, STATIC_ENV)
 
     def check_command(self) -> list[str]:
         return ["mini", "--help"]

@@ -105,8 +105,15 @@ def _entries(lock: Lock) -> dict[str, str]:
         first = m.files[0]
         more = f" (+{len(m.files) - 1} shards)" if len(m.files) > 1 else ""
         rows[f"models.{cid}"] = f"{first.name} sha256:{first.sha256[:16]}… {first.size:,} B{more}"
-    if lock.agent:
-        a = lock.agent
-        rows["agent"] = f"{a.name}=={a.version} {a.filename or ''} {a.sha256 or a.integrity or ''}".strip()
+    pins = {"agent": lock.agent} if lock.agent else {}
+    pins.update({f"agents.{name}": a for name, a in (lock.agents or {}).items()})
+    for entry, a in pins.items():
+        tree = ""
+        if a.wheels:
+            tree = f" +{len(a.wheels)} wheels"
+        elif a.npm_packages and a.node:
+            tree = f" +{len(a.npm_packages) - 1} npm packages, node {a.node.version}"
+        head = f"{a.name}=={a.version} {a.filename or ''} {a.sha256 or a.integrity or ''}".strip()
+        rows[entry] = head + tree
     rows["task"] = f"{lock.task.path} tree sha256:{lock.task.tree_sha256[:16]}…"
     return rows

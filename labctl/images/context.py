@@ -76,7 +76,10 @@ def build_context(staged: Path, ca_bundle: Path | None, dists: Mapping[str, Path
         if dists:
             (tmp / "dist").mkdir(exist_ok=True)
             for filename, path in dists.items():
-                _link_or_copy(str(path), str(tmp / "dist" / filename))
+                if path.is_dir():  # an npm cache: a tree of content-addressed files
+                    shutil.copytree(path, tmp / "dist" / filename, copy_function=_link_or_copy)
+                else:
+                    _link_or_copy(str(path), str(tmp / "dist" / filename))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -28,7 +28,7 @@ from labctl.lock.gitref import fetch_source, lock_path_source
 from labctl.lock.lockfile import Lock
 from labctl.lock.mirrors import describe, how_to_fix, mirror_target, suggestion
 from labctl.lock.registry import RegistryError, dockerfile_bases, images_dir, parse_reference
-from labctl.lock.sdist import cache_root, changelog_commit, fetch_distribution, fetch_sdist, sdist_dir
+from labctl.lock.sdist import cache_root, changelog_commit, fetch_sdist, sdist_dir
 from labctl.spec.dataset import agent_image_name, environment_key, image_groups, image_slug
 from labctl.spec.load import LoadedLab
 from labctl.spec.profiles import Profile
@@ -238,7 +238,7 @@ def lab_images(loaded: LoadedLab, lock: Lock, profile: Profile | None = None,
     specs: list[ImageSpec] = []
     if "local" in kinds:
         specs.append(_llama_spec(loaded, lock, profile, settings, root, pin))
-    runtimes = ([lab.agent.runtime] if lab.agent is not None and kinds & {"local", "cloud"} else [])
+    runtimes = list(dict.fromkeys(a.runtime for c in lab.contestants if (a := lab.agent_for(c)) is not None))
     runtimes += [k for k in ("oracle", "nop") if k in kinds]
     if loaded.is_dataset:
         # One task image per distinct environment (tasks sharing one share its image), named after
@@ -402,43 +402,43 @@ def _task_spec(loaded: LoadedLab, lock: Lock, settings: BuildSettings, pin: _Pin
 
 def _agent_spec(runtime: str, loaded: LoadedLab, lock: Lock, settings: BuildSettings, root: Path,
                 task: ImageSpec, name: str | None = None) -> ImageSpec:
+    from labctl.lock.runtime import BuildInputs, TreeError, build_inputs
+
     adapter = agent_adapter(runtime)
-    version = loaded.lab.agent.version if loaded.lab.agent and loaded.lab.agent.runtime == runtime else None
-    files: dict[str, str] = {}
+    lab = loaded.lab
+    named = lab.agents().get(runtime)
+    version = named.version if named else None
+    tree = BuildInputs()
     for pkg in adapter.packages(version):
-        pinned = lock.agent
-        if (pinned is None or (pinned.registry, pinned.name, pinned.version) != (pkg.registry, pkg.name,
-                                                                                   pkg.version)
-                or not pinned.sha256 or not pinned.filename):
-            raise ImageError(f"lab.lock does not pin {pkg.registry} package {pkg.name}=={pkg.version} "
-                             "with its file and sha256: run `labctl lock`")
-        files[pinned.filename] = pinned.sha256
-    install = adapter.install_script([f"{BUILD_DIR}/dist/{f}" for f in files])
+        own = lab.agent is None or lab.agent.runtime != runtime
+        pinned = (lock.agents or {}).get(runtime) if own else lock.agent
+        if pinned is None or (pinned.registry, pinned.name, pinned.version) != (pkg.registry, pkg.name,
+                                                                                  pkg.version):
+            raise ImageError(f"lab.lock does not pin {pkg.registry} package {pkg.name}=={pkg.version}: "
+                             "run `labctl lock`")
+        try:
+            tree = build_inputs(pinned)
+        except TreeError as e:
+            raise ImageError(str(e)) from None
+    install = adapter.install_script([f"{BUILD_DIR}/dist/{f}" for f in tree.install_files])
     name = name or f"agent-{runtime}"
     context, digest = stage_context(settings.cache, f"agent-{runtime}", {
         "base-setup.sh": root / "agent" / "base-setup.sh",
         "ensure-python.sh": root / "agent" / "ensure-python.sh",
         "install.sh": install.encode(),
+        **tree.context,
     })
     spec = ImageSpec(name=name, repository=_repo(settings, name),
                      dockerfile=root / "agent" / "Dockerfile", context=context, context_id=digest,
                      depends_on=[task.name], build_args={"AGENT_RUNTIME": runtime},
                      unhashed_args={"TASK_IMAGE": task.tag},
                      labels={"org.labctl.agent.runtime": runtime, "org.labctl.agent.version": version or ""},
-                     inputs={"task.input_hash": task.input_hash(),
-                             **{f"dist:{f}": sha for f, sha in files.items()}})
-    if settings.pip_index_url:
-        spec.unhashed_args["PIP_INDEX_URL"] = settings.pip_index_url
-    if settings.npm_registry:
-        spec.unhashed_args["NPM_CONFIG_REGISTRY"] = settings.npm_registry
+                     inputs={"task.input_hash": task.input_hash(), **tree.inputs})
+    # No index overrides: the install reads only the verified files in the context (`--no-index`,
+    # `npm ci --offline`), so a package index has nothing to do with an agent image any more.
 
     def prepare(log: Log) -> dict[str, str]:
-        dists = {}
-        for filename, sha in files.items():
-            assert lock.agent is not None
-            dists[filename] = fetch_distribution(lock.agent.name, lock.agent.version, sha, filename=filename,
-                                                 cache=settings.cache, log=log)
-        spec.build_dir = build_context(context, settings.ca_bundle, dists)
+        spec.build_dir = build_context(context, settings.ca_bundle, tree.fetch(settings.cache, log))
         return {}
 
     spec.prepare = prepare

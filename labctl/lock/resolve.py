@@ -18,9 +18,18 @@ from typing import TYPE_CHECKING, Any
 from labctl.errors import LabctlError
 from labctl.gguf.meta import GGUFMeta
 from labctl.lock.gitref import lock_path_source, resolve_git
-from labctl.lock.lockfile import ImageLock, Lock, ModelLock, SourceLock, TaskLock, lock_path, read_lock
+from labctl.lock.lockfile import (
+    ImageLock,
+    Lock,
+    ModelLock,
+    PackageLock,
+    SourceLock,
+    TaskLock,
+    lock_path,
+    read_lock,
+)
 from labctl.spec.dataset import dataset_label
-from labctl.spec.lab import LocalContestant
+from labctl.spec.lab import AgentRuntime, LocalContestant
 from labctl.spec.load import LoadedLab
 from labctl.treehash import tree_sha256
 
@@ -53,7 +62,17 @@ def spec_sha256(loaded: LoadedLab) -> str:
         "task": str(lab.task.path) if not lab.task.is_dataset else lab.task.model_dump(mode="json",
                                                                                           exclude_none=True),
     }
+    own = contestant_agents(loaded)
+    if own:  # only when used, so the locks of labs without them keep their hash
+        pinned["agents"] = {name: a.model_dump(mode="json", include={"runtime", "version"})
+                            for name, a in sorted(own.items())}
     return hashlib.sha256(json.dumps(pinned, sort_keys=True).encode()).hexdigest()
+
+
+def contestant_agents(loaded: LoadedLab) -> dict[str, AgentRuntime]:
+    """Runtimes only contestants name (not the lab's own `agent`), by name."""
+    lab = loaded.lab
+    return {name: a for name, a in lab.agents().items() if lab.agent is None or name != lab.agent.runtime}
 
 
 def _noop(entry: str, what: str) -> None:
@@ -97,12 +116,28 @@ def resolve(loaded: LoadedLab, store: Store, report: Report = _noop) -> Lock:
     if lab.agent is not None:
         resolved = attempt("agent", lambda: resolve_package(lab.agent.runtime, lab.agent.version))
         if resolved is not None:
-            agent = resolved.lock.model_copy(update={"integrity": resolved.integrity})
+            from labctl.lock.runtime import pin_tree
+
+            agent = attempt("agent.tree", lambda: pin_tree(resolved.lock.model_copy(
+                update={"integrity": resolved.integrity})))
+    agents: dict[str, PackageLock] = {}
+    for name, a in sorted(contestant_agents(loaded).items()):
+        got = attempt(f"agents.{name}", lambda a=a: _pin_runtime(a.runtime, a.version))
+        if got is not None:
+            agents[name] = got
     task = attempt("task", lambda: TaskLock(path=dataset_label(lab.task), tree_sha256=loaded.tree_sha256()))
     if problems or source is None or task is None:
         raise LockError(problems)
     return Lock(lab=lab.lab.name, spec_sha256=spec_sha256(loaded), llama_cpp=source, images=images,
-                models=models, agent=agent, task=task, tasks=task_locks(loaded))
+                models=models, agent=agent, agents=agents or None, task=task, tasks=task_locks(loaded))
+
+
+def _pin_runtime(runtime: str, version: str) -> PackageLock:
+    from labctl.lock.packages import resolve_package
+    from labctl.lock.runtime import pin_tree
+
+    resolved = resolve_package(runtime, version)
+    return pin_tree(resolved.lock.model_copy(update={"integrity": resolved.integrity}))
 
 
 def task_locks(loaded: LoadedLab) -> dict[str, TaskLock] | None:
@@ -289,6 +324,7 @@ def verify_offline(loaded: LoadedLab, lock: Lock, store: Store) -> OfflineResult
             bad = [f.name for f, g in zip(old.files, new.files, strict=False) if f.sha256 != g.sha256]
             check(entry, not bad and len(old.files) == len(new.files), f"sha256 changed for {', '.join(bad)}")
     (r.unchecked if lock.agent else r.verified).append("agent")
+    r.unchecked += [f"agents.{name}" for name in sorted(lock.agents or {})]
     return r
 
 

@@ -176,29 +176,3 @@ def changelog_commit(changelog: Path, version: str) -> str | None:
         elif inside and (m := re.search(r"llama\.cpp@([0-9a-f]{7,40})", line)):
             return m.group(1)
     return None
-
-
-def fetch_distribution(name: str, version: str, sha256: str, *, filename: str | None = None,
-                       cache: Path | None = None, log: Log = _nolog) -> Path:
-    """A verified distribution file of a pinned PyPI package (e.g. the agent runtime's wheel).
-
-    Cached at dist/<sha256>/<filename>; the cached copy is re-hashed on every call.
-    """
-    box = (cache or cache_root()) / "dist" / sha256
-    if filename is not None and (box / filename).is_file():
-        verify_sha256(box / filename, sha256, f"{name}=={version} (cached)")
-        return box / filename
-    cached = sorted(box.glob("*")) if box.is_dir() else []
-    if filename is None and len(cached) == 1:
-        verify_sha256(cached[0], sha256, f"{name}=={version} (cached)")
-        return cached[0]
-    box.mkdir(parents=True, exist_ok=True)
-    binary = None if filename is None else filename.endswith(".whl")
-    with tempfile.TemporaryDirectory(prefix=".dl.", dir=box) as tmp:
-        got = pip_download(f"{name}=={version}", Path(tmp), binary=binary, log=log)
-        if filename is not None and got.name != filename:
-            raise SourceError(f"pip download {name}=={version} gave {got.name}, lab.lock names {filename}")
-        verify_sha256(got, sha256, f"{name}=={version}")
-        final = box / got.name
-        got.replace(final)
-    return final

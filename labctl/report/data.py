@@ -93,6 +93,8 @@ class ContestantData:
     type: str
     params: str
     runs: list[RunData] = field(default_factory=list)
+    agent: str = "—"
+    """The harness that drove it, `runtime version` (its own `agent:` or the lab's; — for controls)."""
 
     @property
     def name(self) -> str:
@@ -242,7 +244,9 @@ def load_report(round_dir: Path) -> RoundReport:
         lock: Lock | None = read_lock(round_dir / LOCK_FILE)
     except (OSError, ValueError):
         lock = None
-    by_id = {c.id: ContestantData(c, *_type_and_params(c, lock)) for c in lab.contestants}
+    by_id = {c.id: ContestantData(c, *_type_and_params(c, lock),
+                                  agent=f"{a.runtime} {a.version}" if (a := lab.agent_for(c)) else "—")
+             for c in lab.contestants}
     for rid in sealed.run_ids:
         slot = unsealed.mapping.get(rid)
         if slot is None or slot.contestant not in by_id:

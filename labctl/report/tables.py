@@ -138,8 +138,8 @@ def tables(rep: RoundReport) -> list[Table]:
         n_complete = sum(r.result.outcome == "Complete" for r in cd.runs)
         repeats.append([cd.name, str(len(cd.runs)), str(n_complete), _pct(cd.pass_at(1)),
                         _pct(cd.pass_at(rep.repeats))])
-        runs += [[r.run_id, cd.name, str(r.repeat), r.result.status, r.outcome_label, str(r.result.attempts),
-                  r.result.host or DASH] for r in cd.runs]
+        runs += [[r.run_id, cd.name, cd.agent, str(r.repeat), r.result.status, r.outcome_label,
+                  str(r.result.attempts), r.result.host or DASH] for r in cd.runs]
     pub_note = " Cells read `measured / pub published` where the lab carries the published figure." \
         if rep.has_published else ""
     rep_note = f" {rep.repeats} runs per contestant: `mean (min–max)`." if rep.repeats > 1 else ""
@@ -167,7 +167,9 @@ def tables(rep: RoundReport) -> list[Table]:
         out.append(Table("Repeats", ["Model", "Runs", "Complete", "pass@1", f"pass@{rep.repeats}"], repeats,
                          "pass@k: chance that at least one of k runs drawn from these reaches Complete."))
     runs.sort(key=lambda row: run_sort_key(row[0]))
-    out.append(Table("Runs", ["Run", "Model", "Repeat", "Status", "Outcome", "Attempts", "Host"], runs))
+    out.append(Table("Runs", ["Run", "Model", "Agent", "Repeat", "Status", "Outcome", "Attempts", "Host"],
+                     runs,
+                     "Agent: the harness that drove the model (runtime and version, as locked)."))
     return out
 
 

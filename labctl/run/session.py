@@ -91,8 +91,8 @@ class RunSession:
         cid = ctx.mapping[run_id]
         self.contestant = next(c for c in ctx.loaded.lab.contestants if c.id == cid)
         kind = self.contestant.kind
-        lab_agent = ctx.loaded.lab.agent
-        self.runtime = kind if kind in ("oracle", "nop") else (lab_agent.runtime if lab_agent else "")
+        agent = ctx.loaded.lab.agent_for(self.contestant)
+        self.runtime = kind if kind in ("oracle", "nop") else (agent.runtime if agent else "")
         self.adapter = adapter(self.runtime)
         self.ws: Workspace | None = None
         self.names = {role: object_name(rid, run_id, role)

@@ -256,6 +256,9 @@ class LocalContestant(ContestantBase):
     kind: Literal["local"]
     model: ModelSource
     """Where the GGUF comes from."""
+    agent: AgentRuntime | None = None
+    """This contestant's own agent runtime (else the lab's `agent:`): one model under two harnesses is
+    two contestants, sealed and blind like any other pair."""
     serve: Serve = Serve()
     """Overrides of the lab's serve settings for this model."""
 
@@ -266,6 +269,8 @@ class CloudContestant(ContestantBase):
     kind: Literal["cloud"]
     provider: Literal["anthropic", "openai"]
     """API dialect and default endpoint."""
+    agent: AgentRuntime | None = None
+    """This contestant's own agent runtime (else the lab's `agent:`)."""
     model: str
     """Provider model id, e.g. `claude-sonnet-4-20250514`."""
     api_key_env: str = Field(pattern=r"^[A-Z_][A-Z0-9_]*$")
@@ -305,8 +310,8 @@ Contestant = Annotated[
 class AgentRuntime(Spec):
     """The agent program that drives local and cloud contestants (oracle and nop need none)."""
 
-    runtime: Literal["mini-swe-agent"]
-    """Agent runtime; more adapters (aider, opencode, claude-code, codex, qwen-code) come as files."""
+    runtime: Literal["mini-swe-agent", "aider", "claude-code", "codex", "opencode", "qwen-code"]
+    """Agent runtime (one adapter file each under labctl/agents/); its whole install set is locked."""
     version: str = Field(pattern=r"^\d+(\.\d+)*([a-z0-9.+-]*)$")
     """Exact version of the runtime's package; locked to its distribution sha256."""
     options: dict[str, Any] = {}
@@ -412,6 +417,21 @@ class Lab(Spec):
     interventions: Interventions = Interventions()
     build: BuildOptions = BuildOptions()
     """Image build options for offline and corporate environments."""
+
+    def agent_for(self, c: Contestant) -> AgentRuntime | None:
+        """The runtime that drives `c`: its own `agent:`, else the lab's (None for oracle and nop)."""
+        if c.kind not in ("local", "cloud"):
+            return None
+        return getattr(c, "agent", None) or self.agent
+
+    def agents(self) -> dict[str, AgentRuntime]:
+        """Every runtime the lab uses, by name (one version each), the lab's own first."""
+        found = [self.agent] if self.agent else []
+        found += [a for c in self.contestants if (a := self.agent_for(c)) is not None]
+        out: dict[str, AgentRuntime] = {}
+        for a in found:
+            out.setdefault(a.runtime, a)
+        return out
 
     def serve_for(self, c: LocalContestant) -> Serve:
         """Effective serve settings of a local contestant: its own, then the lab's, then defaults."""

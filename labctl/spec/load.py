@@ -9,7 +9,7 @@ from pathlib import Path
 
 from labctl.spec.dataset import combined_tree_sha256, find_tasks, task_trees
 from labctl.spec.lab import Lab, LocalContestant
-from labctl.spec.located import Document, Issue, SpecError, load_yaml, validate
+from labctl.spec.located import Document, Issue, SpecError, dotted, load_yaml, validate
 from labctl.spec.profiles import Profile, all_profiles
 from labctl.spec.task import task_problems
 from labctl.treehash import tree_sha256
@@ -104,9 +104,20 @@ def _check(lab: Lab, doc: Document, base: Path) -> list[Issue]:
             p = c.model.path if c.model.path.is_absolute() else base / c.model.path
             if not p.is_file():
                 issues.append(doc.issue(("contestants", i, "model", "path"), f"no such file: {p}"))
-    if lab.agent is None and any(c.kind in ("local", "cloud") for c in lab.contestants):
-        issues.append(doc.issue(("contestants",), "local and cloud contestants need an agent "
-                                                  "runtime: add an `agent:` section"))
+    runtimes: dict[str, tuple[str, tuple[str | int, ...]]] = {}
+    if lab.agent is not None:
+        runtimes[lab.agent.runtime] = (lab.agent.version, ("agent", "version"))
+    for i, c in enumerate(lab.contestants):
+        own = getattr(c, "agent", None)
+        if c.kind in ("local", "cloud") and own is None and lab.agent is None:
+            issues.append(doc.issue(("contestants", i), f"contestant {c.id!r} needs an agent runtime: "
+                                                        "add an `agent:` section (the lab's or its own)"))
+        if own is not None:
+            version, where = runtimes.setdefault(own.runtime, (own.version, ("contestants", i, "agent")))
+            if version != own.version:  # one image per runtime: two versions would share its name
+                issues.append(doc.issue(("contestants", i, "agent", "version"),
+                                        f"{own.runtime} {own.version} differs from {version} named at "
+                                        f"{dotted(where)}: one version per runtime in a lab"))
     llama = lab.engine.llama_cpp
     if llama.path is not None:
         p = llama.path if llama.path.is_absolute() else base / llama.path

@@ -55,6 +55,7 @@ from labctl.lock.lockfile import (
     PackageLock,
     SourceLock,
     TaskLock,
+    WheelLock,
     lock_path,
     read_lock,
     write_lock,
@@ -89,17 +90,29 @@ def smoke_lab(tmp: Path, name: str = "smoke", edit: dict[str, str] | None = None
     return path
 
 
+def recorded_wheels(version: str) -> list[WheelLock] | None:
+    """mini-swe-agent's whole wheel tree as `labctl lock` recorded it from PyPI (tests/pins/): the
+    registry facts an offline lock of the smoke lab needs, like AGENT_SHA."""
+    path = Path(__file__).resolve().parent / "pins" / f"mini-swe-agent-{version}.json"
+    return [WheelLock(**w) for w in json.loads(path.read_text())] if path.is_file() else None
+
+
 def make_lock(loaded: LoadedLab, *, base: str = LOCAL_ID, sdist: str = "llama-cpp-python==0.3.36",
               sdist_file: str = "llama_cpp_python-0.3.36.tar.gz", sdist_sha: str = SDIST_SHA,
-              subdir: str = "vendor/llama.cpp", images: dict[str, ImageLock] | None = None) -> Lock:
+              subdir: str = "vendor/llama.cpp", images: dict[str, ImageLock] | None = None,
+              wheels: list[WheelLock] | None = None) -> Lock:
     agent = loaded.lab.agent
     assert agent is not None
+    wheel = f"mini_swe_agent-{agent.version}-py3-none-any.whl"
+    wheels = wheels or recorded_wheels(agent.version) or [
+        WheelLock(name="mini-swe-agent", version=agent.version, filename=wheel, sha256=AGENT_SHA,
+                  url=f"https://files.example/{wheel}", pythons=["3.11"])]
     return Lock(
         lab=loaded.lab.lab.name, spec_sha256=spec_sha256(loaded),
         llama_cpp=SourceLock(sdist=sdist, sdist_file=sdist_file, sdist_sha256=sdist_sha, subdir=subdir),
         images={"debian:bookworm-slim": ImageLock(digest=base, source="local"), **(images or {})},
         agent=PackageLock(registry="pypi", name="mini-swe-agent", version=agent.version,
-                          filename=f"mini_swe_agent-{agent.version}-py3-none-any.whl", sha256=AGENT_SHA),
+                          filename=wheel, sha256=AGENT_SHA, wheels=wheels),
         task=TaskLock(path="../tasks/smoke-hello", tree_sha256=tree_sha256(loaded.task_dir)),
     )
 
@@ -349,8 +362,9 @@ def test_oracle_nop_and_unknown_runtimes() -> None:
     assert adapter("oracle").command(inv).argv == ["bash", "/solution/solve.sh"]
     assert adapter("nop").command(inv).argv == ["true"]
     assert adapter("oracle").packages(None) == [] and not adapter("nop").needs_model
-    with pytest.raises(KeyError, match="known: mini-swe-agent, nop, oracle"):
-        adapter("aider")
+    known = "aider, claude-code, codex, mini-swe-agent, nop, opencode, oracle, qwen-code"
+    with pytest.raises(KeyError, match=f"known: {known}"):
+        adapter("goose")
 
 
 def test_wrapper_script_sets_overridable_defaults(tmp_path: Path) -> None:

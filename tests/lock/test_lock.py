@@ -12,16 +12,10 @@ import pytest
 from labctl.gguf.tiny import TinyModelParams, write_tiny_gguf
 from tests.helpers import run_cli
 from tests.hfserver import HubServer, hub_server  # noqa: F401  (fixture)
-from tests.registry import json_routes, serve
+from tests.pypi_standin import pypi_routes
+from tests.registry import serve
 
-WHEEL = "mini_swe_agent-2.4.6-py3-none-any.whl"
-PYPI = {
-    "/pypi/mini-swe-agent/2.4.6/json": {
-        "info": {"name": "mini-swe-agent", "version": "2.4.6"},
-        "urls": [{"filename": WHEEL, "packagetype": "bdist_wheel", "yanked": False,
-                  "url": f"https://files.example/{WHEEL}",
-                  "digests": {"sha256": "a" * 64, "md5": "b" * 32, "blake2b_256": "c" * 64}}]},
-}
+PYPI_HANDLER, WHEEL, WHEEL_SHA = pypi_routes("mini-swe-agent", "2.4.6")
 
 
 def git(repo: Path, *args: str) -> str:
@@ -42,7 +36,7 @@ def llama_repo(src: Path) -> Path:
 
 @pytest.fixture
 def pypi(monkeypatch: pytest.MonkeyPatch):
-    with serve(json_routes(PYPI)) as server:
+    with serve(PYPI_HANDLER) as server:
         monkeypatch.setenv("LABCTL_PYPI_URL", server.url)
         yield server
 
@@ -90,7 +84,10 @@ def test_lock_is_stable_and_check_names_drift(lab: Path, hub_server: HubServer) 
     assert len(coder["commit"]) == 40 and coder["files"][0]["name"] == "coder-Q8_0.gguf"
     assert coder["gguf"]["head_count_kv"] == 4 and coder["gguf"]["source"] == "header"
     assert lock["models"]["tiny"]["generator"]["params"]["seed"] == 7
-    assert lock["agent"]["sha256"] == "a" * 64 and lock["agent"]["filename"] == WHEEL
+    assert lock["agent"]["sha256"] == WHEEL_SHA and lock["agent"]["filename"] == WHEEL
+    # the whole install set, for every Python an image may run it under (here: one wheel, no deps)
+    assert {(w["filename"], w["sha256"]) for w in lock["agent"]["wheels"]} == {(WHEEL, WHEEL_SHA)}
+    assert lock["agent"]["wheels"][0]["pythons"] == ["3.10", "3.11", "3.12", "3.13"]
     assert len(lock["task"]["tree_sha256"]) == 64
 
     assert run_cli("lock", lab)[0] == 0

@@ -71,10 +71,10 @@ def ensure_smoke_lock(docker: DockerClient) -> None:
 
     loaded = load_lab(SMOKE)
     try:
-        require_lock(loaded)
-        return
+        if require_lock(loaded).agent.wheels:  # type: ignore[union-attr]
+            return
     except LockError:
-        pass  # missing or stale: write a current one
+        pass  # missing or stale (or older than whole-tree agent pins): write a current one
     lock = make_lock(loaded, base=docker.image.inspect("debian:bookworm-slim").id)
     models = {c.id: lock_model(c, base_dir=loaded.base_dir, store=Store())
               for c in loaded.lab.contestants if isinstance(c, LocalContestant)}

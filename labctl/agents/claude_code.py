@@ -1,0 +1,73 @@
+"""Claude Code (npm `@anthropic-ai/claude-code`, command `claude`): Anthropic Messages via the meter.
+
+Since 2.x the package's `claude` is a native binary shipped in a per-platform optional dependency
+(`@anthropic-ai/claude-code-linux-x64`, …), put in place by the package's own offline postinstall
+(`install.cjs`): the only install script the image runs.
+
+Non-interactive form: `claude -p <prompt> --dangerously-skip-permissions --max-turns <n>
+--output-format stream-json --verbose --model <name> --settings <json>`. The model is reached at
+ANTHROPIC_BASE_URL (the meter, which holds any real key); the key Claude Code insists on comes from
+the settings' `apiKeyHelper` (a command printing a placeholder), so no variable named like a secret
+is ever set. Every model slot (the background "haiku" calls included) names the run's model, the
+only one the meter serves. Telemetry, error reports, the auto-updater and every other non-essential
+request are off by environment.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from labctl.agents.base import AgentCommand, Invocation, Package, deadline_note
+from labctl.agents.install import npm_install
+
+PACKAGE = "@anthropic-ai/claude-code"
+DEFAULT_TURNS = 250
+"""Used when the lab sets no `budgets.steps`."""
+
+STATIC_ENV = {
+    "DISABLE_TELEMETRY": "1",
+    "DISABLE_ERROR_REPORTING": "1",
+    "DISABLE_AUTOUPDATER": "1",
+    "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+    "DISABLE_NON_ESSENTIAL_MODEL_CALLS": "1",
+    # --dangerously-skip-permissions refuses to run as root unless told it is in a sandbox; a plain
+    # Harbor task's agent runs as the image's user, often root, inside labctl's container.
+    "IS_SANDBOX": "1",
+}
+
+# $1 instruction file, $2 deadline note, $3 turns, $4 model, $5 settings JSON, $6 transcript
+_SCRIPT = ('exec claude -p "$(cat "$1")$2" --dangerously-skip-permissions --max-turns "$3" '
+           '--model "$4" --settings "$5" --output-format stream-json --verbose > "$6"')
+
+
+class ClaudeCode:
+    name = "claude-code"
+    needs_model = True
+
+    def packages(self, version: str | None) -> list[Package]:
+        if not version:
+            raise ValueError("claude-code needs a pinned version (agent.version)")
+        return [Package("npm", PACKAGE, version)]
+
+    def install_script(self, files: Sequence[str]) -> str:
+        return npm_install(self.name, files, ["claude"], env=STATIC_ENV, run_scripts_of=[PACKAGE])
+
+    def check_command(self) -> list[str]:
+        return ["claude", "--version"]
+
+    def command(self, inv: Invocation) -> AgentCommand:
+        if not inv.model_base_url or not inv.model_name:
+            raise ValueError("claude-code needs the model's base URL and name")
+        model = inv.model_name
+        settings = {"apiKeyHelper": "echo labctl-proxy-placeholder"}
+        env = {**STATIC_ENV, "ANTHROPIC_BASE_URL": inv.model_base_url.rstrip("/"), "ANTHROPIC_MODEL": model,
+               "ANTHROPIC_DEFAULT_OPUS_MODEL": model, "ANTHROPIC_DEFAULT_SONNET_MODEL": model,
+               "ANTHROPIC_DEFAULT_HAIKU_MODEL": model, "ANTHROPIC_SMALL_FAST_MODEL": model}
+        turns = inv.step_limit or DEFAULT_TURNS
+        argv = ["sh", "-c", _SCRIPT, "claude", inv.instruction_file, deadline_note(inv.deadline), str(turns),
+                model, json.dumps(settings, sort_keys=True), f"{inv.log_dir}/claude-stream.jsonl"]
+        return AgentCommand(argv=argv, env=env, workdir=inv.workdir)
+
+
+ADAPTER = ClaudeCode()

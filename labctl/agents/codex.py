@@ -1,0 +1,83 @@
+"""Codex (npm `@openai/codex`, command `codex`): OpenAI's Responses API via the meter.
+
+The package's `codex` is a small node launcher; the Rust binary comes from its platform optional
+dependency (`@openai/codex-linux-x64`, an alias of a `-linux-x64` build of the same version), which
+the locked tree pins like any package — no install script runs.
+
+Configured by a `config.toml` in a private CODEX_HOME (under the run's log directory, so Codex's
+own session files are kept with the run), written at run time since it names the run's model:
+a custom model provider at the meter's `/v1` with `wire_api = "responses"` (the only wire current
+Codex speaks) and no websockets, `approval_policy = "never"` and `codex exec
+--dangerously-bypass-approvals-and-sandbox` (the container is the sandbox; Codex's own would need
+privileges it lacks), `check_for_update_on_startup = false` and `[analytics] enabled = false`.
+The provider's `env_key` names a placeholder variable: the meter holds any real key. Codex has no
+turn limit of its own; the meter's budgets (tokens, wall time) stop it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from labctl.agents.base import AgentCommand, Invocation, Package, deadline_note
+from labctl.agents.install import npm_install
+
+PACKAGE = "@openai/codex"
+KEY_VAR = "LABCTL_MODEL_PLACEHOLDER"
+
+# $1 instruction file, $2 deadline note, $3 config.toml, $4 CODEX_HOME, $5 event log
+_SCRIPT = ('mkdir -p "$4" && printf "%s" "$3" > "$4/config.toml" && CODEX_HOME="$4" '
+           'exec codex exec --dangerously-bypass-approvals-and-sandbox --skip-git-repo-check --json '
+           '"$(cat "$1")$2" > "$5"')
+
+
+def _toml(value: str) -> str:
+    return json.dumps(value)  # a JSON string is a valid TOML basic string
+
+
+def config_toml(base_url: str, model: str) -> str:
+    return "\n".join([
+        f"model = {_toml(model)}",
+        'model_provider = "labctl"',
+        'approval_policy = "never"',
+        'sandbox_mode = "danger-full-access"',
+        "check_for_update_on_startup = false",
+        "",
+        "[analytics]",
+        "enabled = false",
+        "",
+        "[model_providers.labctl]",
+        'name = "labctl meter"',
+        f"base_url = {_toml(base_url + '/v1')}",
+        'wire_api = "responses"',
+        f"env_key = {_toml(KEY_VAR)}",
+        "supports_websockets = false",
+        "",
+    ])
+
+
+class Codex:
+    name = "codex"
+    needs_model = True
+
+    def packages(self, version: str | None) -> list[Package]:
+        if not version:
+            raise ValueError("codex needs a pinned version (agent.version)")
+        return [Package("npm", PACKAGE, version)]
+
+    def install_script(self, files: Sequence[str]) -> str:
+        return npm_install(self.name, files, ["codex"])
+
+    def check_command(self) -> list[str]:
+        return ["codex", "--version"]
+
+    def command(self, inv: Invocation) -> AgentCommand:
+        if not inv.model_base_url or not inv.model_name:
+            raise ValueError("codex needs the model's base URL and name")
+        conf = config_toml(inv.model_base_url.rstrip("/"), inv.model_name)
+        argv = ["sh", "-c", _SCRIPT, "codex", inv.instruction_file, deadline_note(inv.deadline), conf,
+                f"{inv.log_dir}/codex-home", f"{inv.log_dir}/codex-events.jsonl"]
+        return AgentCommand(argv=argv, env={KEY_VAR: "labctl-proxy-placeholder"}, workdir=inv.workdir)
+
+
+ADAPTER = Codex()

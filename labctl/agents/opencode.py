@@ -1,0 +1,77 @@
+"""opencode (npm `opencode-ai`, command `opencode`): OpenAI chat completions via the meter.
+
+The package's `opencode` is a placeholder until its own offline postinstall links the binary of the
+platform optional dependency (`opencode-linux-x64`, …): the only install script the image runs.
+
+Configured by OPENCODE_CONFIG_CONTENT (inline JSON config, written per run since it names the model):
+one provider on `@ai-sdk/openai-compatible` — in opencode's bundled provider table, so nothing is
+installed at run time — at the meter's `/v1` with a placeholder `apiKey`; that model as both `model`
+and `small_model` (the meter serves no other); `permission` allowing edits and shell commands and
+denying web fetches; `autoupdate: false`, `share: disabled`. The environment switches off the model
+catalogue fetch, auto-update, default plugins (installed from npm otherwise) and project config (a
+task's own opencode.json cannot change any of this). opencode has no step limit of its own; the
+meter's budgets stop it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from labctl.agents.base import AgentCommand, Invocation, Package, deadline_note
+from labctl.agents.install import npm_install
+
+PACKAGE = "opencode-ai"
+PROVIDER = "labctl"
+
+STATIC_ENV = {
+    "OPENCODE_DISABLE_MODELS_FETCH": "true",
+    "OPENCODE_DISABLE_AUTOUPDATE": "true",
+    "OPENCODE_DISABLE_DEFAULT_PLUGINS": "true",
+    "OPENCODE_DISABLE_PROJECT_CONFIG": "true",
+}
+
+# $1 instruction file, $2 deadline note, $3 model ref, $4 event log
+_SCRIPT = 'exec opencode run --model "$3" --format json "$(cat "$1")$2" > "$4"'
+
+
+def config(base_url: str, model: str) -> dict[str, object]:
+    return {
+        "provider": {PROVIDER: {
+            "npm": "@ai-sdk/openai-compatible", "name": "labctl meter",
+            "options": {"baseURL": f"{base_url}/v1", "apiKey": "labctl-proxy-placeholder"},
+            "models": {model: {"name": model, "tool_call": True}}}},
+        "model": f"{PROVIDER}/{model}",
+        "small_model": f"{PROVIDER}/{model}",
+        "permission": {"edit": "allow", "bash": "allow", "webfetch": "deny"},
+        "autoupdate": False,
+        "share": "disabled",
+    }
+
+
+class OpenCode:
+    name = "opencode"
+    needs_model = True
+
+    def packages(self, version: str | None) -> list[Package]:
+        if not version:
+            raise ValueError("opencode needs a pinned version (agent.version)")
+        return [Package("npm", PACKAGE, version)]
+
+    def install_script(self, files: Sequence[str]) -> str:
+        return npm_install(self.name, files, ["opencode"], env=STATIC_ENV, run_scripts_of=[PACKAGE])
+
+    def check_command(self) -> list[str]:
+        return ["opencode", "--version"]
+
+    def command(self, inv: Invocation) -> AgentCommand:
+        if not inv.model_base_url or not inv.model_name:
+            raise ValueError("opencode needs the model's base URL and name")
+        conf = json.dumps(config(inv.model_base_url.rstrip("/"), inv.model_name), sort_keys=True)
+        argv = ["sh", "-c", _SCRIPT, "opencode", inv.instruction_file, deadline_note(inv.deadline),
+                f"{PROVIDER}/{inv.model_name}", f"{inv.log_dir}/opencode-events.jsonl"]
+        env = {**STATIC_ENV, "OPENCODE_CONFIG_CONTENT": conf}
+        return AgentCommand(argv=argv, env=env, workdir=inv.workdir)
+
+
+ADAPTER = OpenCode()

@@ -1,0 +1,75 @@
+"""Qwen Code (npm `@qwen-code/qwen-code`, command `qwen`): OpenAI chat completions via the meter.
+
+Configured entirely by a system settings file (`QWEN_CODE_SYSTEM_SETTINGS_PATH`; system settings
+override user and project ones, so a task's own `.qwen/settings.json` cannot turn prompts or
+telemetry back on), written at run time because it names the run's model and step limit. Keys, from
+the project's docs/users/configuration (settings.md, auth.md):
+
+* `modelProviders.openai[]` — the one model: `id` (the run's model), `baseUrl` (the meter's /v1),
+  `envKey` naming a variable whose value is set by the settings' own `env` (a placeholder: the
+  meter holds any real key, and no variable named like a secret enters the agent's environment);
+  `security.auth.selectedType: openai` and `model.name` select it without the interactive /auth;
+* `tools.approvalMode: yolo` — every tool call runs without asking;
+* `model.maxSessionTurns` — the step limit;
+* `privacy.usageStatisticsEnabled: false`, `telemetry.enabled: false`,
+  `general.enableAutoUpdate: false` — no call home.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from labctl.agents.base import AgentCommand, Invocation, Package, deadline_note
+from labctl.agents.install import npm_install
+
+PACKAGE = "@qwen-code/qwen-code"
+DEFAULT_TURNS = 250
+KEY_VAR = "LABCTL_MODEL_PLACEHOLDER"
+"""The provider's `envKey`; its value comes from the settings' `env` (a placeholder)."""
+
+# $1 instruction file, $2 deadline note, $3 settings JSON, $4 settings path, $5 transcript
+_SCRIPT = ('printf "%s" "$3" > "$4" && QWEN_CODE_SYSTEM_SETTINGS_PATH="$4" '
+           'exec qwen -p "$(cat "$1")$2" > "$5"')
+
+
+def settings(base_url: str, model: str, turns: int) -> dict[str, object]:
+    return {
+        "modelProviders": {"openai": [{"id": model, "name": model, "baseUrl": f"{base_url}/v1",
+                                       "envKey": KEY_VAR}]},
+        "env": {KEY_VAR: "labctl-proxy-placeholder"},
+        "security": {"auth": {"selectedType": "openai"}},
+        "model": {"name": model, "maxSessionTurns": turns},
+        "tools": {"approvalMode": "yolo"},
+        "privacy": {"usageStatisticsEnabled": False},
+        "telemetry": {"enabled": False},
+        "general": {"enableAutoUpdate": False},
+    }
+
+
+class QwenCode:
+    name = "qwen-code"
+    needs_model = True
+
+    def packages(self, version: str | None) -> list[Package]:
+        if not version:
+            raise ValueError("qwen-code needs a pinned version (agent.version)")
+        return [Package("npm", PACKAGE, version)]
+
+    def install_script(self, files: Sequence[str]) -> str:
+        return npm_install(self.name, files, ["qwen"])
+
+    def check_command(self) -> list[str]:
+        return ["qwen", "--version"]
+
+    def command(self, inv: Invocation) -> AgentCommand:
+        if not inv.model_base_url or not inv.model_name:
+            raise ValueError("qwen-code needs the model's base URL and name")
+        turns = inv.step_limit or DEFAULT_TURNS
+        conf = json.dumps(settings(inv.model_base_url.rstrip("/"), inv.model_name, turns), sort_keys=True)
+        argv = ["sh", "-c", _SCRIPT, "qwen", inv.instruction_file, deadline_note(inv.deadline), conf,
+                f"{inv.log_dir}/qwen-settings.json", f"{inv.log_dir}/qwen-output.txt"]
+        return AgentCommand(argv=argv, workdir=inv.workdir)
+
+
+ADAPTER = QwenCode()

@@ -1,0 +1,63 @@
+"""Each npm runtime in a real, sealed `labctl round` against the tiny random model (issue #14 part 4).
+
+The tiny model answers gibberish, so no runtime can finish the task: what is proven is that the
+runtime starts from its baked image with no network but the meter, speaks its own wire to the
+meter (Anthropic Messages for Claude Code, chat completions for Qwen Code) which forwards it to
+llama-server and meters it, and ends by itself — Failed or Total failure, inside its wall time,
+leaving nothing behind. (Complete with the scripted model needs the scripted stand-in on the wire
+branch: tests/scripted_model.py.)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from labctl.cli.app import app
+from labctl.lock.lockfile import lock_path, read_lock, write_lock
+from labctl.lock.resolve import spec_sha256
+from labctl.spec.load import load_lab
+from tests.images.test_runtime_images import RUNTIMES, lock_runtime
+from tests.run.test_runner import build, derived_lab, labelled_now, runner_env  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.docker
+
+TINY = ("  - id: tiny-llama\n    kind: local\n    name: Tiny llama (random weights)\n"
+        "    model:\n      generate: {seed: 7}\n")
+PATHS = {"claude-code": "/v1/messages", "qwen-code": "/v1/chat/completions"}
+"""The wire each runtime speaks to the meter."""
+
+
+def runtime_lab(tmp: Path, runtime: str) -> Path:
+    """The smoke lab with only the tiny model, driven by `runtime` (its real, whole-tree lock)."""
+    lab = derived_lab(tmp, TINY, wall="2m")
+    text = lab.read_text()
+    old = "runtime: mini-swe-agent\n  version: 2.4.6"
+    assert old in text
+    lab.write_text(text.replace(old, f"runtime: {runtime}\n  version: {RUNTIMES[runtime]}"))
+    lock = read_lock(lock_path(lab))
+    lock = lock.model_copy(update={"agent": lock_runtime(runtime, RUNTIMES[runtime]),
+                                   "spec_sha256": spec_sha256(load_lab(lab))})
+    write_lock(lock_path(lab), lock)
+    return lab
+
+
+@pytest.mark.parametrize("runtime", sorted(PATHS))
+def test_tiny_model_round_ends_cleanly(tmp_path: Path, runtime: str) -> None:
+    lab = runtime_lab(tmp_path, runtime)
+    build(lab)
+    done = CliRunner().invoke(app, ["round", str(lab), "--rounds-dir", str(tmp_path / "rounds"), "--json"])
+    assert done.exit_code == 0, done.output[-3000:]
+    report = json.loads(done.stdout)
+    [row] = report["runs"]
+    run = Path(report["round_dir"]) / "runs" / row["run"]
+    agent_log = (run / "agent.log").read_text(errors="replace")
+    assert row["status"] == "done" and row["outcome"] in ("Failed", "Total failure"), (row, agent_log[-3000:])
+    records = [json.loads(x) for x in (run / "transcript.jsonl").read_text().splitlines()]
+    exchanges = [r for r in records if r.get("kind") == "exchange"]
+    assert exchanges, agent_log[-3000:]  # the runtime reached the model, through the meter only
+    assert {r["path"] for r in exchanges} == {PATHS[runtime]}, {r["path"] for r in exchanges}
+    assert labelled_now(report["round"]) == {"containers": [], "networks": [], "volumes": []}
