@@ -18,7 +18,8 @@ from pathlib import Path
 
 from labctl.engine.container import BuildRequest, ContainerEngine, detect_engine
 from labctl.images.build import prepare
-from labctl.images.specs import ImageSpec, lab_images, settings_for
+from labctl.images.model import ImageSpec
+from labctl.images.specs import lab_images, settings_for
 from labctl.lock.resolve import require_lock
 from labctl.spec.load import load_lab
 

@@ -24,7 +24,8 @@ from labctl.cli.console import (
 from labctl.engine.container import ContainerEngine, detect_engine
 from labctl.errors import LabctlError
 from labctl.images.build import ImageResult, build_all, image_status
-from labctl.images.specs import CA_BUNDLE_ENV, ImageSpec, lab_images, settings_for
+from labctl.images.model import CA_BUNDLE_ENV, ImageSpec
+from labctl.images.specs import lab_images, settings_for
 from labctl.lock.lockfile import Lock, lock_path, write_lock
 from labctl.spec.load import LoadedLab
 from labctl.spec.units import format_size

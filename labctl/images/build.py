@@ -21,7 +21,7 @@ from typing import Literal
 from rich.console import Console
 
 from labctl.engine.container import PULL_FAILED, BuildFailed, BuildRequest, ContainerEngine, EngineError
-from labctl.images.specs import L_BUILD_ID, L_INPUT, L_STAGE, ImageError, ImageSpec
+from labctl.images.model import L_BUILD_ID, L_INPUT, L_STAGE, ImageError, ImageSpec
 
 Status = Literal["cached", "built", "failed", "missing"]
 

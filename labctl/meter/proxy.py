@@ -30,8 +30,9 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
+from labctl.meter.policy import InterventionPolicy
 from labctl.meter.sserelay import StreamRelay
-from labctl.meter.state import InterventionPolicy, MeterConfig, MeterState, Recorder, StatusPublisher
+from labctl.meter.state import MeterConfig, MeterState, Recorder, StatusPublisher
 from labctl.meter.transcript import (
     Dialect,
     Reassembler,

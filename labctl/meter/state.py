@@ -1,6 +1,6 @@
-"""What a meter is told (`MeterConfig`), what it keeps (`MeterState`, the transcript and status
-files, written by `Recorder` and paced by `StatusPublisher`), and when it intervenes
-(`InterventionPolicy`).
+"""What a meter is told (`MeterConfig`) and what it keeps (`MeterState`, the transcript and status
+files, written by `Recorder` and paced by `StatusPublisher`); when it intervenes is
+labctl/meter/policy.py.
 
 Why apart from the proxy: a runner in another process reads `MeterState` from status.json and
 builds `MeterConfig` from the lab without the HTTP machinery; the policy is pure decisions over
@@ -15,16 +15,14 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from labctl.meter import blobs
-from labctl.meter.transcript import Dialect, call_signature, inject_user_text
-from labctl.spec.interventions import Intervention, Interventions
+from labctl.meter.transcript import Dialect
+from labctl.spec.interventions import Interventions
 
 
 class MeterConfig(BaseModel):
@@ -160,87 +158,6 @@ def read_status(path: Path) -> MeterState | None:
     try:
         return MeterState.model_validate_json(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return None
-
-
-@dataclass
-class Fired:
-    rule: Intervention
-    detail: dict[str, Any]
-
-
-class InterventionPolicy:
-    """Decides, before each request is forwarded, which declared interventions fire.
-
-    Implemented triggers: `repeated_tool_call` (the model asked for the same call N turns in a
-    row, see `call_signature`), `idle` (the agent spent that long between the end of one model
-    answer and its next request) and `elapsed` (fires once). `repeated_failure` needs tool results
-    read alike for every agent and comes with the full intervention protocol; it never fires yet.
-    A stop wins over nudges; after a repeated-call firing the streak starts again.
-    """
-
-    def __init__(self, spec: Interventions) -> None:
-        self.spec = spec
-        self.fired: dict[str, int] = {}
-        self.nudges = 0
-        self.streak = 0
-        self.last_call: str | None = None
-
-    def observe(self, response: dict[str, Any]) -> None:
-        """Feed each model answer, so loops are seen as they form."""
-        sig = call_signature(response)
-        self.streak = self.streak + 1 if sig is not None and sig == self.last_call else (1 if sig else 0)
-        self.last_call = sig
-
-    def apply(self, now: float, state: MeterState, rec: dict[str, Any], dialect: Dialect,
-              body: dict[str, Any], log: Callable[[dict[str, Any]], None]) -> Intervention | None:
-        """Fire what is due for the request `rec` / `body`: count it in the state, log an
-        `intervention` record, inject each nudge into `body`. Returns the stop rule, if one fired."""
-        for f in self.decide(now, state):
-            r = f.rule
-            state.interventions[r.name] = state.interventions.get(r.name, 0) + 1
-            log({"kind": "intervention", "seq": rec["seq"], "t": now, "name": r.name, "action": r.action,
-                 "trigger": r.trigger.model_dump(exclude_none=True), "message": r.message,
-                 "detail": f.detail})
-            rec["interventions"] = [*(rec.get("interventions") or []), r.name]
-            if r.action == "stop":
-                state.stops += 1
-                state.stop(f"intervention:{r.name}")
-                return r
-            state.nudges += 1
-            inject_user_text(dialect, body, r.message or "")
-        return None
-
-    def decide(self, now: float, state: MeterState) -> list[Fired]:
-        out: list[Fired] = []
-        for rule in self.spec.rules:
-            if rule.max is not None and self.fired.get(rule.name, 0) >= rule.max:
-                continue
-            cap = self.spec.max_nudges
-            if rule.action == "nudge" and cap is not None and self.nudges >= cap:
-                continue
-            detail = self._triggered(rule, now, state)
-            if detail is None:
-                continue
-            self.fired[rule.name] = self.fired.get(rule.name, 0) + 1
-            if rule.trigger.repeated_tool_call is not None:
-                self.streak = 0
-            if rule.action == "stop":
-                return [Fired(rule, detail)]
-            self.nudges += 1
-            out.append(Fired(rule, detail))
-        return out
-
-    def _triggered(self, rule: Intervention, now: float, state: MeterState) -> dict[str, Any] | None:
-        t = rule.trigger
-        if t.repeated_tool_call is not None and self.streak >= t.repeated_tool_call:
-            return {"repeats": self.streak, "call": self.last_call}
-        if t.idle is not None and state.last_response_time is not None:
-            gap = now - state.last_response_time
-            if gap >= t.idle:
-                return {"idle_s": round(gap, 3)}
-        if t.elapsed is not None and not self.fired.get(rule.name) and now - state.started_at >= t.elapsed:
-            return {"elapsed_s": round(now - state.started_at, 3)}
         return None
 
 

@@ -16,9 +16,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from labctl.spec.lab import TaskRef
 from labctl.spec.located import Loc
 from labctl.spec.task import TaskError, read_task
+from labctl.spec.taskref import TaskRef
 from labctl.treehash import tree_sha256
 
 TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")

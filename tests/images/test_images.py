@@ -37,7 +37,7 @@ from labctl.engine.container import BuildRequest, CommandResult, DockerEngine, I
 from labctl.gguf.tiny import TinyModelParams, write_tiny_gguf
 from labctl.images.build import build_all, prune_build_stages, version_text
 from labctl.images.context import pin_dockerfile
-from labctl.images.specs import (
+from labctl.images.model import (
     L_INPUT,
     L_LAB,
     L_LLAMA_VERSION,
@@ -47,8 +47,8 @@ from labctl.images.specs import (
     BuildSettings,
     ImageError,
     ImageSpec,
-    lab_images,
 )
+from labctl.images.specs import lab_images
 from labctl.lock.lockfile import (
     ImageLock,
     Lock,

@@ -18,7 +18,8 @@ from python_on_whales import DockerClient
 from labctl.agents import adapter
 from labctl.engine.container import DockerEngine
 from labctl.images.build import build_all, prune_build_stages
-from labctl.images.specs import ImageSpec, lab_images, settings_for
+from labctl.images.model import ImageSpec
+from labctl.images.specs import lab_images, settings_for
 from labctl.lock.lockfile import Lock, PackageLock
 from labctl.lock.npmtree import NODE_VERSION, fill_cache
 from labctl.lock.packages import resolve_package

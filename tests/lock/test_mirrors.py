@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from labctl.images.specs import ImageError, ImageSpec, _Pinner
+from labctl.images.model import ImageError, ImageSpec
+from labctl.images.specs import _Pinner
 from labctl.lock.lockfile import ImageLock, Lock, SourceLock, TaskLock
 from labctl.lock.mirrors import describe, fix_line, mirror_target, normal_key
 from labctl.lock.registry import RegistryError, apply_mirrors, parse_reference, resolve_image

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from labctl.images.specs import BuildSettings, ImageError, lab_images
+from labctl.images.model import BuildSettings, ImageError
+from labctl.images.specs import lab_images
 from labctl.lock.lockfile import NodeLock, PackageLock
 from labctl.lock.resolve import contestant_agents, spec_sha256
 from labctl.spec.load import load_lab
