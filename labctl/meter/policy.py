@@ -3,6 +3,7 @@ answers alone (pure decisions, tested without a network), applied to every agent
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
