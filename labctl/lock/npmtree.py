@@ -31,7 +31,7 @@ import httpx
 
 from labctl.lock.lockfile import NodeLock
 from labctl.lock.packages import NPM_ENV, NPM_URL, PackageError, _integrity, npm_path
-from labctl.lock.sdist import Log, SourceError, cache_root
+from labctl.lock.sdist import Log, SourceError, cache_root, download
 
 NODE_VERSION = "24.22.3"
 """Node.js for every npm runtime (an LTS line; Claude Code and Qwen Code need ≥ 22)."""
@@ -91,15 +91,7 @@ def fetch_tarball(pin: NodeLock, cache: Path | None = None, log: Log = lambda s:
         path.parent.mkdir(parents=True, exist_ok=True)
         log(f"fetching {pin.name} {pin.version}")
         tmp = path.with_name(path.name + ".part")
-        try:
-            with httpx.stream("GET", pin.url, timeout=300, follow_redirects=True) as resp, \
-                    tmp.open("wb") as fh:
-                if resp.status_code != 200:
-                    raise SourceError(f"downloading {pin.url}: HTTP {resp.status_code}")
-                for chunk in resp.iter_bytes(1 << 20):
-                    fh.write(chunk)
-        except httpx.TransportError as e:
-            raise SourceError(f"downloading {pin.url}: {e}") from None
+        download(pin.url, tmp)
         verify_integrity(tmp, pin.integrity, f"{pin.name} {pin.version}")
         tmp.replace(path)
     else:

@@ -23,6 +23,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
+import httpx
+
 from labctl.errors import LabctlError
 from labctl.treehash import file_sha256, tree_sha256
 
@@ -176,3 +178,18 @@ def changelog_commit(changelog: Path, version: str) -> str | None:
         elif inside and (m := re.search(r"llama\.cpp@([0-9a-f]{7,40})", line)):
             return m.group(1)
     return None
+
+
+def download(url: str, dest: Path, http: httpx.Client | None = None) -> None:
+    """GET `url` into `dest` (a `.part` file the caller verifies and renames); SourceError names the
+    URL. The one downloader of pinned files (npm tarballs, wheels): the hash check is the caller's."""
+    try:
+        stream = (http.stream("GET", url) if http is not None
+                  else httpx.stream("GET", url, timeout=300, follow_redirects=True))
+        with stream as resp, dest.open("wb") as fh:
+            if resp.status_code != 200:
+                raise SourceError(f"downloading {url}: HTTP {resp.status_code}")
+            for chunk in resp.iter_bytes(1 << 20):
+                fh.write(chunk)
+    except httpx.TransportError as e:
+        raise SourceError(f"downloading {url}: {e}") from None

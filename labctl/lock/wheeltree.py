@@ -23,7 +23,7 @@ import httpx
 
 from labctl.lock.lockfile import WheelLock
 from labctl.lock.packages import PYPI_ENV, PYPI_URL, PackageError
-from labctl.lock.sdist import Log, SourceError, cache_root, verify_sha256
+from labctl.lock.sdist import Log, cache_root, download, verify_sha256
 
 PYTHONS = ("3.10", "3.11", "3.12", "3.13")
 """Python versions a lock resolves for: Ubuntu 22.04/24.04 and Debian bookworm/trixie's python3."""
@@ -123,14 +123,7 @@ def fetch_wheels(wheels: list[WheelLock], *, cache: Path | None = None,
                 path.parent.mkdir(parents=True, exist_ok=True)
                 log(f"fetching {w.filename}")
                 tmp = path.with_name(f".{w.filename}.part")
-                try:
-                    with http.stream("GET", w.url) as resp, tmp.open("wb") as fh:
-                        if resp.status_code != 200:
-                            raise SourceError(f"downloading {w.url}: HTTP {resp.status_code}")
-                        for chunk in resp.iter_bytes(1 << 20):
-                            fh.write(chunk)
-                except httpx.TransportError as e:
-                    raise SourceError(f"downloading {w.url}: {e}") from None
+                download(w.url, tmp, http)
                 verify_sha256(tmp, w.sha256, w.filename)
                 tmp.replace(path)
             out[w.filename] = path

@@ -32,6 +32,8 @@ from labctl.round.layout import (
     LOCK_FILE,
     UNSEALED_FILE,
     RunResult,
+    SealedRound,
+    Unsealed,
     metrics_path,
     read_result,
     read_sealed,
@@ -228,18 +230,24 @@ def _type_and_params(c: Contestant, lock: Lock | None) -> tuple[str, str]:
     return kind, total
 
 
-def load_report(round_dir: Path) -> RoundReport:
-    """Gather an unsealed round; raises ReportError with the one thing to do about it."""
-    if not (round_dir / "sealed.json").is_file():
-        raise ReportError(f"{round_dir} is not a round directory (no sealed.json)")
+def read_unsealed_round(round_dir: Path) -> tuple[SealedRound, Unsealed, Lab]:
+    """sealed.json, unsealed.json and the round's lab.yaml; ReportError says what to do when the
+    round is not unsealed yet or a file does not read."""
     if not (round_dir / UNSEALED_FILE).is_file():
         raise ReportError(f"{round_dir} is not unsealed yet: the report names contestants, so it needs the "
                           f"reveal; run `labctl unseal {round_dir}` once every run finished")
     try:
-        sealed, unsealed = read_sealed(round_dir), read_unsealed(round_dir)
         lab: Lab = validate(Lab, load_yaml(round_dir / LAB_FILE))
+        return read_sealed(round_dir), read_unsealed(round_dir), lab
     except (OSError, ValueError, SpecError) as e:
         raise ReportError(f"{round_dir}: {str(e).splitlines()[0]}") from e
+
+
+def load_report(round_dir: Path) -> RoundReport:
+    """Gather an unsealed round; raises ReportError with the one thing to do about it."""
+    if not (round_dir / "sealed.json").is_file():
+        raise ReportError(f"{round_dir} is not a round directory (no sealed.json)")
+    sealed, unsealed, lab = read_unsealed_round(round_dir)
     try:
         lock: Lock | None = read_lock(round_dir / LOCK_FILE)
     except (OSError, ValueError):

@@ -19,20 +19,15 @@ from typing import Any
 from pydantic import BaseModel
 
 from labctl.report.bootstrap import bootstrap_interval, mean, pass_at_k, seed_of
-from labctl.report.data import DASH, ReportError, _run_metrics
+from labctl.report.data import DASH, ReportError, _run_metrics, read_unsealed_round
 from labctl.round.controls import control_failures
 from labctl.round.layout import (
-    LAB_FILE,
     RUNS_DIR,
-    UNSEALED_FILE,
     RunResult,
     read_result,
     read_sealed,
-    read_unsealed,
     result_path,
 )
-from labctl.spec.lab import Lab
-from labctl.spec.located import SpecError, load_yaml, validate
 
 RESOLVED = "Complete"
 """The outcome that counts as a resolved task (Harbor's reward 1; labctl's Complete)."""
@@ -102,14 +97,7 @@ def is_dataset_round(round_dir: Path) -> bool:
 
 def load_dataset_report(round_dir: Path) -> DatasetReport:
     """Gather an unsealed dataset round; ReportError says what to do when it cannot."""
-    if not (round_dir / UNSEALED_FILE).is_file():
-        raise ReportError(f"{round_dir} is not unsealed yet: the report names contestants, so it needs the "
-                          f"reveal; run `labctl unseal {round_dir}` once every run finished")
-    try:
-        sealed, unsealed = read_sealed(round_dir), read_unsealed(round_dir)
-        lab: Lab = validate(Lab, load_yaml(round_dir / LAB_FILE))
-    except (OSError, ValueError, SpecError) as e:
-        raise ReportError(f"{round_dir}: {str(e).splitlines()[0]}") from e
+    sealed, unsealed, lab = read_unsealed_round(round_dir)
     assert sealed.tasks is not None
     tasks = sorted(sealed.tasks)
     excluded: dict[str, list[str]] = {}
