@@ -28,20 +28,13 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from labctl.meter.state import read_status
 from labctl.round.layout import RunResult, read_result, result_path, write_manifest, write_result
 from labctl.round.seal import sealed_files_changed
+from labctl.run.context import Interrupted, RoundContext, signals_deferred, sigterm_raises
 from labctl.run.gpualloc import GpuPool, gpus_needed
-from labctl.run.parts import RunError, read_json, work_root
-from labctl.run.runner import (
-    Interrupted,
-    RoundContext,
-    RunSummary,
-    _sigterm_raises,
-    next_attempt,
-    now,
-    summary,
-)
-from labctl.run.session import _signals_deferred
+from labctl.run.parts import RunError, work_root
+from labctl.run.runner import RunSummary, next_attempt, now, summary
 
 Say = Callable[[str], None]
 POLL_S = 0.2
@@ -65,7 +58,7 @@ class Slot:
 def safe_manifest(round_dir: Path) -> None:
     """Rewrite the manifest while other runs may be writing: a file that vanishes under the walk
     (a run emptying its directory) makes it walk again."""
-    with _signals_deferred():
+    with signals_deferred():
         for _ in range(10):
             try:
                 write_manifest(round_dir)
@@ -77,8 +70,8 @@ def safe_manifest(round_dir: Path) -> None:
 
 def tokens_so_far(round_id: str, rid: str) -> int | None:
     """The meter's running token count, from its status file in the run's scratch."""
-    state = read_json(work_root() / round_id / rid / "meter" / "status.json")
-    return state.get("total_tokens") if state else None
+    state = read_status(work_root() / round_id / rid / "meter" / "status.json")
+    return state.total_tokens if state else None
 
 
 class Progress:
@@ -140,7 +133,7 @@ def run_parallel(ctx: RoundContext, parallel: int, say: Say = lambda s: None, re
         else:
             queue.append((rid, attempts))
     running: dict[str, Slot] = {}
-    with progress.shown(), _sigterm_raises():
+    with progress.shown(), sigterm_raises():
         try:
             while queue or running:
                 _start_what_fits(ctx, queue, running, parallel, need, pool, progress, lab, profile)
@@ -229,7 +222,7 @@ def _finish(ctx: RoundContext, slot: Slot, progress: Progress) -> RunSummary:
 
 def _stop_all(running: dict[str, Slot], progress: Progress) -> None:
     """Ctrl-C / SIGTERM: every run in flight gets SIGINT, cleans up and stays `running` (resume)."""
-    with _signals_deferred():
+    with signals_deferred():
         for slot in running.values():
             with contextlib.suppress(ProcessLookupError):
                 slot.proc.send_signal(2)  # SIGINT: execute_run's KeyboardInterrupt path

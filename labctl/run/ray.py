@@ -47,9 +47,10 @@ from labctl.round.layout import (
     write_result,
 )
 from labctl.round.seal import sealed_files_changed
+from labctl.run.context import RoundContext
 from labctl.run.gpualloc import gpus_needed
 from labctl.run.parts import RunError, work_root
-from labctl.run.runner import RoundContext, RunSummary, next_attempt, now, summary
+from labctl.run.runner import RunSummary, next_attempt, now, summary
 from labctl.treehash import file_sha256, files_below
 
 Say = Callable[[str], None]

@@ -42,15 +42,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", default=None)
     args = p.parse_args(argv)
     die_with_parent()
+    from labctl.run.context import Interrupted, open_round, sigterm_raises
     from labctl.run.parts import RunError
-    from labctl.run.runner import Interrupted, _sigterm_raises, execute_run, open_round
+    from labctl.run.runner import execute_run
 
     def say(line: str) -> None:
         print(line, flush=True)
 
     gpus = [int(g) for g in args.gpus.split(",") if g] if args.gpus is not None else None
     try:
-        with _sigterm_raises():
+        with sigterm_raises():
             ctx = open_round(args.round_dir, args.lab, args.profile)
             execute_run(ctx, args.run_id, args.attempts, say, gpus=gpus)
     except (KeyboardInterrupt, Interrupted):

@@ -24,7 +24,7 @@ from labctl.lock.lockfile import Lock, PackageLock
 from labctl.lock.npmtree import NODE_VERSION, fill_cache
 from labctl.lock.packages import resolve_package
 from labctl.lock.runtime import pin_tree
-from labctl.lock.sdist import HashMismatch
+from labctl.lock.sdist import SourceHashMismatch
 from labctl.lock.wheeltree import fetch_wheels, resolve_wheels
 from labctl.spec.load import load_lab
 from tests.conftest import BASE_IMAGE
@@ -119,7 +119,7 @@ def test_a_changed_hash_stops_the_build_on_the_host(runtime_images: dict[str, Ru
     mini = runtime_images["mini-swe-agent"].lock.agent
     assert mini is not None and mini.wheels
     wheel = mini.wheels[0].model_copy(update={"sha256": "0" * 64})
-    with pytest.raises(HashMismatch):
+    with pytest.raises(SourceHashMismatch):
         fetch_wheels([wheel], cache=tmp_path)
     claude = runtime_images["claude-code"].lock.agent
     assert claude is not None and claude.npm_packages and claude.node and claude.npm
