@@ -13,10 +13,8 @@ meter's budgets stop it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from labctl.agents.base import AgentCommand, Invocation, Package, deadline_note
-from labctl.agents.install import wheels_install
+from labctl.agents.base import AgentCommand, Invocation, deadline_note
+from labctl.agents.runtime import PinnedRuntime
 
 STATIC_ENV = {
     "LITELLM_LOCAL_MODEL_COST_MAP": "True",  # no fetch of litellm's price list at import
@@ -31,24 +29,10 @@ _SCRIPT = ('{ cat "$1"; printf "%s" "$2"; } > "$5/aider-message.md" && '
            '--llm-history-file "$5/aider.llm.history"')
 
 
-class Aider:
-    name = "aider"
-    needs_model = True
-
-    def packages(self, version: str | None) -> list[Package]:
-        if not version:
-            raise ValueError("aider needs a pinned version (agent.version)")
-        return [Package("pypi", "aider-chat", version)]
-
-    def install_script(self, files: Sequence[str]) -> str:
-        return wheels_install(self.name, {"aider": "aider"}, STATIC_ENV)
-
-    def check_command(self) -> list[str]:
-        return ["aider", "--version"]
-
+class Aider(PinnedRuntime, name="aider", registry="pypi", package="aider-chat", binary="aider",
+            env=STATIC_ENV):
     def command(self, inv: Invocation) -> AgentCommand:
-        if not inv.model_base_url or not inv.model_name:
-            raise ValueError("aider needs the model's base URL and name")
+        self.model(inv)
         base = inv.model_base_url.rstrip("/")
         argv = ["sh", "-c", _SCRIPT, "aider", inv.instruction_file, deadline_note(inv.deadline),
                 f"openai/{inv.model_name}", f"{base}/v1", inv.log_dir]

@@ -16,10 +16,9 @@ request are off by environment.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 
-from labctl.agents.base import AgentCommand, Invocation, Package, deadline_note
-from labctl.agents.install import npm_install
+from labctl.agents.base import AgentCommand, Invocation, deadline_note
+from labctl.agents.runtime import PinnedRuntime
 
 PACKAGE = "@anthropic-ai/claude-code"
 DEFAULT_TURNS = 250
@@ -41,24 +40,10 @@ _SCRIPT = ('exec claude -p "$(cat "$1")$2" --dangerously-skip-permissions --max-
            '--model "$4" --settings "$5" --output-format stream-json --verbose > "$6"')
 
 
-class ClaudeCode:
-    name = "claude-code"
-    needs_model = True
-
-    def packages(self, version: str | None) -> list[Package]:
-        if not version:
-            raise ValueError("claude-code needs a pinned version (agent.version)")
-        return [Package("npm", PACKAGE, version)]
-
-    def install_script(self, files: Sequence[str]) -> str:
-        return npm_install(self.name, files, ["claude"], env=STATIC_ENV, run_scripts_of=[PACKAGE])
-
-    def check_command(self) -> list[str]:
-        return ["claude", "--version"]
-
+class ClaudeCode(PinnedRuntime, name="claude-code", registry="npm", package=PACKAGE,
+                 binary="claude", env=STATIC_ENV, run_scripts=True):
     def command(self, inv: Invocation) -> AgentCommand:
-        if not inv.model_base_url or not inv.model_name:
-            raise ValueError("claude-code needs the model's base URL and name")
+        self.model(inv)
         model = inv.model_name
         settings = {"apiKeyHelper": "echo labctl-proxy-placeholder"}
         env = {**STATIC_ENV, "ANTHROPIC_BASE_URL": inv.model_base_url.rstrip("/"), "ANTHROPIC_MODEL": model,

@@ -17,10 +17,9 @@ turn limit of its own; the meter's budgets (tokens, wall time) stop it.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 
-from labctl.agents.base import AgentCommand, Invocation, Package, deadline_note
-from labctl.agents.install import npm_install
+from labctl.agents.base import AgentCommand, Invocation, deadline_note
+from labctl.agents.runtime import PinnedRuntime
 
 PACKAGE = "@openai/codex"
 KEY_VAR = "LABCTL_MODEL_PLACEHOLDER"
@@ -56,24 +55,9 @@ def config_toml(base_url: str, model: str) -> str:
     ])
 
 
-class Codex:
-    name = "codex"
-    needs_model = True
-
-    def packages(self, version: str | None) -> list[Package]:
-        if not version:
-            raise ValueError("codex needs a pinned version (agent.version)")
-        return [Package("npm", PACKAGE, version)]
-
-    def install_script(self, files: Sequence[str]) -> str:
-        return npm_install(self.name, files, ["codex"])
-
-    def check_command(self) -> list[str]:
-        return ["codex", "--version"]
-
+class Codex(PinnedRuntime, name="codex", registry="npm", package=PACKAGE, binary="codex"):
     def command(self, inv: Invocation) -> AgentCommand:
-        if not inv.model_base_url or not inv.model_name:
-            raise ValueError("codex needs the model's base URL and name")
+        self.model(inv)
         conf = config_toml(inv.model_base_url.rstrip("/"), inv.model_name)
         argv = ["sh", "-c", _SCRIPT, "codex", inv.instruction_file, deadline_note(inv.deadline), conf,
                 f"{inv.log_dir}/codex-home", f"{inv.log_dir}/codex-events.jsonl"]

@@ -9,15 +9,12 @@ the step limit is what stops a looping agent — it is always set.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from labctl.agents.base import (
     AgentCommand,
     Invocation,
-    Package,
     deadline_note,
 )
-from labctl.agents.install import wheels_install
+from labctl.agents.runtime import PinnedRuntime
 
 DEFAULT_STEP_LIMIT = 250
 """Used when the lab sets no `budgets.steps` (cost limits cannot stop a local model)."""
@@ -41,24 +38,10 @@ _SCRIPT = ('exec mini -y --exit-immediately -m "$1" -c mini.yaml -c "model.model
            '-t "$(cat "$4")$6" -o "$5"')
 
 
-class MiniSweAgent:
-    name = "mini-swe-agent"
-    needs_model = True
-
-    def packages(self, version: str | None) -> list[Package]:
-        if not version:
-            raise ValueError("mini-swe-agent needs a pinned version (agent.version)")
-        return [Package("pypi", "mini-swe-agent", version)]
-
-    def install_script(self, files: Sequence[str]) -> str:
-        return wheels_install(self.name, {"mini": "mini"}, STATIC_ENV)
-
-    def check_command(self) -> list[str]:
-        return ["mini", "--help"]
-
+class MiniSweAgent(PinnedRuntime, name="mini-swe-agent", registry="pypi", package="mini-swe-agent",
+                   binary="mini", check_flag="--help", env=STATIC_ENV):
     def command(self, inv: Invocation) -> AgentCommand:
-        if not inv.model_base_url or not inv.model_name:
-            raise ValueError("mini-swe-agent needs the model's base URL and name")
+        self.model(inv)
         base = inv.model_base_url.rstrip("/")
         if inv.api == "anthropic":
             model, api_base = f"anthropic/{inv.model_name}", base

@@ -16,10 +16,9 @@ meter's budgets stop it.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 
-from labctl.agents.base import AgentCommand, Invocation, Package, deadline_note
-from labctl.agents.install import npm_install
+from labctl.agents.base import AgentCommand, Invocation, deadline_note
+from labctl.agents.runtime import PinnedRuntime
 
 PACKAGE = "opencode-ai"
 PROVIDER = "labctl"
@@ -49,24 +48,10 @@ def config(base_url: str, model: str) -> dict[str, object]:
     }
 
 
-class OpenCode:
-    name = "opencode"
-    needs_model = True
-
-    def packages(self, version: str | None) -> list[Package]:
-        if not version:
-            raise ValueError("opencode needs a pinned version (agent.version)")
-        return [Package("npm", PACKAGE, version)]
-
-    def install_script(self, files: Sequence[str]) -> str:
-        return npm_install(self.name, files, ["opencode"], env=STATIC_ENV, run_scripts_of=[PACKAGE])
-
-    def check_command(self) -> list[str]:
-        return ["opencode", "--version"]
-
+class OpenCode(PinnedRuntime, name="opencode", registry="npm", package=PACKAGE, binary="opencode",
+               env=STATIC_ENV, run_scripts=True):
     def command(self, inv: Invocation) -> AgentCommand:
-        if not inv.model_base_url or not inv.model_name:
-            raise ValueError("opencode needs the model's base URL and name")
+        self.model(inv)
         conf = json.dumps(config(inv.model_base_url.rstrip("/"), inv.model_name), sort_keys=True)
         argv = ["sh", "-c", _SCRIPT, "opencode", inv.instruction_file, deadline_note(inv.deadline),
                 f"{PROVIDER}/{inv.model_name}", f"{inv.log_dir}/opencode-events.jsonl"]

@@ -18,10 +18,9 @@ the project's docs/users/configuration (settings.md, auth.md):
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 
-from labctl.agents.base import AgentCommand, Invocation, Package, deadline_note
-from labctl.agents.install import npm_install
+from labctl.agents.base import AgentCommand, Invocation, deadline_note
+from labctl.agents.runtime import PinnedRuntime
 
 PACKAGE = "@qwen-code/qwen-code"
 DEFAULT_TURNS = 250
@@ -47,24 +46,9 @@ def settings(base_url: str, model: str, turns: int) -> dict[str, object]:
     }
 
 
-class QwenCode:
-    name = "qwen-code"
-    needs_model = True
-
-    def packages(self, version: str | None) -> list[Package]:
-        if not version:
-            raise ValueError("qwen-code needs a pinned version (agent.version)")
-        return [Package("npm", PACKAGE, version)]
-
-    def install_script(self, files: Sequence[str]) -> str:
-        return npm_install(self.name, files, ["qwen"])
-
-    def check_command(self) -> list[str]:
-        return ["qwen", "--version"]
-
+class QwenCode(PinnedRuntime, name="qwen-code", registry="npm", package=PACKAGE, binary="qwen"):
     def command(self, inv: Invocation) -> AgentCommand:
-        if not inv.model_base_url or not inv.model_name:
-            raise ValueError("qwen-code needs the model's base URL and name")
+        self.model(inv)
         turns = inv.step_limit or DEFAULT_TURNS
         conf = json.dumps(settings(inv.model_base_url.rstrip("/"), inv.model_name, turns), sort_keys=True)
         argv = ["sh", "-c", _SCRIPT, "qwen", inv.instruction_file, deadline_note(inv.deadline), conf,
