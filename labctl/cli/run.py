@@ -119,14 +119,20 @@ def run_command(round_dir: RoundArg, lab: LabOpt = None, profile: ProfileOpt = N
     except KeyboardInterrupt:
         raise _interrupted() from None
     rows = _rows(summaries, None)
-    if as_json:
-        failed = _controls_alarm(round_dir)
-        emit({"ok": not failed, "round": ctx.sealed.round, "runs": rows, "controls_failed": failed})
-    else:
-        _table(rows, f"round {ctx.sealed.round} (sealed: contestants revealed by `labctl unseal`)")
-        failed = _controls_alarm(round_dir)
-    if failed:
+    if _report(rows, round_dir, ctx.sealed.round, {},
+               f"round {ctx.sealed.round} (sealed: contestants revealed by `labctl unseal`)", as_json):
         raise typer.Exit(EXIT_FAIL)
+
+
+def _report(rows: list[dict[str, Any]], round_dir: Path, round_id: str, extra: dict[str, Any],
+            title: str, as_json: bool) -> list[str]:
+    """The run table (or its JSON) and the controls alarm; returns the controls that failed."""
+    if not as_json:
+        _table(rows, title)
+    failed = _controls_alarm(round_dir)
+    if as_json:
+        emit({"ok": not failed, "round": round_id, **extra, "runs": rows, "controls_failed": failed})
+    return failed
 
 
 def _execute(ctx: Any, as_json: bool, retry_errored: bool, parallel: int | None, ray: str | None,
@@ -210,13 +216,8 @@ def round_command(lab: LabArg = DEFAULT_LAB, profile: ProfileOpt = None,
     except KeyboardInterrupt:
         raise _interrupted() from None
     rows = _rows(summaries, mapping)
-    if as_json:
-        failed = _controls_alarm(made.round_dir)
-        emit({"ok": not failed, "round": made.record.round, "round_dir": str(made.round_dir), "runs": rows,
-              "controls_failed": failed})
-    else:
-        _table(rows, f"round {made.record.round} ({made.round_dir})")
-        failed = _controls_alarm(made.round_dir)
+    failed = _report(rows, made.round_dir, made.record.round, {"round_dir": str(made.round_dir)},
+                     f"round {made.record.round} ({made.round_dir})", as_json)
     if failed or any(r["status"] == "errored" for r in rows):
         raise typer.Exit(EXIT_FAIL)
 
