@@ -31,9 +31,10 @@ WIRES = {"claude-code": ("anthropic", "/v1/messages"), "codex": ("openai", "/v1/
          "opencode": ("openai", "/v1/chat/completions"), "qwen-code": ("openai", "/v1/chat/completions")}
 """Runtime → (the cloud provider it is paired with, the wire it speaks to the meter).
 
-aider is not here yet: it runs and reaches the scripted model, but aider's prompt carries few-shot
-example assistant turns, which the scripted model counts as steps already taken by a client without
-tools, so it answers its final text at once (Total failure)."""
+aider is not here yet: it declares no tools, so the scripted model answers with fenced bash blocks
+(and now counts only its own step turns, not the example turns in aider's prompt), but aider's
+whole-file edit format, the one it picks for an unknown model, reads every fenced block as a file
+listing ("No filename provided before ```"), so the commands never run."""
 VERSIONS = RUNTIMES
 
 
