@@ -93,7 +93,7 @@ def smoke_lab(tmp: Path, name: str = "smoke", edit: dict[str, str] | None = None
 def recorded_wheels(version: str) -> list[WheelLock] | None:
     """mini-swe-agent's whole wheel tree as `labctl lock` recorded it from PyPI (tests/pins/): the
     registry facts an offline lock of the smoke lab needs, like AGENT_SHA."""
-    path = Path(__file__).resolve().parent / "pins" / f"mini-swe-agent-{version}.json"
+    path = Path(__file__).resolve().parents[1] / "pins" / f"mini-swe-agent-{version}.json"
     return [WheelLock(**w) for w in json.loads(path.read_text())] if path.is_file() else None
 
 
