@@ -50,7 +50,7 @@ def timed_round(lab: Path, rounds: Path, parallel: int) -> tuple[float, Path]:
     loaded = load_lab(lab)
     rd = seal_round(loaded, require_lock(loaded), rounds).round_dir
     t = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "labctl.cli.run", "run", str(rd), "--lab", str(lab), "--parallel",
+    subprocess.run([sys.executable, "-m", "labctl", "run", str(rd), "--lab", str(lab), "--parallel",
                     str(parallel)], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.perf_counter() - t, rd
 

@@ -1,6 +1,6 @@
 """Shared pieces of the command line: consoles, `--json` output, and lab loading with clean errors.
 
-Command modules (`labctl/cmd_*.py`) import from here, never from `labctl.cli.app`, so the CLI can
+Command modules (`labctl/cli/*.py`) import from here, never from `labctl.cli.app`, so the CLI can
 import them without a cycle.
 """
 

@@ -54,7 +54,7 @@ def agents(round_id: str) -> list[str]:
 
 
 def start(rd: Path, lab: Path, *args: str) -> subprocess.Popen[str]:
-    argv = [sys.executable, "-m", "labctl.cli.run", "run", str(rd), "--lab", str(lab), *args]
+    argv = [sys.executable, "-m", "labctl", "run", str(rd), "--lab", str(lab), *args]
     return subprocess.Popen(argv, cwd=rd.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -80,7 +80,7 @@ def test_node_lost_mid_run(cluster: RayCluster, tmp_path: Path) -> None:
     """Kill the worker node (its whole process session, SIGKILL) while a run is in flight there."""
     lab = repeated_lab(tmp_path, sleep=8)
     rd = seal(lab, tmp_path)
-    proc = subprocess.Popen([sys.executable, "-m", "labctl.cli.run", "run", str(rd), "--lab", str(lab),
+    proc = subprocess.Popen([sys.executable, "-m", "labctl", "run", str(rd), "--lab", str(lab),
                              "--ray", cluster.address, "--json"], cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     on_worker = cluster.nodes["worker"].work / rd.name
