@@ -123,7 +123,7 @@ def node_context(job: dict[str, Any], scratch: Path) -> RoundContext:
     from labctl.lock.fetch import fetch
     from labctl.lock.lockfile import Lock
     from labctl.round.layout import read_sealed
-    from labctl.run.parts import Docker
+    from labctl.engine.commands import Docker
     from labctl.spec.lab import Lab, LocalContestant
     from labctl.spec.load import LoadedLab
     from labctl.spec.located import load_yaml, validate
