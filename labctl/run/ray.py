@@ -118,12 +118,12 @@ def node_execute(job: dict[str, Any]) -> dict[str, Any]:
 
 def node_context(job: dict[str, Any], scratch: Path) -> RoundContext:
     """The run's RoundContext on this node, from what the starting machine sent."""
+    from labctl.engine.commands import Docker
     from labctl.gguf.store import Store
     from labctl.images.specs import lab_images, settings_for
     from labctl.lock.fetch import fetch
     from labctl.lock.lockfile import Lock
     from labctl.round.layout import read_sealed
-    from labctl.engine.commands import Docker
     from labctl.spec.lab import Lab, LocalContestant
     from labctl.spec.load import LoadedLab
     from labctl.spec.located import load_yaml, validate
