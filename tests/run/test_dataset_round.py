@@ -52,6 +52,8 @@ def test_dataset_round_resumes_reports_and_excludes_the_broken_task(tmp_path: Pa
 
     monkeypatch.setattr(test_resume, "KILL_POINT_TIMEOUT_S", 900)  # a tiny-model run takes a while
     dataset_lock()
+    fetched = labctl("fetch", DATASET, cwd=tmp_path)  # `labctl run` serves only what the store holds
+    assert fetched.returncode == 0, fetched.stdout + fetched.stderr
     loaded = load_lab(DATASET)
     names = [s.name for s in lab_images(loaded, read_lock(lock_path(DATASET)), settings=settings_for(loaded))]
     assert [n for n in names if n.startswith("task-")] == ["task-broken-oracle"], names  # one, shared
