@@ -38,7 +38,6 @@ import asyncio
 import contextlib
 import json
 import os
-import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -137,21 +136,8 @@ def shell_arguments(schema: dict[str, Any], command: str) -> dict[str, Any]:
     return args
 
 
-_OWN_STEP = re.compile(r"\s*Step \d+:")
-"""How this model's own tool-less turns begin: a client's few-shot example turns (aider's prompt
-carries some) are not steps it took."""
-
-
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    parts = content if isinstance(content, list) else []
-    return "".join(str(b.get("text") or "") for b in parts if isinstance(b, dict))
-
-
 def steps_taken(dialect: str, body: dict[str, Any], tool: str | None) -> int:
-    """Shell calls already in the conversation (`tool` None: this model's own step turns): the turn
-    this is."""
+    """Shell calls already in the conversation (`tool` None: assistant turns): the turn this is."""
     n = 0
     if dialect == "responses":
         items = body.get("input")
@@ -159,7 +145,7 @@ def steps_taken(dialect: str, body: dict[str, Any], tool: str | None) -> int:
             if not isinstance(item, dict):
                 continue
             if tool is None:
-                n += item.get("role") == "assistant" and bool(_OWN_STEP.match(_text(item.get("content"))))
+                n += item.get("role") == "assistant"
             elif item.get("type") == "function_call" and item.get("name") == tool:
                 n += 1
         return n
@@ -167,7 +153,7 @@ def steps_taken(dialect: str, body: dict[str, Any], tool: str | None) -> int:
         if not isinstance(msg, dict) or msg.get("role") != "assistant":
             continue
         if tool is None:
-            n += bool(_OWN_STEP.match(_text(msg.get("content"))))
+            n += 1
         elif dialect == "openai":
             n += sum(1 for c in msg.get("tool_calls") or []
                      if (c.get("function") or {}).get("name") == tool)

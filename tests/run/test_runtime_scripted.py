@@ -32,7 +32,7 @@ WIRES = {"claude-code": ("anthropic", "/v1/messages"), "codex": ("openai", "/v1/
 """Runtime → (the cloud provider it is paired with, the wire it speaks to the meter).
 
 aider is not here yet: it declares no tools, so the scripted model answers with fenced bash blocks
-(and now counts only its own step turns, not the example turns in aider's prompt), but aider's
+but aider's
 whole-file edit format, the one it picks for an unknown model, reads every fenced block as a file
 listing ("No filename provided before ```"), so the commands never run."""
 VERSIONS = RUNTIMES
