@@ -26,7 +26,7 @@ import hashlib
 import json
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -298,29 +298,37 @@ async def start_fake(fake: FakeUpstream, host: str = "127.0.0.1", port: int = 0)
 
 
 @contextlib.contextmanager
-def serve_fake(**kwargs: Any) -> Iterator[FakeUpstream]:
-    """A FakeUpstream on its own loop in a background thread; `.url` is its base URL."""
-    fake = FakeUpstream(**kwargs)
+def serve_in_thread(start: Callable[[], Awaitable[web.AppRunner]], name: str) -> Iterator[None]:
+    """Run the aiohttp app `start()` sets up on its own loop in a background thread, until the
+    block ends (the fake upstream's and the scripted model's way to serve a test)."""
     loop = asyncio.new_event_loop()
     ready = threading.Event()
     box: dict[str, web.AppRunner] = {}
 
     def run() -> None:
         asyncio.set_event_loop(loop)
-        box["runner"] = loop.run_until_complete(start_fake(fake))
+        box["runner"] = loop.run_until_complete(start())
         ready.set()
         loop.run_forever()
         loop.run_until_complete(box["runner"].cleanup())
         loop.close()
 
-    thread = threading.Thread(target=run, name="fake-upstream", daemon=True)
+    thread = threading.Thread(target=run, name=name, daemon=True)
     thread.start()
-    assert ready.wait(10), "fake upstream did not start"
+    assert ready.wait(10), f"{name} did not start"
     try:
-        yield fake
+        yield
     finally:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
+
+
+@contextlib.contextmanager
+def serve_fake(**kwargs: Any) -> Iterator[FakeUpstream]:
+    """A FakeUpstream on its own loop in a background thread; `.url` is its base URL."""
+    fake = FakeUpstream(**kwargs)
+    with serve_in_thread(lambda: start_fake(fake), "fake-upstream"):
+        yield fake
 
 
 def main() -> None:

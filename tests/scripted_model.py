@@ -16,7 +16,8 @@ the conversation it is sent and answers by it, so it needs no knowledge of the r
   tool (titles, summaries, quota probes) get the final text and change nothing;
 * step n < len(commands) answers one call of commands[n]; after that, `final` text, no calls;
 * a client that declares no tools at all (aider, text-protocol agents) gets each command as a
-  fenced block in the text instead (```bash … ```), the step being its earlier assistant turns.
+  fenced block in the text instead (```bash … ```), the step being the earlier assistant turns
+  that hold one of the plan's fenced commands (aider's few-shot example turns are not steps).
 
 Wire protocols, each as one JSON body or as SSE with the real event names and shapes:
 OpenAI chat completions (`/v1/chat/completions`, tool_calls deltas, `stream_options.include_usage`),
@@ -38,13 +39,13 @@ import asyncio
 import contextlib
 import json
 import os
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from fake_upstream import serve_in_thread
 from scripted_wires import MODEL, WIRES, Answer, pieces
 
 __all__ = ["MODEL", "Plan", "ScriptedModel", "decide", "serve_scripted", "shell_arguments", "shell_tool",
@@ -136,8 +137,21 @@ def shell_arguments(schema: dict[str, Any], command: str) -> dict[str, Any]:
     return args
 
 
-def steps_taken(dialect: str, body: dict[str, Any], tool: str | None) -> int:
-    """Shell calls already in the conversation (`tool` None: assistant turns): the turn this is."""
+def _text(content: Any) -> str:
+    """A message's text: a string, or the text parts of a content list (any wire)."""
+    if isinstance(content, str):
+        return content
+    parts = content if isinstance(content, list) else []
+    return "".join(p.get("text") or "" for p in parts if isinstance(p, dict))
+
+
+def steps_taken(dialect: str, body: dict[str, Any], tool: str | None, fenced: tuple[str, ...] = ()) -> int:
+    """Shell calls already in the conversation: the turn this is. `tool` None (a client without
+    tools): the assistant turns holding one of the `fenced` command blocks this model writes."""
+    def own(msg: dict[str, Any]) -> bool:
+        text = _text(msg.get("content"))
+        return any(block in text for block in fenced)
+
     n = 0
     if dialect == "responses":
         items = body.get("input")
@@ -145,7 +159,7 @@ def steps_taken(dialect: str, body: dict[str, Any], tool: str | None) -> int:
             if not isinstance(item, dict):
                 continue
             if tool is None:
-                n += item.get("role") == "assistant"
+                n += item.get("role") == "assistant" and own(item)
             elif item.get("type") == "function_call" and item.get("name") == tool:
                 n += 1
         return n
@@ -153,7 +167,7 @@ def steps_taken(dialect: str, body: dict[str, Any], tool: str | None) -> int:
         if not isinstance(msg, dict) or msg.get("role") != "assistant":
             continue
         if tool is None:
-            n += 1
+            n += own(msg)
         elif dialect == "openai":
             n += sum(1 for c in msg.get("tool_calls") or []
                      if (c.get("function") or {}).get("name") == tool)
@@ -163,13 +177,18 @@ def steps_taken(dialect: str, body: dict[str, Any], tool: str | None) -> int:
     return n
 
 
+def fenced_block(plan: Plan, command: str) -> str:
+    return f"```{plan.fence}\n{command}\n```"
+
+
 def decide(plan: Plan, dialect: str, body: dict[str, Any]) -> Answer:
     declared = tool_schemas(dialect, body)
     tool = shell_tool(declared)
-    step = steps_taken(dialect, body, tool[0] if tool else None)
+    fenced = tuple(fenced_block(plan, c) for c in plan.commands)
+    step = steps_taken(dialect, body, tool[0] if tool else None, fenced)
     prompt = 10 + len(json.dumps(body.get("input" if dialect == "responses" else "messages") or [])) // 4
     if not declared and step < len(plan.commands):  # no tools: the command as a fenced block
-        text = f"Step {step + 1}:\n\n```{plan.fence}\n{plan.commands[step]}\n```"
+        text = f"Step {step + 1}:\n\n{fenced[step]}"
         return Answer(text, None, prompt, len(pieces(text)))
     if tool is not None and step < len(plan.commands):
         command = plan.commands[step]
@@ -263,26 +282,8 @@ async def start_scripted(model: ScriptedModel, host: str = "127.0.0.1", port: in
 def serve_scripted(plan: Plan | None = None, **kwargs: Any) -> Iterator[ScriptedModel]:
     """A ScriptedModel on its own loop in a background thread; `.url` is its base URL."""
     model = ScriptedModel(plan, **kwargs)
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    box: dict[str, web.AppRunner] = {}
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        box["runner"] = loop.run_until_complete(start_scripted(model))
-        ready.set()
-        loop.run_forever()
-        loop.run_until_complete(box["runner"].cleanup())
-        loop.close()
-
-    thread = threading.Thread(target=run, name="scripted-model", daemon=True)
-    thread.start()
-    assert ready.wait(10), "scripted model did not start"
-    try:
+    with serve_in_thread(lambda: start_scripted(model), "scripted-model"):
         yield model
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
 
 
 def main() -> None:

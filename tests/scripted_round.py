@@ -70,25 +70,21 @@ class RunningModel:
 
 
 @contextlib.contextmanager
-def scripted_upstream(image: str, out: Path, labels: dict[str, str], plan: Plan | None = None
-                      ) -> Iterator[RunningModel]:
-    """The scripted model's container, healthy, from the labctl `image`, requiring the key in
-    $LABCTL_SCRIPTED_KEY (set it first: the meter injects it); the runner patched to put the model
-    on each run's egress network as `ALIAS`."""
-    plan = plan or Plan()
-    out.mkdir(parents=True)
-    out.chmod(0o777)  # the labctl image runs as its own user
-    (out / "plan.json").write_text(json.dumps(dataclasses.asdict(plan)))
+def upstream_container(image: str, out: Path, labels: dict[str, str], *, argv: list[str], mount: Path,
+                       key_env: str, alias: str, kind: str) -> Iterator[str]:
+    """A cloud contestant's stand-in upstream (its container's name), healthy: `argv` run by the
+    labctl `image`'s venv Python with `mount` at /tests (read-only), `out` at /out and `key_env`
+    passed from this process (as the runner gives it the meter), on a labelled internal network of
+    the test's. The runner is patched meanwhile: once it has created a run's egress network the
+    container joins it as `alias`, and leaves before the runner's own cleanup removes that network."""
     d = Docker.detect()
     suffix = labels["labctl.test"][:12]
-    net, name = f"labctl-test-scriptnet-{suffix}", f"labctl-test-scripted-{suffix}"
+    net, name = f"labctl-test-{kind}net-{suffix}", f"labctl-test-{kind}-{suffix}"
     d("network", "create", "--internal", *label_flags(labels), net)
     patch = pytest.MonkeyPatch()
     try:
-        d("run", "-d", "--name", name, "--network", net, *label_flags(labels), "-e", KEY_ENV,
-          "-v", f"{TESTS}:/tests:ro", "-v", f"{out}:/out", "--entrypoint", VENV_PY, image,
-          "/tests/scripted_model.py", "--host", "0.0.0.0", "--port", str(PORT), "--plan", "/out/plan.json",
-          "--record", "/out/received.jsonl", "--key-env", KEY_ENV)
+        d("run", "-d", "--name", name, "--network", net, *label_flags(labels), "-e", key_env,
+          "-v", f"{mount}:/tests:ro", "-v", f"{out}:/out", "--entrypoint", VENV_PY, image, *argv)
         probe = f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{PORT}/health', timeout=2)"
         deadline = time.monotonic() + 60
         while not d.ok("exec", name, VENV_PY, "-c", probe):
@@ -100,7 +96,7 @@ def scripted_upstream(image: str, out: Path, labels: dict[str, str], plan: Plan 
 
         def joined(self: RunSession) -> tuple[str, list[str], list[str], list[str]]:
             got = start_model(self)  # a cloud contestant: creates the run's egress network
-            d("network", "connect", "--alias", ALIAS, self.names["net-egress"], name)
+            d("network", "connect", "--alias", alias, self.names["net-egress"], name)
             return got
 
         def left(self: RunSession) -> None:
@@ -110,8 +106,25 @@ def scripted_upstream(image: str, out: Path, labels: dict[str, str], plan: Plan 
 
         patch.setattr(RunSession, "_start_model", joined)
         patch.setattr(RunSession, "cleanup", left)
-        yield RunningModel(name, out)
+        yield name
     finally:
         patch.undo()
         d("rm", "-f", name, check=False)
         d("network", "rm", net, check=False)
+
+
+@contextlib.contextmanager
+def scripted_upstream(image: str, out: Path, labels: dict[str, str], plan: Plan | None = None
+                      ) -> Iterator[RunningModel]:
+    """The scripted model's container, healthy, from the labctl `image`, requiring the key in
+    $LABCTL_SCRIPTED_KEY (set it first: the meter injects it); the runner patched to put the model
+    on each run's egress network as `ALIAS`."""
+    plan = plan or Plan()
+    out.mkdir(parents=True)
+    out.chmod(0o777)  # the labctl image runs as its own user
+    (out / "plan.json").write_text(json.dumps(dataclasses.asdict(plan)))
+    argv = ["/tests/scripted_model.py", "--host", "0.0.0.0", "--port", str(PORT), "--plan", "/out/plan.json",
+            "--record", "/out/received.jsonl", "--key-env", KEY_ENV]
+    with upstream_container(image, out, labels, argv=argv, mount=TESTS, key_env=KEY_ENV, alias=ALIAS,
+                            kind="scripted") as name:
+        yield RunningModel(name, out)

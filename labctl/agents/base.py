@@ -93,6 +93,9 @@ class AgentAdapter(Protocol):
     """Runtime name as written in a lab (`agent.runtime`) or a contestant kind (oracle, nop)."""
     needs_model: bool
     """False for oracle and nop: they never call a model."""
+    limits_steps: bool
+    """True when the runtime stops itself at `Invocation.step_limit` (its own turn limit); for one
+    that cannot, the meter's request budget enforces the lab's `budgets.steps` instead."""
 
     def packages(self, version: str | None) -> list[Package]:
         """The pinned packages to install for this runtime version ([] when none)."""

@@ -41,7 +41,7 @@ _SCRIPT = ('exec claude -p "$(cat "$1")$2" --dangerously-skip-permissions --max-
 
 
 class ClaudeCode(PinnedRuntime, name="claude-code", registry="npm", package=PACKAGE,
-                 binary="claude", env=STATIC_ENV, run_scripts=True):
+                 binary="claude", env=STATIC_ENV, run_scripts=True, limits_steps=True):
     def command(self, inv: Invocation) -> AgentCommand:
         self.model(inv)
         model = inv.model_name

@@ -11,7 +11,8 @@ Codex speaks) and no websockets, `approval_policy = "never"` and `codex exec
 --dangerously-bypass-approvals-and-sandbox` (the container is the sandbox; Codex's own would need
 privileges it lacks), `check_for_update_on_startup = false` and `[analytics] enabled = false`.
 The provider's `env_key` names a placeholder variable: the meter holds any real key. Codex has no
-turn limit of its own; the meter's budgets (tokens, wall time) stop it.
+turn limit of its own: the meter's request budget (`budgets.steps` model calls), its token budget
+and the wall time stop it.
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ _SCRIPT = ('exec mini -y --exit-immediately -m "$1" -c mini.yaml -c "model.model
 
 
 class MiniSweAgent(PinnedRuntime, name="mini-swe-agent", registry="pypi", package="mini-swe-agent",
-                   binary="mini", check_flag="--help", env=STATIC_ENV):
+                   binary="mini", check_flag="--help", env=STATIC_ENV, limits_steps=True):
     def command(self, inv: Invocation) -> AgentCommand:
         self.model(inv)
         base = inv.model_base_url.rstrip("/")

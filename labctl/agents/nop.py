@@ -10,6 +10,7 @@ from labctl.agents.base import AgentCommand, Invocation, Package
 class Nop:
     name = "nop"
     needs_model = False
+    limits_steps = True  # no model calls to limit
 
     def packages(self, version: str | None) -> list[Package]:
         return []

@@ -9,8 +9,8 @@ installed at run time — at the meter's `/v1` with a placeholder `apiKey`; that
 and `small_model` (the meter serves no other); `permission` allowing edits and shell commands and
 denying web fetches; `autoupdate: false`, `share: disabled`. The environment switches off the model
 catalogue fetch, auto-update, default plugins (installed from npm otherwise) and project config (a
-task's own opencode.json cannot change any of this). opencode has no step limit of its own; the
-meter's budgets stop it.
+task's own opencode.json cannot change any of this). opencode has no step limit of its own: the
+meter's request budget (`budgets.steps` model calls) and token budget stop it.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ SOLUTION = "/solution/solve.sh"
 class Oracle:
     name = "oracle"
     needs_model = False
+    limits_steps = True  # no model calls to limit
 
     def packages(self, version: str | None) -> list[Package]:
         return []

@@ -46,7 +46,8 @@ def settings(base_url: str, model: str, turns: int) -> dict[str, object]:
     }
 
 
-class QwenCode(PinnedRuntime, name="qwen-code", registry="npm", package=PACKAGE, binary="qwen"):
+class QwenCode(PinnedRuntime, name="qwen-code", registry="npm", package=PACKAGE, binary="qwen",
+              limits_steps=True):
     def command(self, inv: Invocation) -> AgentCommand:
         self.model(inv)
         turns = inv.step_limit or DEFAULT_TURNS

@@ -25,14 +25,17 @@ class PinnedRuntime:
     """Static environment baked into the wrapper (telemetry and update checks off, …)."""
     run_scripts: ClassVar[bool]
     """npm: run the package's own install script (it links a platform binary), offline."""
+    limits_steps: ClassVar[bool]
+    """The runtime has a turn limit of its own, set from `Invocation.step_limit`."""
     needs_model = True
 
     def __init_subclass__(cls, *, name: str, registry: Registry, package: str, binary: str,
                           check_flag: str = "--version", env: Mapping[str, str] | None = None,
-                          run_scripts: bool = False, **kw: Any) -> None:
+                          run_scripts: bool = False, limits_steps: bool = False, **kw: Any) -> None:
         super().__init_subclass__(**kw)
         cls.name, cls.registry, cls.package, cls.binary = name, registry, package, binary
         cls.check_flag, cls.env, cls.run_scripts = check_flag, env, run_scripts
+        cls.limits_steps = limits_steps
 
     def packages(self, version: str | None) -> list[Package]:
         if not version:

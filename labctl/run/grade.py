@@ -31,7 +31,7 @@ from labctl.run.parts import (
     resource_flags,
     transcript_records,
 )
-from labctl.run.pathology import command_results, flags, pathology
+from labctl.run.pathology import command_results, flags, pathology, text_actions
 from labctl.spec.lab import Outcome
 from labctl.spec.task import OutcomeRules, read_task
 
@@ -160,7 +160,7 @@ def run_metrics(*, meter_state: MeterState | None, transcript: Path, ws: Workspa
     # No status.json (the meter never published): every counter is 0, as a meter that saw nothing
     # would say; the requests fall back to the transcript's exchanges.
     s = meter_state
-    m.tool_calls = s.tool_calls if s else 0
+    m.tool_calls = (s.tool_calls if s else 0) or text_actions(recs)  # API tool calls, else fenced blocks
     m.requests = s.requests if s else len(exchanges)
     m.messages = len(request_turns(last_req) or []) if last_req else 0
     m.prompt_tokens = s.prompt_tokens if s else 0

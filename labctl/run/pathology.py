@@ -157,6 +157,15 @@ def command_results(records: Iterable[Record], pattern: str) -> list[int | None]
             for j, act in enumerate(acts) if wanted.search(act)]
 
 
+def text_actions(records: Iterable[Record]) -> int:
+    """Actions of a text agent (aider, mini-swe-agent in text mode): the fenced blocks of answers to
+    requests that declared no tools — the harness runs (or applies) those; an agent that declared
+    tools acts only by calling them, so a fenced block in its text is just text."""
+    return sum(len(FENCED_BASH.findall(_text(r["response"].get("content"))))
+               for r in answered(records)
+               if isinstance(r.get("request"), dict) and not r["request"].get("tools"))
+
+
 def zero_tool_calls(records: Iterable[Record]) -> bool:
     return not any(actions(r["response"]) for r in answered(records))
 

@@ -214,6 +214,8 @@ class RunSession:
                 "--transcript", "/meter/transcript.jsonl", "--alias", self.run_id, *extra_args]
         if lab.budgets.tokens:
             args += ["--token-budget", str(int(lab.budgets.tokens))]
+        if lab.budgets.steps and not self.adapter.limits_steps:  # no turn limit of its own: count calls
+            args += ["--request-budget", str(lab.budgets.steps)]
         if lab.interventions is not None and lab.interventions.rules:
             (mdir / "interventions.json").write_text(lab.interventions.model_dump_json(exclude_none=True))
             args += ["--interventions", "/meter/interventions.json"]

@@ -120,16 +120,22 @@ def test_opencode_uses_a_bundled_provider_at_the_meter() -> None:
 def test_aider_runs_one_message_with_every_question_answered(tmp_path: Path) -> None:
     cmd = adapter("aider").command(INV)
     script = cmd.argv[2]
-    for flag in ("--yes-always", "--message-file", "--no-analytics", "--no-check-update", "--auto-commits",
-                 "--no-gitignore", "--openai-api-key labctl-proxy-placeholder"):
+    for flag in ("--message-file", "--no-fancy-input", "--edit-format diff", "--no-analytics",
+                 "--no-check-update", "--auto-commits", "--no-gitignore", "--no-detect-urls",
+                 "--openai-api-key labctl-proxy-placeholder"):
         assert flag in script
-    instruction, note, model, base, log_dir = _sh_args(cmd.argv)
+    # --yes-always would decline every shell command the model proposes (explicit yes required)
+    assert "--yes-always" not in script
+    instruction, note, model, base, log_dir, metadata = _sh_args(cmd.argv)
     assert (model, base, log_dir) == ("openai/run-12", "http://meter:8080/v1", "/logs/agent")
+    # the model is known to aider from this file: no fetch of litellm's price list from GitHub
+    assert "--model-metadata-file" in script and json.loads(metadata)[model]["litellm_provider"] == "openai"
     assert cmd.env == {"LITELLM_LOCAL_MODEL_COST_MAP": "True"}
     # the message file it is handed: the instruction, then the deadline
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "aider").write_text('#!/bin/sh\ncat "$2"\n')
+    # the stand-in prints the message, then answers two questions from its stdin, as aider would
+    (bin_dir / "aider").write_text('#!/bin/sh\ncat "$2"\nhead -n 2\n')  # $2: the message file
     (bin_dir / "aider").chmod(0o755)
     (tmp_path / "i.md").write_text("Say hello.")
     inv = Invocation(instruction_file=str(tmp_path / "i.md"), model_base_url="http://meter:8080",
@@ -137,6 +143,7 @@ def test_aider_runs_one_message_with_every_question_answered(tmp_path: Path) -> 
     out = subprocess.run(adapter("aider").command(inv).argv, capture_output=True, text=True, check=True,
                          env={"PATH": f"{bin_dir}:/usr/bin:/bin"}).stdout
     assert out.startswith("Say hello.") and "2030-01-01T12:00:00+00:00" in out
+    assert out.endswith("y\ny\n")  # every question, shell commands included, is answered yes
 
 
 def test_npm_install_is_offline_and_runs_only_the_named_scripts() -> None:

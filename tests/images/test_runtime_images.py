@@ -30,8 +30,8 @@ from labctl.spec.load import load_lab
 from tests.conftest import BASE_IMAGE
 from tests.images.test_images import HOST_CA, make_lock, smoke_lab
 
-RUNTIMES = {"mini-swe-agent": "2.4.6", "claude-code": "2.1.332", "codex": "0.171.0", "opencode": "1.18.33",
-            "qwen-code": "0.24.4"}
+RUNTIMES = {"mini-swe-agent": "2.4.6", "aider": "0.86.2", "claude-code": "2.1.332", "codex": "0.171.0",
+            "opencode": "1.18.33", "qwen-code": "0.24.4"}
 """Runtime → pinned version under test (one image each, built once per session)."""
 
 

@@ -282,15 +282,18 @@ def test_responses_requests_read_like_chat_for_metrics() -> None:
 
 def test_scripted_model_without_tools_writes_fenced_commands() -> None:
     """A client that declares no tools (aider) gets each command as a fenced block, one per
-    assistant turn so far, then the final text."""
+    assistant turn of its own so far (few-shot example turns are not steps), then the final text."""
     from tests.scripted_model import decide
 
     plan = Plan(commands=["ls", "git push"], final="Done.")
     user = {"role": "user", "content": "Do it."}
-    first = decide(plan, "openai", {"messages": [user]})
-    answered = {"role": "assistant", "content": first.text}
-    second = decide(plan, "anthropic", {"messages": [user, answered, user]})
-    last = decide(plan, "openai", {"messages": [user, *[{"role": "assistant", "content": "x"}, user] * 2]})
+    example = {"role": "assistant", "content": "Ok, I will:\n\nshow_greeting.py\n```\nprint('Hey')\n```"}
+    first = decide(plan, "openai", {"messages": [user, example, user]})
+    answered = {"role": "assistant", "content": [{"type": "text", "text": first.text}]}
+    second = decide(plan, "anthropic", {"messages": [user, example, user, answered, user]})
+    again = {"role": "assistant", "content": second.text}
+    last = decide(plan, "openai", {"messages": [user, {"role": "assistant", "content": first.text}, user,
+                                                again, user]})
     assert first.call is None and first.text.endswith("```bash\nls\n```")
     assert second.text.endswith("```bash\ngit push\n```") and last.text == "Done." and last.call is None
 

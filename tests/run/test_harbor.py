@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -25,11 +24,7 @@ from pathlib import Path
 import pytest
 
 from labctl.engine.commands import Docker
-from labctl.lock.lockfile import lock_path, read_lock, write_lock
-from labctl.lock.resolve import spec_sha256
 from labctl.round.verify import derive_outcome, named_checks
-from labctl.spec.load import load_lab
-from labctl.treehash import tree_sha256
 from tests.run.test_runner import ROOT, SMOKE, build, derived_lab, labctl, labelled_now, runner_env, seal
 
 __all__ = ["runner_env"]  # the module fixture of test_runner: envelopes, scratch, the smoke lock
@@ -63,17 +58,7 @@ def test_flat_reward_json_keys_are_named_checks() -> None:
 def task_lab(tmp: Path, task: Path, contestants: str = CONTROLS) -> Path:
     """The smoke lab on `task` with `contestants`, locked offline from labs/smoke.lock (the task's
     base image is the smoke task's, debian:bookworm-slim)."""
-    text = SMOKE.read_text().replace("path: ../tasks/smoke-hello", f"path: {task}")
-    text = re.sub(r"^  wall_time: .*$", "  wall_time: 1m", text, flags=re.M)
-    text = text[: text.index("contestants:")] + "contestants:\n" + contestants
-    lab = tmp / "lab.yaml"
-    lab.write_text(text)
-    base = read_lock(lock_path(SMOKE))
-    lock = base.model_copy(update={
-        "spec_sha256": spec_sha256(load_lab(lab)), "models": {},
-        "task": base.task.model_copy(update={"path": str(task), "tree_sha256": tree_sha256(task)})})
-    write_lock(lock_path(lab), lock)
-    return lab
+    return derived_lab(tmp, contestants, wall="1m", task=task)
 
 
 def run_round(lab: Path, tmp: Path) -> tuple[subprocess.CompletedProcess[str], dict]:

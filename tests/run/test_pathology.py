@@ -18,6 +18,7 @@ from labctl.run.pathology import (
     identical_tool_call_streak,
     pathology,
     repeated_text_streak,
+    text_actions,
     zero_tool_calls,
 )
 from labctl.spec.task import read_task
@@ -154,6 +155,26 @@ def test_zero_tool_calls() -> None:
     assert not zero_tool_calls(tool_transcript(["ls"], [0]))
     assert actions({"content": "```\nls -la\n```"}) == ["ls -la"]
     assert actions({"content": "```python\nprint(1)\n```"}) == []
+
+
+def test_text_agent_actions_count_as_tool_calls(tmp_path: Path, monkeypatch: Any) -> None:
+    """aider (and any agent that declares no tools) acts through fenced blocks the harness runs:
+    they are its tool calls in metrics.json, so a run that did the task is not graded Total failure
+    for "never acting". An agent that declared tools and only wrote a fenced block did not act."""
+    import labctl.run.grade as grade
+
+    monkeypatch.setattr(grade, "pushed_commits", lambda ws: 1)
+    text = text_transcript(["ls", "git push"], [0, 0])  # two commands, then the submit block
+    assert text_actions(text) == 3
+    tooled = [exchange(0, content=bash("rm -rf /"))]
+    tooled[0]["request"]["tools"] = [{"type": "function", "function": {"name": "bash"}}]
+    assert text_actions(tooled) == 0 and text_actions(tool_transcript(["ls"], [0])) == 0
+    t = tmp_path / "transcript.jsonl"
+    for recs, meter_calls, want in ((text, 0, 3), (tooled, 0, 0), (tool_transcript(["ls"], [0]), 1, 1)):
+        t.write_text("".join(json.dumps(r) + "\n" for r in recs))
+        m = run_metrics(meter_state=_meter(meter_calls), transcript=t, ws=_Ws(tmp_path),  # type: ignore[arg-type]
+                        reward=None, wall_s=1.0, needs_model=True, stopped_by=None)
+        assert m.tool_calls == want
 
 
 # --- context overflow ------------------------------------------------------------------------------

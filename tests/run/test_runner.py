@@ -88,10 +88,11 @@ def build(lab: Path) -> None:
     assert all(r.status != "failed" for r in results), [r.as_dict() for r in results]
 
 
-def derived_lab(tmp: Path, contestants: str, *, wall: str = "3m", solve: str | None = None) -> Path:
-    """A lab like smoke.yaml with other contestants (and optionally a task whose solution is `solve`),
-    locked offline from labs/smoke.lock."""
-    task = ROOT / "tasks" / "smoke-hello"
+def derived_lab(tmp: Path, contestants: str, *, wall: str = "3m", solve: str | None = None,
+                task: Path | None = None) -> Path:
+    """A lab like smoke.yaml with other contestants (and optionally another `task`, or the smoke
+    task with `solve` as its solution), locked offline from labs/smoke.lock."""
+    task = task or ROOT / "tasks" / "smoke-hello"
     if solve is not None:
         task = tmp / "task"
         shutil.copytree(ROOT / "tasks" / "smoke-hello", task)

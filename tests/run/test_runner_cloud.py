@@ -21,18 +21,16 @@ from pathlib import Path
 
 import pytest
 
-from labctl.engine.commands import Docker, label_flags
 from labctl.round.layout import read_result
-from labctl.run.runner import RunSession, open_round, run_round
+from labctl.run.runner import open_round, run_round
 from tests.fake_upstream import MODEL as FAKE_MODEL
 from tests.run.test_runner import build, derived_lab, labelled_now, runner_env, seal  # noqa: F401 (fixture)
+from tests.scripted_round import PORT, upstream_container
 
 pytestmark = pytest.mark.docker
 
 TESTS = Path(__file__).resolve().parents[2]  # the checkout: the container imports `tests.fake_upstream`
 ALIAS = "fake-anthropic"
-PORT = 8080
-VENV_PY = "/opt/labctl/venv/bin/python"  # the labctl image's venv: aiohttp is there, not in python3
 KEY_ENV = "LABCTL_TEST_KEY"
 PLACEHOLDER = "labctl-proxy-placeholder"  # the agent's dummy key (labctl/agents/mini_swe_agent.py)
 WORK = ("printf 'Hello, lab!\\n' > hello.txt && git add hello.txt && git commit -qm hi"
@@ -87,40 +85,9 @@ def upstream(image: str, out: Path, labels: dict[str, str], monkeypatch: pytest.
     (out / "replies.json").write_text(json.dumps(REPLIES))
     if fail_status is not None:
         (out / "fail.json").write_text(json.dumps({"status": fail_status}))
-    d = Docker.detect()
-    suffix = labels["labctl.test"][:12]
-    net, name = f"labctl-test-upnet-{suffix}", f"labctl-test-upstream-{suffix}"
-    d("network", "create", "--internal", *label_flags(labels), net)
-    try:
-        # `-e NAME`: the key comes from this process's environment, as the runner gives it the meter.
-        d("run", "-d", "--name", name, "--network", net, *label_flags(labels), "-e", KEY_ENV,
-          "-v", f"{TESTS}:/tests:ro", "-v", f"{out}:/out", "--entrypoint", VENV_PY, image, "/out/serve.py")
-        probe = f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{PORT}/health', timeout=2)"
-        deadline = time.monotonic() + 60
-        while not d.ok("exec", name, VENV_PY, "-c", probe):
-            logs = d("logs", name, check=False)
-            assert d.running(name) and time.monotonic() < deadline, logs.stdout + logs.stderr
-            time.sleep(0.3)
-
-        start_model, cleanup = RunSession._start_model, RunSession.cleanup
-
-        def joined(self: RunSession) -> tuple[str, list[str], list[str], list[str]]:
-            got = start_model(self)  # a cloud contestant: creates the run's egress network
-            d("network", "connect", "--alias", ALIAS, self.names["net-egress"], name)
-            return got
-
-        def left(self: RunSession) -> None:
-            # The runner removes its egress network by label; a foreign container on it would keep it.
-            d("network", "disconnect", "-f", self.names["net-egress"], name, check=False)
-            cleanup(self)
-
-        monkeypatch.setattr(RunSession, "_start_model", joined)
-        monkeypatch.setattr(RunSession, "cleanup", left)
+    with upstream_container(image, out, labels, argv=["/out/serve.py"], mount=TESTS, key_env=KEY_ENV,
+                            alias=ALIAS, kind="upstream") as name:
         yield name
-    finally:
-        monkeypatch.undo()
-        d("rm", "-f", name, check=False)
-        d("network", "rm", net, check=False)
 
 
 CLOUD = ("  - id: claude\n    kind: cloud\n    provider: anthropic\n    model: claude-sonnet-4-20250514\n"

@@ -1,11 +1,12 @@
-"""Each npm runtime in a real, sealed `labctl round` against the tiny random model (issue #14 part 4).
+"""Each runtime in a real, sealed `labctl round` against the tiny random model (issue #14 part 4).
 
 The tiny model answers gibberish, so no runtime can finish the task: what is proven is that the
 runtime starts from its baked image with no network but the meter, speaks its own wire to the
-meter (Anthropic Messages for Claude Code, chat completions for Qwen Code) which forwards it to
-llama-server and meters it, and ends by itself — Failed or Total failure, inside its wall time,
-leaving nothing behind. (Complete with the scripted model needs the scripted stand-in on the wire
-branch: tests/scripted_model.py.)
+meter (Anthropic Messages for Claude Code, Responses for Codex, chat completions for the others)
+which forwards it to llama-server and meters it, and ends — by itself, by its own turn limit, or,
+for a runtime without one (aider, codex, opencode), by the meter's request budget (the lab's
+`budgets.steps`) — as Failed or Total failure inside its wall time, leaving nothing behind.
+(Complete, with the scripted model: tests/run/test_runtime_scripted.py.)
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ pytestmark = pytest.mark.docker
 
 TINY = ("  - id: tiny-llama\n    kind: local\n    name: Tiny llama (random weights)\n"
         "    model:\n      generate: {seed: 7}\n")
-PATHS = {"claude-code": "/v1/messages", "qwen-code": "/v1/chat/completions"}
+PATHS = {"claude-code": "/v1/messages", "qwen-code": "/v1/chat/completions", "codex": "/v1/responses",
+         "opencode": "/v1/chat/completions", "aider": "/v1/chat/completions"}
 """The wire each runtime speaks to the meter."""
 
 
@@ -55,9 +57,15 @@ def test_tiny_model_round_ends_cleanly(tmp_path: Path, runtime: str) -> None:
     [row] = report["runs"]
     run = Path(report["round_dir"]) / "runs" / row["run"]
     agent_log = (run / "agent.log").read_text(errors="replace")
-    assert row["status"] == "done" and row["outcome"] in ("Failed", "Total failure"), (row, agent_log[-3000:])
+    assert row["outcome"] in ("Failed", "Total failure"), (row, agent_log[-3000:])
+    # ended by itself, or stopped by the meter's request budget; never by the wall time
+    result = json.loads((run / "result.json").read_text())
+    assert row["status"] == "done" or result.get("reason") == "stopped by request_budget budget", \
+        (row, result, agent_log[-3000:])
     records = [json.loads(x) for x in (run / "transcript.jsonl").read_text().splitlines()]
     exchanges = [r for r in records if r.get("kind") == "exchange"]
     assert exchanges, agent_log[-3000:]  # the runtime reached the model, through the meter only
     assert {r["path"] for r in exchanges} == {PATHS[runtime]}, {r["path"] for r in exchanges}
+    steps = load_lab(lab).lab.budgets.steps
+    assert steps and sum(r["status"] == 200 for r in exchanges) <= steps  # budgets.steps model calls at most
     assert labelled_now(report["round"]) == {"containers": [], "networks": [], "volumes": []}

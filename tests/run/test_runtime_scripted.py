@@ -28,13 +28,12 @@ from tests.run.test_runner import build, derived_lab, labelled_now, runner_env  
 pytestmark = pytest.mark.docker
 
 WIRES = {"claude-code": ("anthropic", "/v1/messages"), "codex": ("openai", "/v1/responses"),
-         "opencode": ("openai", "/v1/chat/completions"), "qwen-code": ("openai", "/v1/chat/completions")}
+         "opencode": ("openai", "/v1/chat/completions"), "qwen-code": ("openai", "/v1/chat/completions"),
+         "aider": ("openai", "/v1/chat/completions")}
 """Runtime → (the cloud provider it is paired with, the wire it speaks to the meter).
 
-aider is not here yet: it declares no tools, so the scripted model answers with fenced bash blocks
-but aider's
-whole-file edit format, the one it picks for an unknown model, reads every fenced block as a file
-listing ("No filename provided before ```"), so the commands never run."""
+aider declares no tools: the scripted model answers it with the command in a fenced bash block,
+which aider (diff edit format) proposes as a shell command and runs on the yes its adapter answers."""
 VERSIONS = RUNTIMES
 
 
@@ -67,6 +66,7 @@ def test_scripted_model_round_is_complete(runtime: str, tmp_path: Path, monkeypa
     run = Path(report["round_dir"]) / "runs" / row["run"]
     agent_log = (run / "agent.log").read_text(errors="replace")
     assert (row["status"], row["outcome"]) == ("done", "Complete"), (row, agent_log[-3000:])
+    assert "githubusercontent" not in agent_log  # no call home tried (aider's price list: its metadata file)
     wire = WIRES[runtime][1]
     assert any(r["path"] == wire for r in received), [r["path"] for r in received]
     records = [json.loads(x) for x in (run / "transcript.jsonl").read_text().splitlines()]
