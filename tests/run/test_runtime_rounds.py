@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from labctl.agents import adapter
 from labctl.cli.app import app
 from labctl.lock.lockfile import lock_path, read_lock, write_lock
 from labctl.lock.resolve import spec_sha256
@@ -68,4 +69,7 @@ def test_tiny_model_round_ends_cleanly(tmp_path: Path, runtime: str) -> None:
     assert {r["path"] for r in exchanges} == {PATHS[runtime]}, {r["path"] for r in exchanges}
     steps = load_lab(lab).lab.budgets.steps
     assert steps and sum(r["status"] == 200 for r in exchanges) <= steps  # budgets.steps model calls at most
+    # the meter enforces the step limit for a runtime without a turn limit of its own, only for one
+    meter = json.loads((run / "meter-status.json").read_text())
+    assert meter["request_budget"] == (None if adapter(runtime).limits_steps else steps), meter
     assert labelled_now(report["round"]) == {"containers": [], "networks": [], "volumes": []}

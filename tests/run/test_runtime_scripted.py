@@ -11,6 +11,7 @@ image, its configuration (no prompt left unanswered, the meter its only endpoint
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from labctl.spec.load import load_lab
 from tests import scripted_round
 from tests.images.test_runtime_images import RUNTIMES, lock_runtime
 from tests.run.test_runner import build, derived_lab, labelled_now, runner_env  # noqa: F401 (fixture)
+from tests.scripted_model import Plan
 
 pytestmark = pytest.mark.docker
 
@@ -37,10 +39,12 @@ which aider (diff edit format) proposes as a shell command and runs on the yes i
 VERSIONS = RUNTIMES
 
 
-def scripted_lab(tmp: Path, runtime: str) -> Path:
+def scripted_lab(tmp: Path, runtime: str, steps: int | None = None) -> Path:
     provider, _ = WIRES[runtime]
     own = f"    agent: {{runtime: {runtime}, version: {VERSIONS[runtime]}}}\n"
     lab = derived_lab(tmp, scripted_round.cloud_contestant("scripted", provider=provider, extra=own))
+    if steps is not None:
+        lab.write_text(re.sub(r"(?m)^  steps: .*$", f"  steps: {steps}", lab.read_text()))
     lock = read_lock(lock_path(lab))
     lock = lock.model_copy(update={"agents": {runtime: lock_runtime(runtime, VERSIONS[runtime])},
                                    "spec_sha256": spec_sha256(load_lab(lab))})
@@ -75,3 +79,29 @@ def test_scripted_model_round_is_complete(runtime: str, tmp_path: Path, monkeypa
     assert sum((r.get("usage") or {}).get("total_tokens", 0) for r in exchanges) > 0
     assert key not in (run / "transcript.jsonl").read_text() + agent_log  # the key stays in the meter
     assert labelled_now(report["round"]) == {"containers": [], "networks": [], "volumes": []}
+
+
+def test_request_budget_stops_a_runtime_without_a_turn_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             labctl_labels: dict[str, str]) -> None:
+    """Codex has no turn limit of its own: with `budgets.steps: 3` and a model that never stops
+    calling the shell, the meter forwards three calls, refuses the rest and the runner stops the
+    agent there — long before the wall time. The run is graded like any stopped run."""
+    lab = scripted_lab(tmp_path, "codex", steps=3)
+    build(lab)
+    monkeypatch.setenv(scripted_round.KEY_ENV, f"sk-scripted-{uuid.uuid4().hex}")
+    image = scripted_round.labctl_image(lab)
+    with scripted_round.scripted_upstream(image, tmp_path / "model", labctl_labels,
+                                          plan=Plan(commands=["true"] * 50)) as model:
+        args = ["round", str(lab), "--rounds-dir", str(tmp_path / "rounds"), "--json"]
+        done = CliRunner().invoke(app, args)
+        received = model.received()
+    assert done.exit_code == 0, done.output[-3000:]
+    report = json.loads(done.stdout)
+    [row] = report["runs"]
+    run = Path(report["round_dir"]) / "runs" / row["run"]
+    result = json.loads((run / "result.json").read_text())
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert (result["status"], result["reason"]) == ("killed", "stopped by request_budget budget"), result
+    assert metrics["stopped_by"] == "request_budget" and metrics["requests"] >= 3
+    assert len([r for r in received if r["path"] == "/v1/responses"]) == 3  # the rest never left the meter
+    assert metrics["wall_time_s"] < 120
