@@ -319,6 +319,12 @@ class RunSession:
                         proc.wait()
         self.agent_wall_s = time.monotonic() - t0
         self.agent_exit = proc.returncode
+        if self.stopped_by is None and self.adapter.needs_model:
+            # The agent may exit on the meter's refusal before the next poll saw the stop: a budget
+            # stopped it all the same.
+            state = read_status(status)
+            if state and state.stopped and state.stopped_reason in ("token_budget", "request_budget"):
+                self.stopped_by = state.stopped_reason
 
     # --- afterwards ------------------------------------------------------------------------------
 
