@@ -92,8 +92,20 @@ def test_runtime_image_runs_with_no_network(runtime_images: dict[str, RuntimeIma
     assert got.returncode == 0, got.stderr[-2000:]
     if runtime != "mini-swe-agent":
         assert RUNTIMES[runtime] in got.stdout  # `<tool> --version`: the pinned one, not another
+    if adapter(runtime).registry == "npm":
         node = image.engine.run(image.spec.tag, ["/opt/labctl/node/bin/node", "--version"], network="none")
         assert node.stdout.strip() == f"v{NODE_VERSION}"
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("runtime", sorted(RUNTIMES))
+def test_runtime_image_rebuild_is_a_no_op(runtime_images: dict[str, RuntimeImage], runtime: str,
+                                          tmp_path: Path) -> None:
+    """Built once, the same locked runtime is the same image: a second build does nothing (how fast
+    that is: benchmarks/build_cached.py)."""
+    image = runtime_images[runtime]
+    [again] = build_all(image.engine, [image.spec], log_dir=tmp_path)
+    assert again.status == "cached", (again.status, again.log)
 
 
 @pytest.mark.docker
