@@ -54,6 +54,10 @@ tables=$ipt
 if [ -e /proc/net/if_inet6 ]; then tables="$ipt $ip6t"; fi
 """
 """Picks the backend docker uses (its DOCKER-USER chain); IPv6 rules wherever the kernel has IPv6."""
+_DELETE = ("if ! {cmd} -w -D {spec} 2>/dev/null && {cmd} -w -C {spec} 2>/dev/null; then\n"
+           "  echo {why} >&2; exit 1\nfi")
+"""Delete one rule; one already gone is fine (a run's own cleanup and `labctl down` may race between
+listing and deleting), one that stays is an error."""
 
 
 def comment(round_id: str | None, run_id: str | None = None) -> str:
@@ -175,7 +179,8 @@ class Fence:
                 continue
             for spec in matching_rules(line, self.tag):
                 found.append(f"{command} {line}")
-                lines.append(f"{shlex.quote(command)} -w -D {shlex.join(spec)}")
+                lines.append(_DELETE.format(cmd=shlex.quote(command), spec=shlex.join(spec),
+                                            why=shlex.quote(f"a rule stays after {command} -D: {line}")))
         if lines:
             self.nf("\n".join(lines) + "\n", "remove the run's firewall rules")
         return found

@@ -23,7 +23,7 @@ import pytest
 
 from labctl.engine.commands import Docker, label_flags
 from labctl.engine.container import detect_engine
-from labctl.engine.fence import Fence, Netfilter
+from labctl.engine.fence import Fence, Netfilter, matching_rules
 from labctl.images.build import build_all
 from labctl.images.specs import lab_images, settings_for
 from labctl.lock.lockfile import lock_path, read_lock, write_lock
@@ -233,3 +233,23 @@ def test_ipv6_is_fenced_too_and_a_non_root_user_gets_the_helper(
         cleared = fence.clear()
     assert len(cleared) == 4 and fence.rules() == []
     assert d.labelled(labels) == NOTHING
+
+
+def test_clearing_rules_another_cleanup_already_removed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`labctl down` lists a run's rules while the run's own cleanup deletes them: a rule gone between
+    the listing and the delete is fine, and what is still there is deleted (CI's failure of stop 22)."""
+    fence = Fence(Netfilter(Docker.detect()), f"race-{uuid.uuid4().hex[:8]}", "run-1")
+    plant = "".join(f"$ipt -w -I INPUT 1 -i {dev} -m comment --comment {fence.tag} -j DROP\n"
+                    for dev in ("lcrace0", "lcrace1"))
+    fence.nf(plant, "plant two rules")
+    try:
+        stale = fence.listing()
+        assert len(matching_rules(stale, fence.tag)) == 2
+        fence.nf(f"$ipt -w -D INPUT -i lcrace0 -m comment --comment {fence.tag} -j DROP\n", "race")
+        monkeypatch.setattr(fence, "listing", lambda: stale)  # what `down` saw before the race
+        assert len(fence.clear()) == 2
+    finally:
+        monkeypatch.undo()
+        leftover = fence.rules()
+        fence.clear()
+    assert leftover == []
