@@ -26,9 +26,7 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
 from aiohttp import web
-from yarl import URL
 
 from labctl.meter.policy import InterventionPolicy
 from labctl.meter.sserelay import StreamRelay
@@ -50,6 +48,7 @@ from labctl.meter.transcript import (
     upstream_headers,
     with_model,
 )
+from labctl.meter.upstream import Pool, UpstreamError, UpstreamResponse
 
 __all__ = ["Meter", "MeterConfig", "MeterState"]
 
@@ -92,9 +91,9 @@ class Meter:
         if cfg.upstream_model:
             self.names.add(cfg.upstream_model)
         self.policy = InterventionPolicy(cfg.interventions)
-        self.session: aiohttp.ClientSession | None = None
+        self.pool: Pool | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
-        self._urls: dict[str, URL] = {}
+        self._targets: dict[str, str] = {}
         self.seq = 0
         self.status = StatusPublisher(self.state, self.recorder)
         self.publish = self.status.publish
@@ -102,17 +101,13 @@ class Meter:
 
     async def open(self) -> None:
         self.loop = self.status.loop = asyncio.get_running_loop()
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.cfg.connect_timeout_s,
-                                        sock_read=self.cfg.read_timeout_s)
-        connector = aiohttp.TCPConnector(limit=64, keepalive_timeout=self.cfg.keepalive_s)
-        # no cookie jar: an upstream's cookies are nothing the next call should carry (and filtering
-        # them cost time on every call)
-        self.session = aiohttp.ClientSession(connector=connector, timeout=timeout,
-                                             cookie_jar=aiohttp.DummyCookieJar())
+        # its own lean client (labctl/meter/upstream.py): aiohttp's cost half of what the meter adds
+        self.pool = Pool(self.cfg.upstream, connect_timeout_s=self.cfg.connect_timeout_s,
+                         read_timeout_s=self.cfg.read_timeout_s, keepalive_s=self.cfg.keepalive_s, limit=64)
 
     async def close(self) -> None:
-        if self.session is not None:
-            await self.session.close()
+        if self.pool is not None:
+            await self.pool.close()
         await self.flush()
         self.recorder.close()
 
@@ -120,11 +115,15 @@ class Meter:
         """Publish a state still waiting for its turn (drain, shutdown)."""
         self.status.flush()
 
-    def upstream_url(self, path: str) -> URL:
-        """`url(path)` parsed once per path (the model-call paths are few; parsing cost per call)."""
-        if (parsed := self._urls.get(path)) is None:
-            parsed = self._urls[path] = URL(self.url(path))
-        return parsed
+    def target(self, path: str, query: str = "") -> str:
+        """The request target (path and query) on the upstream for one of ours; computed once per
+        model-call path (they are few)."""
+        if query or (found := self._targets.get(path)) is None:
+            u = urlsplit(self.url(path, query))
+            found = (u.path or "/") + (f"?{u.query}" if u.query else "")
+            if not query:
+                self._targets[path] = found
+        return found
 
     def url(self, path: str, query: str = "") -> str:
         """Upstream URL; a base ending in /v1 (`https://api.openai.com/v1`) is not doubled."""
@@ -161,17 +160,17 @@ class Meter:
                          "not_found_error" if dialect == "anthropic" else "invalid_request_error")
 
     async def passthrough(self, request: web.Request) -> web.StreamResponse:
-        assert self.session is not None
+        assert self.pool is not None
         headers = upstream_headers(request.headers, self.cfg.dialect, self.key)
         body = await request.read()
         if self.cfg.upstream_model and request.path.endswith("/count_tokens"):
             body = with_model(body, self.cfg.upstream_model)  # counted for the real model, not the alias
         try:
-            async with self.session.request(request.method, self.url(request.path, request.query_string),
-                                            data=body, headers=headers) as up:
+            async with self.pool.request(request.method, self.target(request.path, request.query_string),
+                                         body, headers) as up:
                 data = scrub_bytes(await up.read(), self.cfg.alias, self.names)
                 return web.Response(body=data, status=up.status, headers=downstream_headers(up.headers))
-        except (TimeoutError, aiohttp.ClientError) as e:
+        except UpstreamError as e:
             return self.fail(self.cfg.dialect, 502, f"upstream unreachable: {type(e).__name__}", "api_error")
 
     # ------------------------------------------------------------------ model calls
@@ -255,31 +254,27 @@ class Meter:
 
     async def forward(self, request: web.Request, rec: Rec, asm: Reassembler, dialect: Dialect, path: str,
                       data: bytes, hide_usage: bool, m0: float) -> web.StreamResponse:
-        assert self.session is not None
+        assert self.pool is not None
         headers = upstream_headers(request.headers, self.cfg.dialect, self.key)
         rec["forwarded"] = True
         self.state.forwarded += 1
-        for attempt in (0, 1):
-            try:
-                async with self.session.post(self.upstream_url(path), data=data, headers=headers) as up:
-                    rec["ttfb_ms"] = round((time.perf_counter() - m0) * 1000, 3)
-                    rec["status"] = up.status
-                    if up.status >= 400:
-                        return await self.upstream_failed(request, rec, dialect, up)
-                    if up.content_type == "text/event-stream":
-                        return await self.relay_stream(request, rec, asm, dialect, up, hide_usage)
-                    return await self.relay_whole(request, asm, up)
-            except (TimeoutError, aiohttp.ClientError) as e:
-                if request.transport is None or request.transport.is_closing():
-                    # the agent left (its write failed, or it gave up waiting): not the upstream's fault
-                    rec["error"] = {"type": "agent_disconnected", "message": "the agent left first"}
-                    return web.Response(status=499)
-                if attempt == 0 and rec["status"] is None and isinstance(
-                        e, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
-                    continue  # a pooled connection the upstream had already closed: once more, fresh
-                return await self.broken(request, rec, dialect, f"upstream failed: {type(e).__name__}",
-                                         detail=str(e))
-        raise AssertionError("unreachable")
+        try:  # (a pooled connection the upstream had closed while idle is retried by the pool)
+            async with self.pool.request("POST", self.target(path), data, headers) as up:
+                rec["ttfb_ms"] = round((time.perf_counter() - m0) * 1000, 3)
+                rec["status"] = up.status
+                if up.status >= 400:
+                    return await self.upstream_failed(request, rec, dialect, up)
+                if up.content_type == "text/event-stream":
+                    return await self.relay_stream(request, rec, asm, dialect, up, hide_usage)
+                return await self.relay_whole(request, asm, up)
+        except (UpstreamError, ConnectionResetError) as e:
+            gone = request.transport is None or request.transport.is_closing()
+            if gone or isinstance(e, ConnectionResetError):
+                # the agent left (its write failed, or it gave up waiting): not the upstream's fault
+                rec["error"] = {"type": "agent_disconnected", "message": "the agent left first"}
+                return web.Response(status=499)
+            return await self.broken(request, rec, dialect, f"upstream failed: {type(e).__name__}",
+                                     detail=str(e))
 
     def mark_error(self, rec: Rec, kind: str, message: str, **more: Any) -> None:
         """Record an upstream failure and mark the run errored, so a runner does not mistake it for
@@ -289,14 +284,14 @@ class Meter:
 
     async def broken(self, request: web.Request, rec: Rec, dialect: Dialect, message: str,
                      **detail: Any) -> web.StreamResponse:
-        """A 502 naming only the kind of failure (aiohttp's own text names the upstream host)."""
+        """A 502 naming only the kind of failure (the error's own text names the upstream host)."""
         self.mark_error(rec, "upstream_unreachable", message, **detail)
         rec["status"] = 502
         resp = self.fail(dialect, 502, f"labctl meter: {message}", "api_error", "upstream_error")
         return await self.send(request, resp)
 
     async def upstream_failed(self, request: web.Request, rec: Rec, dialect: Dialect,
-                              up: aiohttp.ClientResponse) -> web.StreamResponse:
+                              up: UpstreamResponse) -> web.StreamResponse:
         """5xx, or 401/403/404 (our key, URL or model is wrong): 502 to the agent, run errored.
         Other 4xx (context too long, rate limited) and a model's unparseable output are the agent's
         to see, passed through scrubbed."""
@@ -317,7 +312,7 @@ class Meter:
                                                      headers=downstream_headers(up.headers)))
 
     async def relay_whole(self, request: web.Request, asm: Reassembler,
-                          up: aiohttp.ClientResponse) -> web.StreamResponse:
+                          up: UpstreamResponse) -> web.StreamResponse:
         data = await up.read()
         try:
             obj = loads(data)
@@ -337,7 +332,7 @@ class Meter:
                                                      headers=downstream_headers(up.headers)))
 
     async def relay_stream(self, request: web.Request, rec: Rec, asm: Reassembler, dialect: Dialect,
-                           up: aiohttp.ClientResponse, hide_usage: bool) -> web.StreamResponse:
+                           up: UpstreamResponse, hide_usage: bool) -> web.StreamResponse:
         """Forward each upstream chunk as soon as its events are whole (never the whole response
         buffered; see labctl/meter/sserelay.py), and parse it for the transcript once the agent has its
         last byte. A stream that ends without its terminal event was dropped: the agent gets an
@@ -349,7 +344,7 @@ class Meter:
         relay = StreamRelay(asm, dialect, self.cfg.alias, self.names, self.fingerprints, hide_usage)
         dropped: str | None = None
         try:
-            async for chunk in up.content.iter_any():
+            async for chunk in up.iter_any():
                 out = relay.feed(chunk)
                 if out:
                     try:
@@ -358,7 +353,7 @@ class Meter:
                         rec["error"] = {"type": "agent_disconnected", "message": "the agent left mid-stream"}
                         relay.finish()
                         return resp
-        except (TimeoutError, aiohttp.ClientError) as e:
+        except UpstreamError as e:
             dropped = f"upstream stream broke: {type(e).__name__}"
         if dropped is None and not relay.ended:
             dropped = "upstream closed the stream before its end"

@@ -193,28 +193,47 @@ def reassembler(dialect: Dialect, alias: str) -> Reassembler | wire_responses.Re
 def rewrite_identity(raw: bytes, obj: dict[str, Any], alias: str) -> bytes | None:
     """`raw` (the bytes `obj` was parsed from) with the model renamed and the fingerprint removed
     by exact byte edits, so everything else reaches the agent untouched and no re-serialisation is
-    paid per streamed token. Each edited pair must occur exactly once in the compact form the
-    upstreams write (`"model":"x"`); otherwise None, and the caller falls back to `scrub`. A pair
-    with unescaped quotes cannot hide inside a JSON string, so a match is the field itself."""
-    out = raw
+    paid per streamed token. Each edited pair must occur exactly once, in the compact form llama.cpp
+    writes (`"model":"x"`) or spaced as pretty-printing APIs write it (`"model": "x"`); otherwise
+    None, and the caller falls back to `scrub`. A pair with unescaped quotes cannot hide inside a
+    JSON string, so a match is the field itself."""
+    out: bytes | None = raw
     for holder in identity_holders(obj):
-        if not isinstance(holder, dict):
+        if not isinstance(holder, dict) or out is None:
             continue
         model = holder.get("model")
         if isinstance(model, str) and model != alias:
-            pair = _pair("model", model)
-            if out.count(pair) != 1:
-                return None
-            out = out.replace(pair, _pair("model", alias))
-        if "system_fingerprint" in holder:
+            out = _edit_once(out, _pair("model", model), _pair("model", alias), _spaced("model", model))
+        if "system_fingerprint" in holder and out is not None:
             fp = holder["system_fingerprint"]
-            pair = b"," + _pair("system_fingerprint", fp if isinstance(fp, str) else None)
-            if out.count(pair) != 1:
-                pair = pair[1:] + b","
-                if out.count(pair) != 1:
-                    return None
-            out = out.replace(pair, b"")
+            fp = fp if isinstance(fp, str) else None
+            before, after = _spaced("system_fingerprint", fp, ","), _spaced("system_fingerprint", fp, "", ",")
+            pair = _pair("system_fingerprint", fp)
+            out = (_edit_once(out, b"," + pair, b"", before)
+                   or _edit_once(out, pair + b",", b"", after))
     return out
+
+
+def _edit_once(raw: bytes, pair: bytes, new: bytes, spaced: re.Pattern[bytes]) -> bytes | None:
+    """`raw` with the one occurrence of `pair` (or else of the `spaced` pattern) replaced by `new`;
+    None when there is not exactly one."""
+    n = raw.count(pair)
+    if n == 1:
+        return raw.replace(pair, new)
+    if n == 0:
+        found = spaced.findall(raw)
+        if len(found) == 1:
+            return raw.replace(found[0], new)
+    return None
+
+
+@functools.lru_cache(maxsize=64)
+def _spaced(key: str, value: str | None, lead: str = "", trail: str = "") -> re.Pattern[bytes]:
+    """`"key" : "value"` with any whitespace around the colon (and a comma before or after)."""
+    lead_re = re.escape(lead.encode()) + rb"\s*" if lead else b""
+    trail_re = rb"\s*" + re.escape(trail.encode()) if trail else b""
+    return re.compile(lead_re + re.escape(json.dumps(key).encode()) + rb"\s*:\s*"
+                      + re.escape(json.dumps(value, ensure_ascii=False).encode()) + trail_re)
 
 
 def identity_holders(obj: dict[str, Any]) -> tuple[Any, Any, Any]:

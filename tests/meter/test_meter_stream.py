@@ -14,7 +14,7 @@ import pytest
 
 from labctl.meter import blobs
 from labctl.meter.sserelay import StreamRelay, parse_events
-from labctl.meter.transcript import Reassembler
+from labctl.meter.transcript import Reassembler, rewrite_identity
 from labctl.report.data import transcript_summary
 from labctl.round.verify import verify_round
 from labctl.run.parts import transcript_records
@@ -100,6 +100,19 @@ def test_relay_fast_path_refuses_what_it_cannot_vouch_for() -> None:
     assert relay.slow_chunks == 1 and "other-model" in names  # learned, so redacted everywhere
     relay.finish()
     assert relay.asm.upstream_models >= {"known-model"} and relay.asm.events == 3
+
+
+def test_identity_edits_keep_an_apis_own_spacing() -> None:
+    """A pretty-printed body (cloud APIs indent theirs) is edited in place, not re-serialised; a
+    pair that is not there exactly once sends it the careful way (None)."""
+    body = {"id": "c1", "model": "gpt-x", "system_fingerprint": "fp_9", "choices": [{"index": 0}]}
+    for raw in (json.dumps(body, indent=2).encode(), json.dumps(body).encode()):
+        out = rewrite_identity(raw, body, ALIAS)
+        assert out is not None and b"gpt-x" not in out and b"fp_9" not in out
+        assert json.loads(out) == {"id": "c1", "model": ALIAS, "choices": [{"index": 0}]}
+        assert (b'\n  "id": "c1"' in out) == (b"\n" in raw)  # the rest untouched
+    twice = json.dumps({"model": "gpt-x", "echo": {"model": "gpt-x"}}, indent=1).encode()
+    assert rewrite_identity(twice, json.loads(twice), ALIAS) is None
 
 
 def test_parse_events_batch_matches_event_by_event() -> None:
