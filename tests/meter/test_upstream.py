@@ -24,18 +24,18 @@ from labctl.meter.upstream import (
     UpstreamTimeout,
 )
 
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
 
 def run(coro: Coroutine[Any, Any, None]) -> None:
     uvloop.run(coro)  # the meter's loop
 
 
 class Server:
-    """A raw HTTP/1.1 server on loopback: `handler` answers each request head it is given."""
+    """A raw HTTP/1.1 server on loopback: `answer` writes the response to each request (its head
+    given) and says whether the connection stays open."""
 
     def __init__(self, answer: Callable[[bytes, asyncio.StreamWriter], Awaitable[bool]]) -> None:
-        self.answer, self.connections, self.requests = answer, 0, []  # type: ignore[var-annotated]
+        self.answer, self.connections = answer, 0
+        self.requests: list[bytes] = []
         self.server: asyncio.Server | None = None
         self.ssl: ssl.SSLContext | None = None
 
