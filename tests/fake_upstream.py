@@ -297,6 +297,21 @@ async def start_fake(fake: FakeUpstream, host: str = "127.0.0.1", port: int = 0)
     return runner
 
 
+def serve_until_killed(start: Callable[[], Awaitable[web.AppRunner]], url: Callable[[], str]) -> None:
+    """Serve the app `start()` sets up in the foreground, its URL as the first stdout line
+    (`{"listening": url}`), until interrupted (the fake upstream's and the scripted model's command)."""
+    async def run() -> None:
+        runner = await start()
+        print(json.dumps({"listening": url()}), flush=True)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
+
+
 @contextlib.contextmanager
 def serve_in_thread(start: Callable[[], Awaitable[web.AppRunner]], name: str) -> Iterator[None]:
     """Run the aiohttp app `start()` sets up on its own loop in a background thread, until the
@@ -340,17 +355,7 @@ def main() -> None:
     fake = FakeUpstream()
     if args.tokens:
         fake.default = Reply(text=("lorem ipsum dolor sit amet " * (args.tokens // 6 + 1))[: args.tokens * 4])
-
-    async def run() -> None:
-        runner = await start_fake(fake, args.host, args.port)
-        print(json.dumps({"listening": fake.url}), flush=True)
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await runner.cleanup()
-
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run())
+    serve_until_killed(lambda: start_fake(fake, args.host, args.port), lambda: fake.url)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,6 @@ How each answer is written on each wire: tests/scripted_wires.py.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import os
@@ -45,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from fake_upstream import serve_in_thread
+from fake_upstream import serve_in_thread, serve_until_killed
 from scripted_wires import MODEL, WIRES, Answer, pieces
 
 __all__ = ["MODEL", "Plan", "ScriptedModel", "decide", "serve_scripted", "shell_arguments", "shell_tool",
@@ -296,17 +295,7 @@ def main() -> None:
     args = ap.parse_args()
     key = os.environ[args.key_env] if args.key_env else None
     model = ScriptedModel(Plan.load(args.plan) if args.plan else None, require_key=key, record=args.record)
-
-    async def run() -> None:
-        runner = await start_scripted(model, args.host, args.port)
-        print(json.dumps({"listening": model.url}), flush=True)
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await runner.cleanup()
-
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run())
+    serve_until_killed(lambda: start_scripted(model, args.host, args.port), lambda: model.url)
 
 
 if __name__ == "__main__":
