@@ -292,7 +292,7 @@ def scrub_bytes(data: bytes, alias: str, names: set[str]) -> bytes:
 
 _DROP_UP = {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "accept-encoding",
             "authorization", "x-api-key", "api-key", "proxy-authorization", "cookie", "openai-organization",
-            "openai-project", "upgrade", "te", "trailer"}
+            "openai-project", "upgrade", "te", "trailer", "expect"}
 _KEEP_DOWN = ("Content-Type", "Retry-After")
 
 

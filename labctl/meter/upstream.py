@@ -108,7 +108,9 @@ class _Connection(asyncio.Protocol):
         names = {k.lower() for k, _ in self.header_list}
         self.close_delimited = "content-length" not in names and "transfer-encoding" not in names
         status = self.parser.get_status_code()
-        if self.head or status in (204, 304) or 100 <= status < 200:
+        if 100 <= status < 200:  # `100 Continue` and the like: the real response follows
+            self.header_list, self.headers_done, self.close_delimited = [], False, False
+        elif self.head or status in (204, 304):
             self.complete, self.close_delimited = True, False
 
     def on_body(self, body: bytes) -> None:
@@ -119,7 +121,8 @@ class _Connection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def on_message_complete(self) -> None:
-        self.complete = True
+        if self.headers_done:  # not the end of an informational (1xx) response
+            self.complete = True
 
     # --- the consumer's side
     def _fail(self, error: UpstreamError) -> None:

@@ -211,6 +211,23 @@ def test_real_key_injected_dummy_never_forwarded_nothing_logged(
         assert REAL_KEY not in text and DUMMY_KEY not in text
 
 
+def test_a_client_expecting_100_continue_gets_its_answer(tmp_path: Path) -> None:
+    """curl sends `Expect: 100-continue` with a body over 1 KiB: the meter answers the 100 itself
+    and never forwards the Expect (the upstream would answer 100 to the meter too)."""
+    body = chat_body("openai", text="x" * 4000)
+    (tmp_path / "body.json").write_text(json.dumps(body))
+    with serve_fake() as fake, metered(tmp_path, fake) as meter:
+        done = subprocess.run(["curl", "-sS", "--noproxy", "*", "-H", "Content-Type: application/json",
+                               "-H", "Expect: 100-continue", "--data-binary", f"@{tmp_path / 'body.json'}",
+                               "-w", "\\n%{http_code}", meter.url + PATHS["openai"]],
+                              capture_output=True, text=True, timeout=30)
+        answer, code = done.stdout.rsplit("\n", 1)
+        assert code == "200", done.stderr
+        assert json.loads(answer)["model"] == ALIAS
+        records(tmp_path, 1)
+    assert not any("expect" in {k.lower() for k in got.headers} for got in fake.received)
+
+
 def test_missing_key_env_fails_at_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("LABCTL_NO_SUCH_KEY", raising=False)
     with serve_fake() as fake, pytest.raises(ValueError, match="LABCTL_NO_SUCH_KEY"), \

@@ -263,3 +263,23 @@ def test_https_upstream_with_the_servers_name_checked(tmp_path: Path) -> None:
         assert srv.connections == 1 and len(srv.requests) == 2  # one connection, kept alive
         assert b"Host: localhost:" + port.encode() in srv.requests[0]
     run(main())
+
+
+def test_an_informational_response_before_the_real_one_is_skipped() -> None:
+    async def answer(head: bytes, w: asyncio.StreamWriter) -> bool:
+        w.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        await w.drain()
+        await asyncio.sleep(0.05)
+        w.write(b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\nX-Real: yes\r\n\r\nok")
+        return True
+
+    async def main() -> None:
+        srv = Server(answer)
+        async with srv as url:
+            pool = Pool(url)
+            for _ in range(2):
+                async with pool.request("POST", "/x", b"{}") as up:
+                    assert up.status == 201 and up.headers["X-Real"] == "yes" and await up.read() == b"ok"
+            await pool.close()
+        assert srv.connections == 1
+    run(main())
