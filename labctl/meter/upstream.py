@@ -91,8 +91,9 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
-        if self.headers_done and self.close_delimited and not self.complete:
-            self.complete = True  # a body without length or chunking ends with the connection
+        if self.headers_done and self.close_delimited and not self.complete and exc is None \
+                and self.error is None:
+            self.complete = True  # a body without length or chunking ends with the connection (cleanly)
         elif not self.complete:
             self._fail(UpstreamDisconnected("the upstream closed the connection"
                                             + (" before the response" if not self.got_bytes else "")))

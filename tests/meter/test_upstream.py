@@ -154,9 +154,11 @@ def test_a_body_without_length_ends_with_the_connection() -> None:
     run(main())
 
 
-def test_a_stall_past_the_read_timeout_is_a_timeout_error() -> None:
+@pytest.mark.parametrize("length", [b"Content-Length: 10\r\n", b""], ids=["with length", "close-delimited"])
+def test_a_stall_past_the_read_timeout_is_a_timeout_error(length: bytes) -> None:
+    """Never the part that came as if it were the whole body, whichever way the body is framed."""
     async def answer(head: bytes, w: asyncio.StreamWriter) -> bool:
-        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n12345")
+        w.write(b"HTTP/1.1 200 OK\r\n" + length + b"\r\n12345")
         await w.drain()
         await asyncio.sleep(5)
         return False
