@@ -116,14 +116,11 @@ class Meter:
         self.status.flush()
 
     def target(self, path: str, query: str = "") -> str:
-        """The request target (path and query) on the upstream for one of ours; computed once per
-        model-call path (they are few)."""
-        if query or (found := self._targets.get(path)) is None:
-            u = urlsplit(self.url(path, query))
-            found = (u.path or "/") + (f"?{u.query}" if u.query else "")
-            if not query:
-                self._targets[path] = found
-        return found
+        """The request target (path and query) on the upstream for one of ours; the path computed
+        once per path of ours (they are few: model calls and passthroughs)."""
+        if (found := self._targets.get(path)) is None:
+            found = self._targets[path] = urlsplit(self.url(path)).path or "/"
+        return found + (f"?{query}" if query else "")
 
     def url(self, path: str, query: str = "") -> str:
         """Upstream URL; a base ending in /v1 (`https://api.openai.com/v1`) is not doubled."""

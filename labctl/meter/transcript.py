@@ -203,25 +203,25 @@ def rewrite_identity(raw: bytes, obj: dict[str, Any], alias: str) -> bytes | Non
             continue
         model = holder.get("model")
         if isinstance(model, str) and model != alias:
-            out = _edit_once(out, _pair("model", model), _pair("model", alias), _spaced("model", model))
+            out = _edit_once(out, "model", model, _pair("model", alias))
         if "system_fingerprint" in holder and out is not None:
             fp = holder["system_fingerprint"]
             fp = fp if isinstance(fp, str) else None
-            before, after = _spaced("system_fingerprint", fp, ","), _spaced("system_fingerprint", fp, "", ",")
-            pair = _pair("system_fingerprint", fp)
-            out = (_edit_once(out, b"," + pair, b"", before)
-                   or _edit_once(out, pair + b",", b"", after))
+            out = (_edit_once(out, "system_fingerprint", fp, b"", lead=",")
+                   or _edit_once(out, "system_fingerprint", fp, b"", trail=","))
     return out
 
 
-def _edit_once(raw: bytes, pair: bytes, new: bytes, spaced: re.Pattern[bytes]) -> bytes | None:
-    """`raw` with the one occurrence of `pair` (or else of the `spaced` pattern) replaced by `new`;
-    None when there is not exactly one."""
+def _edit_once(raw: bytes, key: str, value: str | None, new: bytes, lead: str = "", trail: str = ""
+               ) -> bytes | None:
+    """`raw` with the one occurrence of the pair `"key":"value"` (with `lead` before it and `trail`
+    after it; compact, or else spaced) replaced by `new`; None when there is not exactly one."""
+    pair = lead.encode() + _pair(key, value) + trail.encode()
     n = raw.count(pair)
     if n == 1:
         return raw.replace(pair, new)
-    if n == 0:
-        found = spaced.findall(raw)
+    if n == 0:  # the pattern only now: compact is what llama.cpp streams, token after token
+        found = _spaced(key, value, lead, trail).findall(raw)
         if len(found) == 1:
             return raw.replace(found[0], new)
     return None

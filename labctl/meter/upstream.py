@@ -161,10 +161,12 @@ class _Connection(asyncio.Protocol):
             self.transport.resume_reading()
         return data
 
+    def alive(self) -> bool:
+        return self.transport is not None and not self.transport.is_closing()
+
     def reusable(self) -> bool:
-        t = self.transport
-        return (self.complete and self.error is None and not self.close_delimited and t is not None
-                and not t.is_closing() and self.keep_alive)
+        return (self.complete and self.error is None and not self.close_delimited and self.keep_alive
+                and self.alive())
 
     def close(self) -> None:
         if self.transport is not None:
@@ -216,13 +218,10 @@ class _Exchange:
             conn = await self.pool.acquire()
             try:
                 response = await self.pool.send(conn, *self.args)
-            except UpstreamDisconnected:
+            except BaseException as e:
                 self.pool.release(conn, broken=True)
-                if attempt or not conn.reused or conn.got_bytes:
-                    raise  # only an idle pooled connection the upstream had closed is tried again
-                continue
-            except BaseException:
-                self.pool.release(conn, broken=True)
+                if isinstance(e, UpstreamDisconnected) and not attempt and conn.reused and not conn.got_bytes:
+                    continue  # only an idle pooled connection the upstream had closed is tried again
                 raise
             self.conn = conn
             return response
@@ -265,8 +264,7 @@ class Pool:
         now = time.monotonic()
         while self.idle:
             conn = self.idle.pop()
-            if conn.transport is not None and not conn.transport.is_closing() \
-                    and now - conn.idle_since < self.keepalive_s:
+            if conn.alive() and now - conn.idle_since < self.keepalive_s:
                 conn.reused = True
                 return conn
             self._drop(conn)

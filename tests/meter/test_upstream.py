@@ -21,6 +21,7 @@ from labctl.meter.upstream import (
     Pool,
     UpstreamConnectError,
     UpstreamDisconnected,
+    UpstreamResponse,
     UpstreamTimeout,
 )
 
@@ -73,18 +74,27 @@ def fixed(body: bytes, keep: bool = True) -> Callable[[bytes, asyncio.StreamWrit
     return answer
 
 
+async def exchanges(pool: Pool, n: int, target: str = "/x", body: bytes = b"{}",
+                    headers: dict[str, str] | None = None) -> list[tuple[UpstreamResponse, bytes]]:
+    """n POSTs in turn on `pool` (closed after), each response with its whole body."""
+    got = []
+    for _ in range(n):
+        async with pool.request("POST", target, body, headers) as up:
+            got.append((up, await up.read()))
+    await pool.close()
+    return got
+
+
 def test_keep_alive_reuses_one_connection_and_sends_host_and_length() -> None:
     async def main() -> None:
         srv = Server(fixed(b'{"ok":true}'))
         async with srv as url:
-            pool = Pool(url + "/v1")
-            for _ in range(3):
-                async with pool.request("POST", "/v1/chat/completions", b'{"a":1}',
-                                        {"Content-Type": "application/json"}) as up:
-                    assert up.status == 200 and up.content_type == "application/json"
-                    assert up.headers["content-type"] == "application/json"  # any case
-                    assert await up.read() == b'{"ok":true}'
-            await pool.close()
+            got = await exchanges(Pool(url + "/v1"), 3, "/v1/chat/completions", b'{"a":1}',
+                                  {"Content-Type": "application/json"})
+        for up, body in got:
+            assert up.status == 200 and up.content_type == "application/json"
+            assert up.headers["content-type"] == "application/json"  # any case
+            assert body == b'{"ok":true}'
         assert srv.connections == 1 and len(srv.requests) == 3
         first = srv.requests[0]
         assert first.startswith(b"POST /v1/chat/completions HTTP/1.1\r\n")
@@ -145,11 +155,8 @@ def test_a_body_without_length_ends_with_the_connection() -> None:
     async def main() -> None:
         srv = Server(answer)
         async with srv as url:
-            pool = Pool(url)
-            for _ in range(2):
-                async with pool.request("POST", "/x", b"{}") as up:
-                    assert await up.read() == b'{"whole": true}'
-            await pool.close()
+            got = await exchanges(Pool(url), 2)
+        assert [body for _, body in got] == [b'{"whole": true}'] * 2
         assert srv.connections == 2  # never reused
     run(main())
 
@@ -253,11 +260,8 @@ def test_https_upstream_with_the_servers_name_checked(tmp_path: Path) -> None:
         srv.ssl = server_ctx
         async with srv as url:
             port = url.rsplit(":", 1)[1]
-            pool = Pool(f"https://localhost:{port}/v1", ssl_context=trust)
-            for _ in range(2):
-                async with pool.request("POST", "/v1/messages", b"{}") as up:
-                    assert await up.read() == b'{"tls":true}'
-            await pool.close()
+            got = await exchanges(Pool(f"https://localhost:{port}/v1", ssl_context=trust), 2, "/v1/messages")
+            assert [body for _, body in got] == [b'{"tls":true}'] * 2
             wrong = Pool(f"https://127.0.0.1:{port}", ssl_context=trust)  # not the certificate's name
             with pytest.raises(UpstreamConnectError):
                 async with wrong.request("GET", "/health"):
@@ -278,10 +282,8 @@ def test_an_informational_response_before_the_real_one_is_skipped() -> None:
     async def main() -> None:
         srv = Server(answer)
         async with srv as url:
-            pool = Pool(url)
-            for _ in range(2):
-                async with pool.request("POST", "/x", b"{}") as up:
-                    assert up.status == 201 and up.headers["X-Real"] == "yes" and await up.read() == b"ok"
-            await pool.close()
+            got = await exchanges(Pool(url), 2)
+        for up, body in got:
+            assert up.status == 201 and up.headers["X-Real"] == "yes" and body == b"ok"
         assert srv.connections == 1
     run(main())
