@@ -42,9 +42,10 @@ controls: $(STAMP) env ## Round 7's task with its controls: the oracle must be C
 	$(BIN)/labctl lock labs/tag-manager.yaml
 	$(BIN)/labctl round labs/tag-manager.yaml
 
-lint: $(STAMP) ## ruff and the import-layer contract (pyproject.toml)
+lint: $(STAMP) ## ruff, the import-layer contract and mypy over labctl/ (settings: pyproject.toml)
 	$(BIN)/ruff check labctl tests scripts benchmarks
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 schema: $(STAMP) ## Regenerate lab.schema.json from the spec
 	$(BIN)/labctl schema --write lab.schema.json
@@ -56,4 +57,4 @@ gpu-bundle: $(STAMP) ## Stage .gpu-bundle/ (pinned llama.cpp source + wheels) fo
 	bash scripts/gpu-bundle.sh
 
 clean: ## Remove the venv and caches (not the model store)
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis

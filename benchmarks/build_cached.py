@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from labctl.engine.container import BuildRequest, ContainerEngine, detect_engine
+from labctl.engine.container import BuildRequest, Engine, detect_engine
 from labctl.images.build import prepare
 from labctl.images.model import ImageSpec
 from labctl.images.specs import lab_images, settings_for
@@ -60,7 +60,7 @@ def main() -> int:
     return 0 if ours <= 1.0 else 1
 
 
-def _plain_build(engine: ContainerEngine, spec: ImageSpec, late: dict[str, str]) -> float:
+def _plain_build(engine: Engine, spec: ImageSpec, late: dict[str, str]) -> float:
     """Seconds of one `docker build` of `spec` (same context, Dockerfile and args) on a full cache."""
     args = {**spec.build_args, **spec.unhashed_args, **late}
     if spec.probe is not None:  # the version label the real build recorded: same layers, cache hits

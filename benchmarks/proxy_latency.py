@@ -16,7 +16,7 @@ Last, bursts of concurrent streams go through the meter, and the transcript must
 with usage for every stream the client saw complete.
 
     .venv/bin/python benchmarks/proxy_latency.py [--rounds 5] [--requests 500] [--streams 20]
-        [--tokens 500] [--concurrent 200] [--bursts 5] [--meter-src DIR]
+        [--tokens 500] [--concurrent 200] [--bursts 5] [--meter-src DIR] [--max-output 500]
 
 Exit status 1 when a goal is missed.
 """
@@ -127,6 +127,10 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=500, help="Tokens (SSE events) per streamed reply.")
     ap.add_argument("--concurrent", type=int, default=200, help="Simultaneous streams per burst.")
     ap.add_argument("--bursts", type=int, default=5, help="Bursts of concurrent streams (0: none).")
+    ap.add_argument("--max-output", type=int, default=None,
+                    help="The meter holds every call to this many output tokens and the streams ask for "
+                         "32000 (qwen-code's max_tokens), so each metered stream is clamped; give it "
+                         "--tokens, so both targets stream the same length.")
     ap.add_argument("--meter-src", type=Path, default=ROOT,
                     help="Source tree whose meter runs (e.g. an older commit's, for before/after).")
     args = ap.parse_args()
@@ -138,10 +142,12 @@ def main() -> int:
                             "--tokens", str(args.tokens)])
         meter, meter_url = start([sys.executable, "-m", "labctl", "meter", "--upstream", up_url, "--dialect",
                                   "openai", "--listen", "127.0.0.1:0", "--alias", "run-bench", "--json",
-                                  "--transcript", str(transcript)], cwd=args.meter_src.resolve())
+                                  "--transcript", str(transcript),
+                                  *(["--max-output", str(args.max_output)] if args.max_output else [])],
+                                 cwd=args.meter_src.resolve())
         try:
             direct, metered = Client(up_url), Client(meter_url)
-            small, big = chat(16, False), chat(args.tokens, True)
+            small, big = chat(16, False), chat(32000 if args.max_output else args.tokens, True)
             alternate(direct, metered, small, 200)  # warm-up: connections, caches, the allocator
             alternate(direct, metered, big, 3)
             added: list[float] = []
@@ -177,7 +183,8 @@ def main() -> int:
     print(f"machine: {os.cpu_count()} CPUs shared by client, upstream and meter; load average "
           f"{load0[0]:.1f} at start, {load1[0]:.1f} at end (other work on the machine skews both targets)")
     print(f"meter: {args.meter_src.resolve()}; {args.rounds} rounds, medians per round, then the median "
-          "of the rounds and their range")
+          "of the rounds and their range"
+          + (f"; max_output {args.max_output} (every stream clamped from 32000)" if args.max_output else ""))
     print(f"\nnon-streaming: {args.requests} calls per target per round, ms to the last byte")
     print(f"  direct median                 {spread(d_meds, '.3f')}")
     print(f"  through the meter median      {spread(m_meds, '.3f')}")

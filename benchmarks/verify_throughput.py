@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT)]  # labctl and the tests package (tests/hfserver.py)
 
 from labctl.gguf.store import Store, sha256_file  # noqa: E402
 from labctl.gguf.tiny import TinyModelParams, write_tiny_gguf  # noqa: E402
@@ -82,7 +82,7 @@ def hashing(work: Path, size: int) -> bool:
 
 
 def second_fetch(work: Path) -> bool:
-    from hfserver import HubServer, client_pointed_at
+    from tests.hfserver import HubServer, client_pointed_at
 
     model = work / "tiny.gguf"
     write_tiny_gguf(model, TinyModelParams(seed=11, n_layer=4, n_embd=256, vocab_size=4096))

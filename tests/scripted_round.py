@@ -26,7 +26,8 @@ from typing import Any
 
 import pytest
 
-from labctl.engine.commands import Docker, label_flags
+from labctl.engine.container import detect_engine
+from labctl.engine.names import label_flags
 from labctl.run.runner import RunSession
 from tests.scripted_model import Plan
 
@@ -65,7 +66,7 @@ class RunningModel:
         return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
     def logs(self) -> str:
-        done = Docker.detect()("logs", self.container, check=False)
+        done = detect_engine()("logs", self.container, check=False)
         return done.stdout + done.stderr
 
 
@@ -77,7 +78,7 @@ def upstream_container(image: str, out: Path, labels: dict[str, str], *, argv: l
     passed from this process (as the runner gives it the meter), on a labelled internal network of
     the test's. The runner is patched meanwhile: once it has created a run's egress network the
     container joins it as `alias`, and leaves before the runner's own cleanup removes that network."""
-    d = Docker.detect()
+    d = detect_engine()
     suffix = labels["labctl.test"][:12]
     net, name = f"labctl-test-{kind}net-{suffix}", f"labctl-test-{kind}-{suffix}"
     d("network", "create", "--internal", *label_flags(labels), net)

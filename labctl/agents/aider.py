@@ -22,13 +22,22 @@ could not apply); the meter's request budget (`budgets.steps`) and token budget 
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 from labctl.agents.base import AgentCommand, Invocation, deadline_note
+from labctl.agents.endings import ANSI, clean, last_error_line
 from labctl.agents.runtime import PinnedRuntime
 
 STATIC_ENV = {
     "LITELLM_LOCAL_MODEL_COST_MAP": "True",  # no fetch of litellm's price list at import
 }
+
+LITELLM_ERROR = re.compile(r"^litellm\.\w+: ")
+"""aider exits 0 whatever happened; a model call that failed for good is told by litellm's error,
+`litellm.BadRequestError: OpenAIException - …` (wrapped at the terminal's width), with no model call
+after it (each answered call prints its `Tokens: … sent, … received.`)."""
+ANSWERED = re.compile(r"^Tokens: .* sent, .* received")
 
 # $1 instruction file, $2 deadline note, $3 model, $4 api base, $5 log dir, $6 model metadata JSON
 _SCRIPT = ('{ cat "$1"; printf "%s" "$2"; } > "$5/aider-message.md" && '
@@ -45,9 +54,9 @@ _SCRIPT = ('{ cat "$1"; printf "%s" "$2"; } > "$5/aider-message.md" && '
 class Aider(PinnedRuntime, name="aider", registry="pypi", package="aider-chat", binary="aider",
             env=STATIC_ENV):
     def command(self, inv: Invocation) -> AgentCommand:
-        self.model(inv)
-        base = inv.model_base_url.rstrip("/")
-        model = f"openai/{inv.model_name}"
+        base_url, model_name = self.model(inv)
+        base = base_url.rstrip("/")
+        model = f"openai/{model_name}"
         # aider looks a model up in its metadata before anything else; one it does not know there it
         # fetches litellm's price list for from GitHub (aider/models.py ModelInfoManager). Known, it
         # asks nothing: the run's model costs nothing here (the meter counts the tokens).
@@ -56,6 +65,20 @@ class Aider(PinnedRuntime, name="aider", registry="pypi", package="aider-chat", 
         argv = ["sh", "-c", _SCRIPT, "aider", inv.instruction_file, deadline_note(inv.deadline),
                 model, f"{base}/v1", inv.log_dir, json.dumps(metadata, sort_keys=True)]
         return AgentCommand(argv=argv, env=dict(STATIC_ENV), workdir=inv.workdir)
+
+    def ending(self, agent_log: str, artifacts: Path, exit_code: int | None) -> str | None:
+        lines = ANSI.sub("", agent_log).splitlines()
+        for i in range(len(lines) - 1, -1, -1):
+            if ANSWERED.match(lines[i]):
+                break  # the model answered after any earlier error: that error did not end it
+            if LITELLM_ERROR.match(lines[i]):
+                para = [lines[i]]
+                for nxt in lines[i + 1:]:
+                    if not nxt.strip():
+                        break
+                    para.append(nxt)
+                return clean(" ".join(para))
+        return last_error_line(agent_log) if exit_code else None
 
 
 ADAPTER = Aider()

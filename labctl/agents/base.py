@@ -1,6 +1,6 @@
 """What an agent runtime is to labctl: packages baked into the image, and a command line to run.
 
-An adapter is a small object (one file per runtime) that answers four questions:
+An adapter is a small object (one file per runtime) that answers five questions:
 
 * which pinned packages to install (`packages`) — fetched and sha256-verified on the host by
   `labctl build`, copied into the build context, installed at *build* time (never at run time: a
@@ -8,7 +8,8 @@ An adapter is a small object (one file per runtime) that answers four questions:
 * how to install them (`install_script`, POSIX sh run as root in the task image);
 * how to prove the install works (`check_command`, e.g. `mini --help`);
 * how to run it non-interactively (`command`), given only the instruction file, the model's base URL
-  (the metering proxy), the model name, a step limit and a deadline.
+  (the metering proxy), the model name, a step limit and a deadline;
+* how its session ended, in its own words (`ending`), read from the logs the run collected.
 
 The run-time environment an adapter returns must never hold an API key: agents reach models only
 through the proxy, which holds the real keys. `AgentCommand` refuses secret-looking variables.
@@ -21,6 +22,7 @@ import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Literal, Protocol
 
 from labctl.errors import LabctlError
@@ -112,6 +114,13 @@ class AgentAdapter(Protocol):
 
     def command(self, inv: Invocation) -> AgentCommand:
         """The non-interactive command line of one run."""
+        ...
+
+    def ending(self, agent_log: str, artifacts: Path, exit_code: int | None) -> str | None:
+        """The runtime's own word on how its session ended, one short line read from what the run
+        collected: `agent_log` (the command's stdout and stderr), `artifacts` (its /logs/agent as
+        copied out; may not exist) and the command's exit status. E.g. mini-swe-agent's `Submitted`,
+        qwen-code's `[API Error: 400 …]`; None when it said nothing (helpers: labctl.agents.endings)."""
         ...
 
 

@@ -18,12 +18,19 @@ and the wall time stop it.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from labctl.agents.base import AgentCommand, Invocation, deadline_note
+from labctl.agents.endings import clean, json_lines, last_error_line, message_of
 from labctl.agents.runtime import PinnedRuntime
 
 PACKAGE = "@openai/codex"
 KEY_VAR = "LABCTL_MODEL_PLACEHOLDER"
+
+EVENTS = "codex-events.jsonl"
+"""`codex exec --json`: one event a line; a turn ends `{"type": "turn.completed", "usage"}` or
+`{"type": "turn.failed", "error": {"message"}}`, and `{"type": "error", "message"}` events come
+before (`Reconnecting... 5/5 (unexpected status 401 …)`)."""
 
 # $1 instruction file, $2 deadline note, $3 config.toml, $4 CODEX_HOME, $5 event log
 _SCRIPT = ('mkdir -p "$4" && printf "%s" "$3" > "$4/config.toml" && CODEX_HOME="$4" '
@@ -58,11 +65,25 @@ def config_toml(base_url: str, model: str) -> str:
 
 class Codex(PinnedRuntime, name="codex", registry="npm", package=PACKAGE, binary="codex"):
     def command(self, inv: Invocation) -> AgentCommand:
-        self.model(inv)
-        conf = config_toml(inv.model_base_url.rstrip("/"), inv.model_name)
+        base_url, model_name = self.model(inv)
+        conf = config_toml(base_url.rstrip("/"), model_name)
         argv = ["sh", "-c", _SCRIPT, "codex", inv.instruction_file, deadline_note(inv.deadline), conf,
                 f"{inv.log_dir}/codex-home", f"{inv.log_dir}/codex-events.jsonl"]
         return AgentCommand(argv=argv, env={KEY_VAR: "labctl-proxy-placeholder"}, workdir=inv.workdir)
+
+    def ending(self, agent_log: str, artifacts: Path, exit_code: int | None) -> str | None:
+        last: str | None = None
+        for event in json_lines(artifacts / EVENTS):
+            kind = event.get("type")
+            if kind == "turn.completed":
+                last = "turn completed"
+            elif kind == "turn.failed":
+                last = f"turn failed: {message_of(event.get('error')) or 'no message'}"
+            elif kind == "error":
+                last = f"error: {message_of(event.get('message')) or 'no message'}"
+        if last is not None:
+            return clean(last)
+        return last_error_line(agent_log) if exit_code else None
 
 
 ADAPTER = Codex()

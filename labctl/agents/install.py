@@ -16,6 +16,34 @@ from labctl.agents.base import AGENTS_ROOT, BUILD_DIR, wrapper_script
 NODE_ROOT = "/opt/labctl/node"
 NPM_ROOT = "/opt/labctl/npm"
 
+EXECUTABLE_ELF = r"""
+const fs = require("fs"), path = require("path");
+const root = process.argv[2], elf = Buffer.from([0x7f, 0x45, 0x4c, 0x46]);
+const walk = (dir) => {
+  for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
+    const f = path.join(dir, e.name);
+    if (e.isDirectory()) { walk(f); continue; }
+    if (!e.isFile()) continue;  // symlinks point into the tree (npm's .bin links)
+    const mode = fs.statSync(f).mode;
+    if ((mode & 0o111) === 0o111) continue;
+    const head = Buffer.alloc(4), fd = fs.openSync(f, "r");
+    const n = fs.readSync(fd, head, 0, 4, 0);
+    fs.closeSync(fd);
+    if (n === 4 && head.equals(elf)) {
+      fs.chmodSync(f, mode | 0o755);
+      console.log("made executable: " + path.relative(root, f));
+    }
+  }
+};
+walk(root);
+"""
+"""node script (its argument: the tree's root): every ELF file of an installed npm tree made executable by
+all. Why: npm keeps the mode a package's tarball gives a file, and only `bin` entries are made
+executable; a native tool a package bundles and spawns itself arrives without its x bit when the
+publisher packed it so (qwen-code 0.24.4 ships `vendor/ripgrep/x64-linux/rg` as 0644, and its
+search tool then fails with `rg EACCES`). Shared objects (`*.node`, `*.so`) get the bit too:
+harmless, and one rule with no list of packages to keep up to date."""
+
 
 def wheels_install(runtime: str, entry_points: Mapping[str, str],
                    env: Mapping[str, str] | None = None) -> str:
@@ -65,7 +93,9 @@ def npm_install(runtime: str, files: Sequence[str], bins: Sequence[str], *,
     for pkg in run_scripts_of:
         lines.append(f"PATH={NODE_ROOT}/bin:$PATH {npm} rebuild --foreground-scripts {flags} "
                      f"{shlex.quote(pkg)}")
-    lines.append("cd /")
+    lines += [f"cat > {BUILD_DIR}/executable-elf.cjs <<'LABCTL_ELF'\n{EXECUTABLE_ELF.strip()}\nLABCTL_ELF",
+              f"{NODE_ROOT}/bin/node {BUILD_DIR}/executable-elf.cjs {shlex.quote(home)}/node_modules",
+              "cd /"]
     script = "\n".join(lines) + "\n"
     for command in bins:
         script += wrapper_script(f"/usr/local/bin/{command}", f"{home}/node_modules/.bin/{command}",

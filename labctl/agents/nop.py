@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from labctl.agents.base import AgentCommand, Invocation, Package
+from labctl.agents.endings import last_error_line
 
 
 class Nop:
@@ -23,6 +25,9 @@ class Nop:
 
     def command(self, inv: Invocation) -> AgentCommand:
         return AgentCommand(argv=["true"], workdir=inv.workdir)
+
+    def ending(self, agent_log: str, artifacts: Path, exit_code: int | None) -> str | None:
+        return last_error_line(agent_log) if exit_code else None
 
 
 ADAPTER = Nop()

@@ -16,8 +16,10 @@ meter's request budget (`budgets.steps` model calls) and token budget stop it.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from labctl.agents.base import AgentCommand, Invocation, deadline_note
+from labctl.agents.endings import clean, json_lines, last_error_line, message_of
 from labctl.agents.runtime import PinnedRuntime
 
 PACKAGE = "opencode-ai"
@@ -29,6 +31,11 @@ STATIC_ENV = {
     "OPENCODE_DISABLE_DEFAULT_PLUGINS": "true",
     "OPENCODE_DISABLE_PROJECT_CONFIG": "true",
 }
+
+EVENTS = "opencode-events.jsonl"
+"""`opencode run --format json`: one event a line; a model step ends `{"type": "step_finish",
+"part": {"reason": "stop" | "tool-calls" | "length" …}}`, a failure is `{"type": "error", "error":
+{"name": "ContextOverflowError" | "APIError" …, "data": {"message"}}}`."""
 
 # $1 instruction file, $2 deadline note, $3 model ref, $4 event log
 _SCRIPT = 'exec opencode run --model "$3" --format json "$(cat "$1")$2" > "$4"'
@@ -51,12 +58,26 @@ def config(base_url: str, model: str) -> dict[str, object]:
 class OpenCode(PinnedRuntime, name="opencode", registry="npm", package=PACKAGE, binary="opencode",
                env=STATIC_ENV, run_scripts=True):
     def command(self, inv: Invocation) -> AgentCommand:
-        self.model(inv)
-        conf = json.dumps(config(inv.model_base_url.rstrip("/"), inv.model_name), sort_keys=True)
+        base_url, model_name = self.model(inv)
+        conf = json.dumps(config(base_url.rstrip("/"), model_name), sort_keys=True)
         argv = ["sh", "-c", _SCRIPT, "opencode", inv.instruction_file, deadline_note(inv.deadline),
-                f"{PROVIDER}/{inv.model_name}", f"{inv.log_dir}/opencode-events.jsonl"]
+                f"{PROVIDER}/{model_name}", f"{inv.log_dir}/opencode-events.jsonl"]
         env = {**STATIC_ENV, "OPENCODE_CONFIG_CONTENT": conf}
         return AgentCommand(argv=argv, env=env, workdir=inv.workdir)
+
+    def ending(self, agent_log: str, artifacts: Path, exit_code: int | None) -> str | None:
+        last: str | None = None
+        for event in json_lines(artifacts / EVENTS):
+            kind = event.get("type")
+            if kind == "error":
+                last = message_of(event.get("error")) or "error"
+            elif kind == "step_finish":
+                part = event.get("part")
+                reason = part.get("reason") if isinstance(part, dict) else None
+                last = f"step finished: {reason}" if reason else "step finished"
+        if last is not None:
+            return clean(last)
+        return last_error_line(agent_log) if exit_code else None
 
 
 ADAPTER = OpenCode()

@@ -7,8 +7,10 @@ container at run time, never baked into the image: the image is the one the agen
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from labctl.agents.base import AgentCommand, Invocation, Package
+from labctl.agents.endings import last_error_line
 
 SOLUTION = "/solution/solve.sh"
 
@@ -31,6 +33,9 @@ class Oracle:
 
     def command(self, inv: Invocation) -> AgentCommand:
         return AgentCommand(argv=["bash", SOLUTION], workdir=inv.workdir)
+
+    def ending(self, agent_log: str, artifacts: Path, exit_code: int | None) -> str | None:
+        return last_error_line(agent_log) if exit_code else None
 
 
 ADAPTER = Oracle()

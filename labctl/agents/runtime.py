@@ -5,9 +5,11 @@ line and writes only its own `command` (the runtime's flags, config and wire).""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
-from labctl.agents.base import Invocation, Package, Registry
+from labctl.agents.base import AgentConfigError, Invocation, Package, Registry
+from labctl.agents.endings import last_error_line
 from labctl.agents.install import npm_install, wheels_install
 
 
@@ -39,7 +41,7 @@ class PinnedRuntime:
 
     def packages(self, version: str | None) -> list[Package]:
         if not version:
-            raise ValueError(f"{self.name} needs a pinned version (agent.version)")
+            raise AgentConfigError(f"{self.name} needs a pinned version (agent.version)")
         return [Package(self.registry, self.package, version)]
 
     def install_script(self, files: Sequence[str]) -> str:
@@ -51,8 +53,14 @@ class PinnedRuntime:
     def check_command(self) -> list[str]:
         return [self.binary, self.check_flag]
 
+    def ending(self, agent_log: str, artifacts: Path, exit_code: int | None) -> str | None:
+        """Default: a runtime that failed said why in its last error line; one that exited 0 said
+        nothing beyond its answer (its warnings on the way are not how it ended)."""
+        return last_error_line(agent_log) if exit_code else None
+
     def model(self, inv: Invocation) -> tuple[str, str]:
-        """The meter's base URL and the model's name; a runtime cannot run without them."""
+        """The meter's base URL and the model's name; a runtime cannot run without them (None
+        means no model, which only oracle / nop run with: a runtime given None is refused here, once)."""
         if not inv.model_base_url or not inv.model_name:
-            raise ValueError(f"{self.name} needs the model's base URL and name")
+            raise AgentConfigError(f"{self.name} needs the model's base URL and name")
         return inv.model_base_url, inv.model_name

@@ -47,9 +47,11 @@ def main(
 @app.command()
 def validate(lab: LabArg = DEFAULT_LAB, profile: ProfileOpt = None, as_json: JsonOpt = False) -> None:
     """Check a lab file; errors name file:line:col and the field (exit 2)."""
+    from labctl.cli.task import warn_tasks
     from labctl.spec.dataset import dataset_label
 
     loaded = open_lab(lab, profile, as_json)
+    warnings = warn_tasks(loaded.tasks.values())
     kinds: dict[str, int] = {}
     for c in loaded.lab.contestants:
         kinds[c.kind] = kinds.get(c.kind, 0) + 1
@@ -62,6 +64,7 @@ def validate(lab: LabArg = DEFAULT_LAB, profile: ProfileOpt = None, as_json: Jso
         "contestants": [{"id": c.id, "kind": c.kind, "name": c.name} for c in loaded.lab.contestants],
         "task": dataset_label(loaded.lab.task),
         "tasks": sorted(loaded.tasks),
+        "warnings": warnings,
     }
     if as_json:
         emit(summary)
@@ -147,8 +150,9 @@ from labctl.cli.meter import meter_command  # noqa: E402
 from labctl.cli.model import model_app  # noqa: E402
 from labctl.cli.plan import plan_command  # noqa: E402
 from labctl.cli.report import report_command  # noqa: E402
-from labctl.cli.round import seal_command, unseal_command, verify_command  # noqa: E402
-from labctl.cli.run import down_command, round_command, run_command  # noqa: E402
+from labctl.cli.round import round_command  # noqa: E402
+from labctl.cli.run import down_command, run_command  # noqa: E402
+from labctl.cli.seal import seal_command, unseal_command, verify_command  # noqa: E402
 from labctl.cli.store import fetch_command, store_app  # noqa: E402
 from labctl.cli.task import task_app  # noqa: E402
 

@@ -21,7 +21,7 @@ from labctl.cli.console import (
     open_locked,
     out,
 )
-from labctl.engine.container import ContainerEngine, detect_engine
+from labctl.engine.container import Engine, detect_engine
 from labctl.errors import LabctlError
 from labctl.images.build import ImageResult, build_all, image_status
 from labctl.images.model import CA_BUNDLE_ENV, ImageSpec
@@ -36,7 +36,7 @@ CaBundleOpt = Annotated[Path | None, typer.Option(
 
 
 def _prepare(lab: Path, profile: str | None, as_json: bool, ca_bundle: Path | None
-             ) -> tuple[LoadedLab, Lock, list[ImageSpec], ContainerEngine]:
+             ) -> tuple[LoadedLab, Lock, list[ImageSpec], Engine]:
     loaded, lock = open_locked(lab, profile, as_json)
     try:
         specs = lab_images(loaded, lock, settings=settings_for(loaded, ca_bundle=ca_bundle))

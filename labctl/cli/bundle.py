@@ -49,8 +49,6 @@ def bundle_command(
         sha = pack(target, index, sources)
     except BundleError as e:
         raise refuse(e.problems, as_json) from None
-    except OSError as e:
-        raise refuse([f"cannot write the bundle: {e}"], as_json) from None
     size = target.stat().st_size
     if as_json:
         emit({"ok": True, "bundle": str(target), "kind": index.kind, "sha256": sha, "size": size,

@@ -12,7 +12,8 @@ from rich.table import Table
 from labctl.cli.console import DEFAULT_LAB, EXIT_FAIL, JsonOpt, LabArg, emit, err, fail, open_lab, out
 from labctl.cli.store import StoreOpt
 from labctl.gguf.store import Store, default_store_root
-from labctl.lock.lockfile import Lock, lock_path, read_lock, write_lock
+from labctl.lock.entries import lock_entries
+from labctl.lock.lockfile import Lock, LockFileError, lock_path, read_lock, write_lock
 from labctl.lock.resolve import LockError, carry_build_facts, drift, resolve, verify_offline
 
 
@@ -24,7 +25,10 @@ def lock_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Resolve every moving reference to a content hash and write lab.lock next to the lab."""
+    from labctl.cli.task import warn_tasks
+
     loaded = open_lab(lab, as_json=as_json)
+    warn_tasks(loaded.tasks.values())
     path = lock_path(lab)
     st = Store(store or default_store_root())
     existing = _existing(path, as_json) if (check or offline) else None
@@ -63,24 +67,49 @@ def lock_command(
         if changes:
             raise typer.Exit(EXIT_FAIL)
         if not as_json:
-            out.print(f"[green]✓[/] {path} is current ({len(_entries(new))} entries)", highlight=False)
+            out.print(f"[green]✓[/] {path} is current ({len(lock_entries(new))} entries)", highlight=False)
         return
     try:
         previous = read_lock(path) if path.exists() else None
-    except ValueError:
+    except LockFileError:
         previous = None  # an unreadable old lock is simply replaced
     new = carry_build_facts(previous, new)
     changed = write_lock(path, new)
+    notes = template_notes(new)
     if as_json:
         emit({"ok": True, "lock": str(path), "changed": changed, "sha256": new.sha256(),
-              "entries": _entries(new)})
+              "entries": lock_entries(new), "notes": notes})
         return
     t = Table(title=f"{path} ({'written' if changed else 'unchanged'}) sha256 {new.sha256()[:12]}")
     t.add_column("entry", no_wrap=True)
     t.add_column("pinned to")
-    for entry, pin in _entries(new).items():
+    for entry, pin in lock_entries(new).items():
         t.add_row(entry, pin)
     out.print(t)
+    for note in notes:
+        err.print(f"[yellow]note:[/] {note}", highlight=False)
+
+
+def template_notes(lock: Lock) -> list[str]:
+    """A note for each locked GGUF whose chat template (read from its cached header) renders no tools: a
+    warning, never a refusal (a round may mean to show exactly that model failing)."""
+    from labctl.gguf import headers
+    from labctl.gguf.read import GGUFError, parse_header
+    from labctl.gguf.template import chat_template, template_note
+
+    notes = []
+    for cid, model in lock.models.items():
+        sha = model.files[0].header_sha256 if model.files else None
+        raw = headers.get(sha) if sha else None
+        if raw is None:
+            continue
+        try:
+            note = template_note(chat_template(parse_header(raw)))
+        except GGUFError:
+            continue
+        if note:
+            notes.append(f"contestant {cid}: {note}")
+    return notes
 
 
 def _existing(path: Path, as_json: bool) -> Lock:
@@ -88,32 +117,5 @@ def _existing(path: Path, as_json: bool) -> Lock:
         raise fail(f"no {path.name} next to the lab: run `labctl lock` first", as_json)
     try:
         return read_lock(path)
-    except Exception as e:
+    except LockFileError as e:
         raise fail(f"{path} is not a valid lock: {str(e).splitlines()[0]}", as_json) from None
-
-
-def _entries(lock: Lock) -> dict[str, str]:
-    """One short line per entry, for people."""
-    src = lock.llama_cpp
-    rows = {"llama_cpp": (f"{src.ref} → {src.commit}" if src.git else
-                          f"{src.sdist} sha256:{src.sdist_sha256}" if src.sdist else
-                          f"tree sha256:{src.tree_sha256}")}
-    for ref, img in lock.images.items():
-        via = f", via {img.mirror}" if img.mirror else ""
-        rows[f"images.{ref}"] = f"{img.digest} ({img.source}{via})"
-    for cid, m in lock.models.items():
-        first = m.files[0]
-        more = f" (+{len(m.files) - 1} shards)" if len(m.files) > 1 else ""
-        rows[f"models.{cid}"] = f"{first.name} sha256:{first.sha256[:16]}… {first.size:,} B{more}"
-    pins = {"agent": lock.agent} if lock.agent else {}
-    pins.update({f"agents.{name}": a for name, a in (lock.agents or {}).items()})
-    for entry, a in pins.items():
-        tree = ""
-        if a.wheels:
-            tree = f" +{len(a.wheels)} wheels"
-        elif a.npm_packages and a.node:
-            tree = f" +{len(a.npm_packages) - 1} npm packages, node {a.node.version}"
-        head = f"{a.name}=={a.version} {a.filename or ''} {a.sha256 or a.integrity or ''}".strip()
-        rows[entry] = head + tree
-    rows["task"] = f"{lock.task.path} tree sha256:{lock.task.tree_sha256[:16]}…"
-    return rows

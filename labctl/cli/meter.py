@@ -17,6 +17,8 @@ import typer
 from pydantic import ValidationError
 
 from labctl.cli.console import EXIT_FAIL, EXIT_SPEC, emit, fail, out
+from labctl.errors import LabctlError
+from labctl.meter.state import MeterConfigError
 from labctl.spec.interventions import Interventions
 
 if TYPE_CHECKING:
@@ -28,7 +30,7 @@ def parse_listen(value: str) -> tuple[str, int]:
     """`HOST:PORT`, `:PORT` (loopback) or `[v6]:PORT`."""
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit():
-        raise ValueError(f"--listen wants HOST:PORT, got {value!r}")
+        raise MeterConfigError(f"--listen wants HOST:PORT, got {value!r}")
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
@@ -36,7 +38,11 @@ def load_interventions(path: Path | None) -> Interventions:
     """A JSON file holding the lab's `interventions` table (max_nudges, rules)."""
     if path is None:
         return Interventions()
-    return Interventions.model_validate_json(path.read_text(encoding="utf-8"))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise MeterConfigError(str(e)) from e
+    return Interventions.model_validate_json(text)
 
 
 async def serve_until_signalled(cfg: MeterConfig, ready: Callable[[MeterHandle], None] | None = None
@@ -70,6 +76,9 @@ def meter_command(
     token_budget: Annotated[int | None, typer.Option(help="Total tokens before calls are refused.")] = None,
     request_budget: Annotated[int | None, typer.Option(
         help="Model calls forwarded before later ones are refused (runtimes without a turn limit).")] = None,
+    max_output: Annotated[int | None, typer.Option(
+        help="Most output tokens per call: every request's output limit is clamped to it (set if absent).",
+        min=1)] = None,
     alias: Annotated[str, typer.Option(help="The only model name the agent sees (e.g. the run id).")]
     = "model",
     upstream_model: Annotated[str | None, typer.Option(help="Model id sent upstream (cloud).")] = None,
@@ -87,17 +96,13 @@ def meter_command(
     = False,
 ) -> None:
     """Run the metering proxy between an agent and its model until SIGINT/SIGTERM."""
-    from labctl.meter.state import MeterConfig  # aiohttp only when a meter really starts
-
     try:
-        host, port = parse_listen(listen)
-        cfg = MeterConfig(upstream=upstream, dialect=dialect, transcript=transcript, host=host, port=port,
-                          alias=alias, upstream_model=upstream_model, api_key_env=api_key_env,
-                          token_budget=token_budget, request_budget=request_budget,
-                          interventions=load_interventions(interventions),
-                          status_path=status, max_request_bytes=max_request_bytes,
-                          blob_bytes=None if blob_bytes < 0 else blob_bytes)
-    except (ValueError, ValidationError, OSError) as e:
+        cfg = meter_config(upstream=upstream, dialect=dialect, transcript=transcript, listen=listen,
+                           api_key_env=api_key_env, token_budget=token_budget, request_budget=request_budget,
+                           max_output=max_output, alias=alias, upstream_model=upstream_model,
+                           interventions=interventions, status=status, max_request_bytes=max_request_bytes,
+                           blob_bytes=blob_bytes)
+    except (LabctlError, ValidationError) as e:  # ValidationError: MeterConfig's or the interventions'
         raise fail(str(e).splitlines()[0] if not isinstance(e, ValidationError) else _first(e), as_json,
                    code=EXIT_SPEC) from None
 
@@ -116,13 +121,28 @@ def meter_command(
         from labctl.meter.server import run_loop
 
         state = run_loop(serve_until_signalled(cfg, ready))
-    except (ValueError, OSError) as e:
+    except (LabctlError, OSError) as e:  # OSError: the port is taken, the transcript cannot be opened
         raise fail(str(e), as_json, code=EXIT_FAIL) from None
     if as_json:
         emit({"ok": not state.errored, "state": state.model_dump()})
     else:
         out.print(f"meter stopped: {state.requests} requests, {state.total_tokens} tokens, "
                   f"{state.errors} errors", highlight=False)
+
+
+def meter_config(*, upstream: str, dialect: Literal["openai", "anthropic"], transcript: Path, listen: str,
+                 api_key_env: str | None, token_budget: int | None, request_budget: int | None,
+                 max_output: int | None, alias: str, upstream_model: str | None, interventions: Path | None,
+                 status: Path | None, max_request_bytes: int, blob_bytes: int) -> MeterConfig:
+    """The config `labctl meter`'s options describe (the inverse of `MeterConfig.to_argv`)."""
+    from labctl.meter.state import MeterConfig  # aiohttp only when a meter really starts
+
+    host, port = parse_listen(listen)
+    return MeterConfig(upstream=upstream, dialect=dialect, transcript=transcript, host=host, port=port,
+                       alias=alias, upstream_model=upstream_model, api_key_env=api_key_env,
+                       token_budget=token_budget, request_budget=request_budget, max_output=max_output,
+                       interventions=load_interventions(interventions), status_path=status,
+                       max_request_bytes=max_request_bytes, blob_bytes=None if blob_bytes < 0 else blob_bytes)
 
 
 def _first(e: ValidationError) -> str:

@@ -1,17 +1,32 @@
 """`labctl model tiny`: a deterministic tiny GGUF (same parameters ⇒ same bytes on any machine);
-`labctl model twin`: a contestant's shape twin (its real layout, no weights)."""
+`labctl model twin`: a contestant's shape twin (its real layout, no weights); `labctl model probe`: the
+tool-call preflight of the local models (`labctl.plan.probe`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from pydantic import ValidationError
 
-from labctl.cli.console import DEFAULT_LAB, JsonOpt, LabArg, emit, fail, open_lab, out
+from labctl.cli.console import (
+    DEFAULT_LAB,
+    JsonOpt,
+    LabArg,
+    ProfileOpt,
+    emit,
+    fail,
+    open_lab,
+    open_locked,
+    out,
+)
 from labctl.errors import LabctlError
 from labctl.gguf.tinyparams import TinyModelParams, canonical_params_json, tiny_model_name
+
+if TYPE_CHECKING:  # the lock loads only in the commands that read one
+    from labctl.lock.lockfile import FileLock, Lock, ModelLock
 
 model_app = typer.Typer(help="Model utilities.", no_args_is_help=True)
 
@@ -40,7 +55,7 @@ def tiny(
         params = TinyModelParams(
             seed=seed, n_layer=layers, n_embd=embd, n_head=heads, n_head_kv=kv, n_ff=ff,
             context_length=context, key_length=key_length, value_length=key_length,
-            sliding_window=sliding_window, architecture=arch, dtype=dtype,  # type: ignore[arg-type]
+            sliding_window=sliding_window, architecture=arch, dtype=dtype,
         )
     except ValidationError as e:
         first = e.errors(include_url=False)[0]
@@ -58,28 +73,29 @@ def tiny(
     out.print(f"wrote {path} ({size:,} bytes)\n  name   {name}\n  sha256 {sha}", highlight=False)
 
 
-def _read_lock_quietly(lab: Path, as_json: bool):  # -> Lock | None
-    from labctl.lock.lockfile import lock_path, read_lock
+def _read_lock_quietly(lab: Path, as_json: bool) -> Lock | None:
+    from labctl.lock.lockfile import LockFileError, lock_path, read_lock
 
     lp = lock_path(lab)
     if not lp.is_file():
         return None
     try:
         return read_lock(lp)
-    except (ValidationError, ValueError) as e:
+    except LockFileError as e:
         raise fail(f"{lp} does not parse: {e}", as_json) from None
 
 
-def hub_refetch(model):  # -> Callable[[FileLock], bytes] | None
+def hub_refetch(model: ModelLock | None) -> Callable[[FileLock], bytes] | None:
     """Fetch a locked header again (its first header_size bytes) from the pinned Hugging Face file."""
-    if model is None or model.source != "hf" or not model.commit:
-        return None
+    if model is None or model.source != "hf" or not model.commit or not model.repo:
+        return None  # (a locked hf model always has both; the check tells the type checker)
+    repo, commit = model.repo, model.commit
     from huggingface_hub import hf_hub_url
 
     from labctl.lock.hub import range_fetcher
 
-    def refetch(f) -> bytes:
-        return range_fetcher(hf_hub_url(model.repo, f.name, revision=model.commit))(0, f.header_size or 0)
+    def refetch(f: FileLock) -> bytes:
+        return range_fetcher(hf_hub_url(repo, f.name, revision=commit))(0, f.header_size or 0)
     return refetch
 
 
@@ -120,3 +136,40 @@ def twin(
         return
     out.print(f"wrote {t.path} (twin from {t.source}): {t.size:,} bytes as llama.cpp sees it, "
               f"{t.disk:,} on disk", highlight=False)
+
+
+@model_app.command("probe")
+def probe(
+    lab: LabArg = DEFAULT_LAB,
+    contestant: Annotated[str | None, typer.Argument(help="One local contestant (default: all).")] = None,
+    profile: ProfileOpt = None,
+    llama_server: Annotated[Path | None, typer.Option(
+        "--llama-server", help="A llama-server binary on this host (default: the lab's llama-server image, "
+        "built by `labctl build`).")] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Ask again even when this model, llama.cpp "
+                                           "build and flags were probed before.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Serve each local model with its planned flags and ask it for one call of a declared tool.
+
+    Says whether the chat template carries tools (llama-server's /apply-template), whether a structured
+    tool call came back (tool_choice auto, then required) and which context the server really serves.
+    Warns, never refuses: exit 0 whatever the model does.
+    """
+    from labctl.cli.plan import render_preflight, run_preflight
+    from labctl.plan.planner import plan_lab
+
+    loaded, lock = open_locked(lab, profile, as_json)
+    if contestant is not None and contestant not in lock.models:
+        raise fail(f"no local contestant {contestant!r} in {lab} (local: {', '.join(lock.models) or 'none'})",
+                   as_json, code=2)
+    plan = plan_lab(loaded, lock)
+    try:
+        pre = run_preflight(loaded, lock, plan, llama_server, only=contestant, use_cache=not no_cache,
+                            say=lambda s: None)
+    except (LabctlError, OSError) as e:
+        raise fail(str(e), as_json) from None
+    if as_json:
+        emit({"ok": True, **pre.model_dump(mode="json")})
+        return
+    render_preflight(pre)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from pydantic import ValidationError
 from rich.table import Table
 
 from labctl.cli.console import (
@@ -22,10 +21,15 @@ from labctl.cli.console import (
     open_lab,
     out,
 )
-from labctl.lock.lockfile import Lock, lock_path, read_lock
+from labctl.errors import LabctlError
+from labctl.lock.lockfile import Lock, LockFileError, lock_path, read_lock
 from labctl.plan.measured import Measurement, measured_path, read_measured
 from labctl.plan.planner import ContestantPlan, Plan, plan_lab
+from labctl.run.preflight import run_preflight
 from labctl.spec.units import format_size
+
+if TYPE_CHECKING:
+    from labctl.plan.preflight import LabPreflight
 
 MeasureOpt = Annotated[
     bool, typer.Option("--measure", help="Run llama.cpp on every shape twin (fitter, then "
@@ -35,6 +39,11 @@ ServerOpt = Annotated[
     Path | None, typer.Option("--llama-server", help="llama-server binary for --measure (default: "
                               "$LABCTL_LLAMA_SERVER, else labctl's cached CPU build); llama-fit-params is "
                               "taken from beside it.")
+]
+ProbeOpt = Annotated[
+    bool, typer.Option("--probe", help="Serve each local model with its planned flags and ask it for one "
+                       "tool call: does the chat template carry tools, does a structured call come back, "
+                       "which context is served (the lab's llama-server image, or --llama-server).")
 ]
 UnknownArchOpt = Annotated[
     bool, typer.Option("--allow-unknown-arch",
@@ -88,8 +97,13 @@ def render(plan: Plan) -> None:
     for c in plan.contestants:
         if c.status == "planned":
             note = "".join(f"\n    [dim]{n}[/]" for n in c.notes)
+            note += "".join(f"\n    [yellow]warning: {w}[/]" for w in c.warnings)
             out.print(f"  [bold]{c.id}[/]: llama-server {' '.join(c.llama_args)}{note}", highlight=False,
                       emoji=False)
+    for c in plan.contestants:
+        if c.status == "not served" and c.warnings:
+            out.print(f"  [bold]{c.id}[/]:" + "".join(f"\n    [yellow]warning: {w}[/]" for w in c.warnings),
+                      highlight=False, emoji=False)
     for e in plan.errors:
         err.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True, emoji=False)
 
@@ -132,9 +146,16 @@ def render_measured(plan: Plan, m: Measurement) -> None:
     out.print(t, emoji=False)
 
 
+def render_preflight(pre: LabPreflight) -> None:
+    for cid, p in pre.contestants.items():
+        out.print(f"  [bold]{cid}[/]: {p.verdict()}", highlight=False, markup=True, emoji=False)
+        if problem := p.context_problem():
+            out.print(f"    [yellow]{problem}[/]", highlight=False, emoji=False)
+
+
 def plan_command(lab: LabArg = DEFAULT_LAB, profile: ProfileOpt = None, as_json: JsonOpt = False,
                  allow_unknown_arch: UnknownArchOpt = False, measure: MeasureOpt = False,
-                 llama_server: ServerOpt = None) -> None:
+                 llama_server: ServerOpt = None, probe: ProbeOpt = False) -> None:
     """Plan every contestant for a hardware profile: context, KV cache, VRAM, offload, llama-server flags.
 
     Works before anything is downloaded: metadata comes from lab.lock, else from model.declared.
@@ -146,7 +167,7 @@ def plan_command(lab: LabArg = DEFAULT_LAB, profile: ProfileOpt = None, as_json:
     if lp.is_file():
         try:
             lock = read_lock(lp)
-        except (ValidationError, ValueError) as e:
+        except LockFileError as e:
             raise fail(f"{lp} does not parse: {e}", as_json) from None
     result = plan_lab(loaded, lock, allow_unknown_arch=allow_unknown_arch)
     mp = measured_path(lab, result.profile)
@@ -159,18 +180,30 @@ def plan_command(lab: LabArg = DEFAULT_LAB, profile: ProfileOpt = None, as_json:
             work = os.environ.get("LABCTL_MEASURE_WORK")  # keep twins and server logs there
             got = measure_plan(loaded, lock, result, server, fit_params_binary(server),
                                work=Path(work) if work else None)
-        except (OSError, RuntimeError) as e:
+        except (LabctlError, OSError) as e:  # OSError: the binary, twins or logs on disk
             raise fail(f"--measure: {e}", as_json) from None
         write_measured(mp, got)
         if not as_json:
             err.print(f"wrote {mp}", highlight=False)
     measured = read_measured(lab, result.profile)
+    pre = None
+    if probe:
+        if lock is None:
+            raise fail(f"--probe needs the lab's lock ({lp}): run `labctl lock` and `labctl fetch`", as_json)
+        try:
+            pre = run_preflight(loaded, lock, result, llama_server)
+        except (LabctlError, OSError) as e:
+            raise fail(f"--probe: {e}", as_json) from None
     if as_json:
         emit({"ok": not result.errors, "lock": str(lp) if lock else None, **result.model_dump(mode="json"),
-              "measured": measured.model_dump(mode="json") if measured else None})
+              "measured": measured.model_dump(mode="json") if measured else None,
+              **({"preflight": pre.model_dump(mode="json")} if pre else {})})
     else:
         render(result)
         if measured is not None:
             render_measured(result, measured)
+        if pre is not None:
+            out.print("Preflight (one tool call asked of each served model):", highlight=False)
+            render_preflight(pre)
     if result.errors:
         raise typer.Exit(EXIT_FAIL)

@@ -1,11 +1,12 @@
-"""`labctl run`, `labctl round`, `labctl down`: execute a sealed round, do a whole round in one go, and
-remove what a round left running.
+"""`labctl run`, `labctl down`: execute a sealed round, and remove what a round left running; and the
+run table both `labctl run` and `labctl round` (`labctl.cli.round`) print.
 
 Before unseal nothing printed here names a contestant: runs are named by `run_label` only.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -13,44 +14,39 @@ import typer
 from rich.markup import escape
 
 from labctl.cli.console import (
-    DEFAULT_LAB,
     EXIT_FAIL,
     JsonOpt,
-    LabArg,
     ProfileOpt,
     RoundArg,
     emit,
     err,
     fail,
-    open_lab,
-    open_locked,
     out,
 )
 from labctl.errors import LabctlError, one_line
-from labctl.lock.resolve import LockError
-from labctl.round.layout import read_unsealed
 
 if TYPE_CHECKING:
-    from labctl.lock.lockfile import Lock
+    from labctl.run.context import RoundContext
     from labctl.run.runner import RunSummary
-    from labctl.spec.load import LoadedLab
+    from labctl.spec.lab import Lab
 
 LabOpt = Annotated[Path | None, typer.Option(
     "--lab", help="The lab file the round was sealed from (default: lab.yaml or labs/<lab>.yaml).")]
 
 
-def _interrupted() -> typer.Exit:
+def interrupted() -> typer.Exit:
     """Ctrl-C: the runner already removed the run's containers; say how to go on."""
     err.print("interrupted: the current run's containers were removed; `labctl run` resumes", highlight=False)
     return typer.Exit(130)
 
 
-def _say(as_json: bool) -> Any:
+def say_for(as_json: bool) -> Callable[[str], None]:
+    """Progress lines: on stdout, or on stderr when stdout carries the JSON."""
     console = err if as_json else out
     return lambda line: console.print(f"[dim]·[/] {escape(line)}", highlight=False)
 
 
-def _rows(summaries: list[RunSummary], mapping: dict[str, str] | None) -> list[dict[str, Any]]:
+def rows_of(summaries: list[RunSummary], mapping: dict[str, str] | None) -> list[dict[str, Any]]:
     rows = []
     for s in summaries:
         m = s.metrics
@@ -81,13 +77,13 @@ def _table(rows: list[dict[str, Any]], title: str) -> None:
             out.print(f"  {r['run']}: {r['reason']}", highlight=False, markup=False)
 
 
-def _controls_alarm(round_dir: Path) -> list[str]:
+def _controls_alarm(round_dir: Path, lab: Lab | None) -> list[str]:
     """Print the controls' verdict loud and last (under the table, where the eye lands) when they
     failed; returns the failures' lines. Naming control runs before unseal is fine: see
-    `labctl.round.controls`."""
+    `labctl.round.controls`. `lab`: the round's, already opened."""
     from labctl.round.controls import control_failures
 
-    lines = [str(f) for f in control_failures(round_dir)]
+    lines = [str(f) for f in control_failures(round_dir, lab)]
     if lines:
         err.print("[bold white on red] CONTROLS FAILED [/] [bold red]this round's grades cannot be trusted: "
                   "the task or the harness is broken[/]", highlight=False)
@@ -114,28 +110,29 @@ def run_command(round_dir: RoundArg, lab: LabOpt = None, profile: ProfileOpt = N
     try:
         ctx = open_round(round_dir, lab, profile, check_images=ray is None)
         summaries = _execute(ctx, as_json, retry_errored, parallel, ray, lab, profile)
-    except (LabctlError, OSError, ValueError) as e:
+    except (LabctlError, OSError) as e:  # OSError: the round directory itself (a file that cannot be read)
         raise fail(one_line(e), as_json) from None
     except KeyboardInterrupt:
-        raise _interrupted() from None
-    rows = _rows(summaries, None)
-    if _report(rows, round_dir, ctx.sealed.round, {},
-               f"round {ctx.sealed.round} (sealed: contestants revealed by `labctl unseal`)", as_json):
+        raise interrupted() from None
+    rows = rows_of(summaries, None)
+    if report(rows, round_dir, ctx.sealed.round, {},
+              f"round {ctx.sealed.round} (sealed: contestants revealed by `labctl unseal`)", as_json,
+              ctx.loaded.lab):
         raise typer.Exit(EXIT_FAIL)
 
 
-def _report(rows: list[dict[str, Any]], round_dir: Path, round_id: str, extra: dict[str, Any],
-            title: str, as_json: bool) -> list[str]:
+def report(rows: list[dict[str, Any]], round_dir: Path, round_id: str, extra: dict[str, Any],
+           title: str, as_json: bool, lab: Lab | None = None) -> list[str]:
     """The run table (or its JSON) and the controls alarm; returns the controls that failed."""
     if not as_json:
         _table(rows, title)
-    failed = _controls_alarm(round_dir)
+    failed = _controls_alarm(round_dir, lab)
     if as_json:
         emit({"ok": not failed, "round": round_id, **extra, "runs": rows, "controls_failed": failed})
     return failed
 
 
-def _execute(ctx: Any, as_json: bool, retry_errored: bool, parallel: int | None, ray: str | None,
+def _execute(ctx: RoundContext, as_json: bool, retry_errored: bool, parallel: int | None, ray: str | None,
              lab: Path | None, profile: str | None) -> list[RunSummary]:
     """The round's runs: on a Ray cluster, side by side here (`labctl.run.parallel`), or one by one."""
     from labctl.run.gpualloc import default_parallel
@@ -143,95 +140,26 @@ def _execute(ctx: Any, as_json: bool, retry_errored: bool, parallel: int | None,
 
     if ray is not None:
         from labctl.run.ray import run_on_ray
-        return run_on_ray(ctx, ray, _say(as_json), retry_errored=retry_errored)
+        return run_on_ray(ctx, ray, say_for(as_json), retry_errored=retry_errored)
     n = parallel or default_parallel(ctx.loaded.profile)
     if n == 1:
-        return run_round(ctx, _say(as_json), retry_errored=retry_errored)
+        return run_round(ctx, say_for(as_json), retry_errored=retry_errored)
     from labctl.run.parallel import run_parallel
     live = out if not as_json and out.is_terminal else None
-    return run_parallel(ctx, n, _say(as_json), retry_errored=retry_errored, console=live, lab=lab,
+    return run_parallel(ctx, n, say_for(as_json), retry_errored=retry_errored, console=live, lab=lab,
                         profile=profile)
-
-
-def lock_first_run(lab: Path, profile: str | None, as_json: bool, say: Any) -> tuple[LoadedLab, Lock]:
-    """The lab and its lock. A lab that has no lock yet is locked now, as `labctl lock` would, and
-    what was pinned is said; an existing lock is only checked, and a lab that drifted from it stops
-    the round: what changed is for a person to look at (`labctl lock --check`), not to paper over."""
-    from labctl.cli.lock import _entries
-    from labctl.gguf.store import Store
-    from labctl.lock.lockfile import lock_path, write_lock
-    from labctl.lock.resolve import resolve
-
-    path = lock_path(lab)
-    if not path.exists():
-        loaded = open_lab(lab, as_json=as_json)  # the lab's own profile, as `labctl lock` locks it
-        say(f"no {path.name} yet: locking {lab} (first run)")
-        try:
-            new = resolve(loaded, Store())
-        except LockError as e:
-            raise fail(f"cannot lock {lab}: " + "; ".join(e.problems), as_json) from None
-        write_lock(path, new)
-        for entry, pin in _entries(new).items():
-            say(f"pinned {entry}: {pin}")
-        say(f"wrote {path} (sha256 {new.sha256()[:12]}); later rounds check against it")
-    return open_locked(lab, profile, as_json)
-
-
-def round_command(lab: LabArg = DEFAULT_LAB, profile: ProfileOpt = None,
-                  rounds_dir: Annotated[Path, typer.Option("--rounds-dir")] = Path("rounds"),
-                  as_json: JsonOpt = False) -> None:
-    """Lock (a first run) or check the lock → fetch → build (missing images only) → seal → run →
-    unseal → results table. Drift against an existing lock stops the round."""
-    from labctl.engine.container import detect_engine
-    from labctl.gguf.store import Store
-    from labctl.images.build import build_all
-    from labctl.images.specs import lab_images, settings_for
-    from labctl.lock.fetch import FetchError, fetch
-    from labctl.round.seal import seal_round, unseal_round
-    from labctl.run.parts import RunError
-    from labctl.run.runner import open_round, run_round
-
-    say = _say(as_json)
-    console = err if as_json else out
-    loaded, lock = lock_first_run(lab, profile, as_json, say)
-    try:
-        say("fetch")
-        fetch(lock, Store(), progress=False, base_dir=loaded.base_dir)
-        say("build (images already present are reused)")
-        specs = lab_images(loaded, lock, loaded.profile, settings_for(loaded))
-        results = build_all(detect_engine(), specs, log_dir=loaded.base_dir / ".labctl" / "logs",
-                            console=console)
-        if failed := [r for r in results if r.status == "failed"]:
-            raise RunError(f"image {failed[0].name} failed to build (see .labctl/logs)")
-        made = seal_round(loaded, lock, rounds_dir, {s.name: s.tag for s in specs})
-        say(f"sealed {made.record.round}: commitment {made.record.commitment}")
-        ctx = open_round(made.round_dir, loaded.path, profile)
-        summaries = run_round(ctx, say)
-        unseal_round(made.round_dir)
-        mapping = {k: v.contestant for k, v in read_unsealed(made.round_dir).mapping.items()}
-    except FetchError as e:
-        raise fail(f"fetch failed: {e}", as_json) from None
-    except (LabctlError, OSError, ValueError) as e:
-        raise fail(one_line(e), as_json) from None
-    except KeyboardInterrupt:
-        raise _interrupted() from None
-    rows = _rows(summaries, mapping)
-    failed = _report(rows, made.round_dir, made.record.round, {"round_dir": str(made.round_dir)},
-                     f"round {made.record.round} ({made.round_dir})", as_json)
-    if failed or any(r["status"] == "errored" for r in rows):
-        raise typer.Exit(EXIT_FAIL)
 
 
 def down_command(round_dir: Annotated[Path | None, typer.Argument(
                      help="Round directory or round id; none: every labctl round")] = None,
                  as_json: JsonOpt = False) -> None:
     """Remove every container, network and volume labelled for the round (or for any round)."""
-    from labctl.engine.commands import Docker
+    from labctl.engine.container import detect_engine
     from labctl.run.runner import down
 
     round_id = None if round_dir is None else round_dir.name
     try:
-        removed = down(Docker.detect(), round_id)
+        removed = down(detect_engine(), round_id)
     except LabctlError as e:
         raise fail(one_line(e), as_json) from None
     if as_json:

@@ -3,6 +3,7 @@ the controls fail (`labctl.run.taskcheck`). What a task author runs first."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated
 
@@ -13,6 +14,17 @@ from labctl.cli.console import DEFAULT_LAB, EXIT_FAIL, JsonOpt, ProfileOpt, emit
 from labctl.errors import LabctlError, one_line
 
 task_app = typer.Typer(help="Check Harbor tasks.", no_args_is_help=True)
+
+
+def warn_tasks(task_dirs: Iterable[Path]) -> list[str]:
+    """Print (to stderr, so `--json` output stays clean) what each task.toml says that labctl will not
+    act on (`labctl.spec.task.task_warnings`); returns the lines. lock, validate and task check."""
+    from labctl.spec.task import task_warnings
+
+    lines = [w for d in task_dirs for w in task_warnings(d)]
+    for line in lines:
+        err.print(f"[yellow]warning:[/] {escape(line)}", highlight=False)
+    return lines
 
 
 @task_app.command("check")
@@ -30,11 +42,12 @@ def task_check_command(
     if not (task / "task.toml").is_file():
         raise fail(f"{task} is not a Harbor task (no task.toml)", as_json)
     loaded, lock = open_locked(lab, profile, as_json)
+    warn_tasks([task])
     console = err if as_json else out
     try:
         verdict = check_task(loaded, lock, task,
                              lambda line: console.print(f"[dim]·[/] {escape(line)}", highlight=False))
-    except (LabctlError, OSError, ValueError) as e:  # locking the task (an unpinnable base) or building it
+    except (LabctlError, OSError) as e:  # locking the task (an unpinnable base) or building it
         raise fail(one_line(e), as_json) from None
     except KeyboardInterrupt:
         err.print("interrupted: the check's containers were removed", highlight=False)

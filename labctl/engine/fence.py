@@ -12,6 +12,12 @@ off inside containers of a network created without `--ipv6`, and these rules hol
     INPUT    -i br-X           -j DROP    nothing from the network to the host: any address, any port
     FORWARD  -i br-X ! -o br-X -j DROP    nothing routed off the bridge (--internal's rule, both families)
 
+A routed bridge (a run's way out: its egress gateway's with `egress: allowlist`, the agent's own
+with `egress: open`) keeps the INPUT rule and, instead of the FORWARD one, drops what is routed to
+link-local addresses (`-d 169.254.0.0/16`, `fe80::/10` in ip6tables): its containers reach the
+outside, never the host, and never a cloud machine's metadata service (169.254.169.254, which hands
+out the instance's credentials).
+
 Containers on the same bridge still talk to each other (bridged, not routed), and each container's
 DNS (docker's resolver at 127.0.0.11) lives in its own network namespace, so neither is affected.
 The host cannot open connections into a fenced network either (the replies are dropped): labctl
@@ -36,8 +42,9 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
-from labctl.engine.commands import Docker, label_flags
-from labctl.engine.container import EngineError
+from labctl.engine.container import Engine, EngineError
+from labctl.engine.spec import ContainerSpec
+from labctl.engine.timings import timed
 
 PREFIX = "labctl"
 HELPER_LABEL = "org.labctl.image"
@@ -71,12 +78,26 @@ def comment(round_id: str | None, run_id: str | None = None) -> str:
     return f"{PREFIX}:{round_id}:{run_id or ''}"
 
 
-def rule_specs(bridge: str, tag: str) -> list[list[str]]:
-    """The rules fencing one bridge (arguments after `-I`/`-D`), as documented above."""
+def rule_specs(bridge: str, tag: str, *, routed: bool = False) -> list[list[str]]:
+    """The rules fencing one bridge (arguments after `-I`/`-D`), as documented above; a `routed`
+    bridge (a way out) gets the INPUT rule only."""
     if not _BRIDGE.match(bridge):
         raise EngineError(f"not a bridge interface name: {bridge!r}")
     mark = ["-m", "comment", "--comment", tag, "-j", "DROP"]
-    return [["INPUT", "-i", bridge, *mark], ["FORWARD", "-i", bridge, "!", "-o", bridge, *mark]]
+    rules = [["INPUT", "-i", bridge, *mark]]
+    return rules if routed else [*rules, ["FORWARD", "-i", bridge, "!", "-o", bridge, *mark]]
+
+
+LINK_LOCAL = {"ipt": "169.254.0.0/16", "ip6t": "fe80::/10"}
+"""Per iptables family (the `_BACKEND` variables): the link-local range a routed bridge never reaches."""
+
+
+def link_local_specs(bridge: str, tag: str) -> dict[str, list[str]]:
+    """The FORWARD rule of a routed bridge, per family: nothing routed to a link-local address."""
+    if not _BRIDGE.match(bridge):
+        raise EngineError(f"not a bridge interface name: {bridge!r}")
+    return {family: ["FORWARD", "-i", bridge, "-d", net, "-m", "comment", "--comment", tag, "-j", "DROP"]
+            for family, net in LINK_LOCAL.items()}
 
 
 def matching_rules(listing: str, tag: str) -> list[list[str]]:
@@ -99,7 +120,7 @@ def matching_rules(listing: str, tag: str) -> list[list[str]]:
 class Netfilter:
     """Runs a shell script that calls iptables: directly as root, else in a helper container."""
 
-    docker: Docker
+    docker: Engine
     helper_image: str | None = None
     labels: dict[str, str] | None = None
     _direct: bool | None = None
@@ -118,9 +139,10 @@ class Netfilter:
                                   stdin=subprocess.DEVNULL)
         else:
             image = self.helper_image or self._find_helper()
-            argv = ["run", "--rm", "--network", "host", "--cap-add", "NET_ADMIN", "--cap-add", "NET_RAW",
-                    "--user", "0", *label_flags(self.labels or {}), "--entrypoint", "sh", image, "-c", script]
-            done = self.docker(*argv, check=False, timeout=120)
+            helper = ContainerSpec(image, ("-c", script), entrypoint="sh", network="host", user="0",
+                                   labels=dict(self.labels or {}), cap_add=("NET_ADMIN", "NET_RAW"),
+                                   remove=True)
+            done = self.docker(*helper.argv("run"), check=False, timeout=120)
         if done.returncode != 0:
             how = ("the host's iptables" if self.direct() else
                    f"a helper container (--network host --cap-add NET_ADMIN) of {self.helper_image}")
@@ -150,11 +172,19 @@ class Fence:
                              '{{index .Options "com.docker.network.bridge.name"}}', network_id).stdout.strip()
         return opt if opt and opt != "<no value>" else f"br-{network_id[:12]}"
 
-    def add(self, network_id: str) -> str:
-        """Fence the network (before any container joins it); returns its bridge name."""
-        bridge = self.bridge(network_id)
+    @timed("fence add")
+    def add(self, network_id: str, *, routed: bool = False, created: bool = False) -> str:
+        """Fence the network (before any container joins it); returns its bridge name. `routed`: a
+        way out (nothing to the host, everything else forwarded). `created`: labctl made it without a
+        bridge name option, so docker named its bridge `br-<id[:12]>` (no inspect needed)."""
+        created = created and self.nf.docker.name == "docker"
+        bridge = f"br-{network_id[:12]}" if created else self.bridge(network_id)
         lines = [f"for t in $tables; do $t -w -I {spec[0]} 1 {shlex.join(spec[1:])}; done"
-                 for spec in rule_specs(bridge, self.tag)]
+                 for spec in rule_specs(bridge, self.tag, routed=routed)]
+        if routed:
+            v4, v6 = (link_local_specs(bridge, self.tag)[f] for f in ("ipt", "ip6t"))
+            lines += [f"$ipt -w -I FORWARD 1 {shlex.join(v4[1:])}",
+                      f'if [ "$tables" != "$ipt" ]; then $ip6t -w -I FORWARD 1 {shlex.join(v6[1:])}; fi']
         self.nf("\n".join(lines) + "\n", f"fence the run's network {bridge}")
         return bridge
 
@@ -167,6 +197,7 @@ class Fence:
         """This fence's rules as `iptables -S` prints them (for tests and `labctl down`'s report)."""
         return [line for line in self.listing().splitlines() if matching_rules(line, self.tag)]
 
+    @timed("fence clear")
     def clear(self) -> list[str]:
         """Delete every rule carrying this fence's comment (ours, or left by a killed labctl); returns
         them as `<command> -A …`."""

@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from labctl.errors import LabctlError
 
@@ -223,7 +224,7 @@ class Store:
         finally:
             tmp.unlink(missing_ok=True)
 
-    def _quarantine(self, path: Path, note: dict) -> Path:
+    def _quarantine(self, path: Path, note: dict[str, Any]) -> Path:
         self.quarantine.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         label = str(note.get("label") or "")  # "contestant: file" names the file better than a temp name

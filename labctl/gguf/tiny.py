@@ -218,7 +218,8 @@ def add_spm_tokenizer(w: gguf.GGUFWriter, tokens: list[str], scores: list[float]
 
 
 def _add_metadata(
-    w: gguf.GGUFWriter, params: TinyModelParams, tokens: list[str], scores: list[float], types: list[int]
+    w: gguf.GGUFWriter, params: TinyModelParams, tokens: list[str], scores: list[float], types: list[int],
+    chat_template: str = CHAT_TEMPLATE,
 ) -> None:
     arch = params.architecture
     hd_k, hd_v = params.head_dims()
@@ -266,7 +267,7 @@ def _add_metadata(
     add_spm_tokenizer(w, tokens, scores, types)
     w.add_add_eos_token(False)
     w.add_add_space_prefix(True)
-    w.add_chat_template(CHAT_TEMPLATE)
+    w.add_chat_template(chat_template)
 
 
 def _tensors(params: TinyModelParams) -> Iterator[tuple[str, np.ndarray]]:
@@ -303,8 +304,11 @@ def _tensors(params: TinyModelParams) -> Iterator[tuple[str, np.ndarray]]:
         yield "output.weight", rnd.matrix(V, E)
 
 
-def write_tiny_gguf(path: Path, params: TinyModelParams) -> str:
-    """Write the model for ``params`` to ``path`` atomically; return the file's sha256 hex."""
+def write_tiny_gguf(path: Path, params: TinyModelParams, chat_template: str = CHAT_TEMPLATE) -> str:
+    """Write the model for ``params`` to ``path`` atomically; return the file's sha256 hex.
+
+    ``chat_template`` replaces the default one (which renders tools), e.g. to test a model whose
+    template drops them; the bytes then differ from the generated model's of the same params."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tokens, scores, types = build_vocab(params.vocab_size)
@@ -314,7 +318,7 @@ def write_tiny_gguf(path: Path, params: TinyModelParams) -> str:
     tmp = Path(tmp_name)
     try:
         w = gguf.GGUFWriter(tmp, params.architecture, endianess=gguf.GGUFEndian.LITTLE)
-        _add_metadata(w, params, tokens, scores, types)
+        _add_metadata(w, params, tokens, scores, types, chat_template)
         for name, arr in _tensors(params):
             raw = gguf.GGMLQuantizationType.F16 if arr.dtype.itemsize == 2 else gguf.GGMLQuantizationType.F32
             w.add_tensor(name, arr, raw_dtype=raw, tensor_endianess=gguf.GGUFEndian.LITTLE)

@@ -20,7 +20,8 @@ from typing import Literal
 
 from rich.console import Console
 
-from labctl.engine.container import PULL_FAILED, BuildFailed, BuildRequest, ContainerEngine, EngineError
+from labctl.engine.buildlog import PULL_FAILED
+from labctl.engine.container import BuildFailed, BuildRequest, Engine, EngineError
 from labctl.images.model import L_BUILD_ID, L_INPUT, L_STAGE, ImageError, ImageSpec
 
 Status = Literal["cached", "built", "failed", "missing"]
@@ -58,7 +59,7 @@ def version_text(output: str) -> str:
     return "; ".join(keep)
 
 
-def _present(engine: ContainerEngine, spec: ImageSpec) -> ImageResult | None:
+def _present(engine: Engine, spec: ImageSpec) -> ImageResult | None:
     info = engine.image(spec.tag)
     if info is None or info.labels.get(L_INPUT) != spec.input_hash():
         return None  # absent, or a tag that does not carry this input hash (hand-made): rebuild
@@ -67,12 +68,12 @@ def _present(engine: ContainerEngine, spec: ImageSpec) -> ImageResult | None:
                        version=version)
 
 
-def image_status(engine: ContainerEngine, specs: list[ImageSpec]) -> list[ImageResult]:
+def image_status(engine: Engine, specs: list[ImageSpec]) -> list[ImageResult]:
     """Which of the lab's images exist (`cached`) and which do not (`missing`)."""
     return [_present(engine, s) or ImageResult(s.name, s.tag, "missing", s.input_hash()) for s in specs]
 
 
-def prepare(engine: ContainerEngine, specs: list[ImageSpec], log: Callable[[str], None]
+def prepare(engine: Engine, specs: list[ImageSpec], log: Callable[[str], None]
             ) -> dict[str, dict[str, str]]:
     """Fetch and verify every spec's inputs; raises (SourceError, ImageError) before any build."""
     late: dict[str, dict[str, str]] = {}
@@ -88,7 +89,7 @@ def prepare(engine: ContainerEngine, specs: list[ImageSpec], log: Callable[[str]
     return late
 
 
-def build_all(engine: ContainerEngine, specs: list[ImageSpec], *, log_dir: Path,
+def build_all(engine: Engine, specs: list[ImageSpec], *, log_dir: Path,
               console: Console | None = None) -> list[ImageResult]:
     """Build what is missing; one progress line per image on `console`. Returns results in spec order."""
     say = console.print if console is not None else (lambda *a, **k: None)
@@ -115,7 +116,7 @@ def build_all(engine: ContainerEngine, specs: list[ImageSpec], *, log_dir: Path,
     return [results[s.name] for s in specs]
 
 
-def _build_todo(engine: ContainerEngine, todo: list[ImageSpec], late: dict[str, dict[str, str]],
+def _build_todo(engine: Engine, todo: list[ImageSpec], late: dict[str, dict[str, str]],
                 results: dict[str, ImageResult], log_dir: Path, console: Console | None) -> None:
     say = console.print if console is not None else (lambda *a, **k: None)
     for spec in todo:
@@ -148,7 +149,7 @@ def _build_todo(engine: ContainerEngine, todo: list[ImageSpec], late: dict[str, 
             say(f"[red]✗[/] {spec.name:<22} failed: {result.error}  log: {log_path}", highlight=False)
 
 
-def _build_one(engine: ContainerEngine, spec: ImageSpec, late_args: dict[str, str], log_path: Path
+def _build_one(engine: Engine, spec: ImageSpec, late_args: dict[str, str], log_path: Path
                ) -> ImageResult:
     h, build_id = spec.input_hash(), uuid.uuid4().hex[:16]
     context = spec.build_dir or spec.context
@@ -182,7 +183,7 @@ def _build_one(engine: ContainerEngine, spec: ImageSpec, late_args: dict[str, st
                        size=info.size if info else None, version=version, build_id=build_id)
 
 
-def _remove_stages(engine: ContainerEngine, build_id: str, stages: set[str]) -> int:
+def _remove_stages(engine: Engine, build_id: str, stages: set[str]) -> int:
     removed = 0
     for image_id in engine.images_with_label(L_BUILD_ID, build_id, dangling=True):
         info = engine.image(image_id)
@@ -192,7 +193,7 @@ def _remove_stages(engine: ContainerEngine, build_id: str, stages: set[str]) -> 
     return removed
 
 
-def prune_build_stages(engine: ContainerEngine, build_ids: list[str]) -> int:
+def prune_build_stages(engine: Engine, build_ids: list[str]) -> int:
     """Remove the leftover intermediate stages of these builds (ImageResult.build_id): with the
     classic builder, llama-server's compile stage (~0.5 GB) stays behind as layer cache. Returns
     how many images were removed."""

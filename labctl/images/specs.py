@@ -38,15 +38,18 @@ from labctl.images.model import (
 from labctl.lock.gitref import fetch_source, lock_path_source
 from labctl.lock.lockfile import Lock
 from labctl.lock.mirrors import describe, how_to_fix, mirror_target, suggestion
-from labctl.lock.registry import RegistryError, dockerfile_bases, images_dir, parse_reference
+from labctl.lock.reference import RegistryError, parse_reference
+from labctl.lock.registry import dockerfile_bases, images_dir
 from labctl.lock.sdist import changelog_commit, fetch_sdist, sdist_dir
 from labctl.spec.dataset import agent_image_name, environment_key, image_groups, image_slug
 from labctl.spec.load import LoadedLab
 from labctl.spec.profiles import Profile
-from labctl.spec.task import read_task
+from labctl.spec.task import prebuilt_image
 from labctl.treehash import tree_sha256
 
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+GATEWAY_IMAGE = "egress-gateway"
+"""The image name of a run's egress gateway (built when the lab's network policy is `allowlist`)."""
 
 
 def settings_for(loaded: LoadedLab, *, ca_bundle: Path | None = None, namespace: str | None = None,
@@ -128,7 +131,8 @@ def lab_images(loaded: LoadedLab, lock: Lock, profile: Profile | None = None,
     specs: list[ImageSpec] = []
     if "local" in kinds:
         specs.append(_llama_spec(loaded, lock, profile, settings, root, pin))
-    runtimes = list(dict.fromkeys(a.runtime for c in lab.contestants if (a := lab.agent_for(c)) is not None))
+    runtimes: list[str] = list(dict.fromkeys(a.runtime for c in lab.contestants
+                                             if (a := lab.agent_for(c)) is not None))
     runtimes += [k for k in ("oracle", "nop") if k in kinds]
     if loaded.is_dataset:
         # One task image per distinct environment (tasks sharing one share its image), named after
@@ -144,6 +148,8 @@ def lab_images(loaded: LoadedLab, lock: Lock, profile: Profile | None = None,
         specs.append(task)
         specs += [_agent_spec(rt, loaded, lock, settings, root, task) for rt in runtimes]
     specs.append(_labctl_spec(settings, root, pin))
+    if lab.network.egress == "allowlist":
+        specs.append(_gateway_spec(settings, root, pin))
     for spec in specs:
         spec.meta_labels = {**meta, **spec.meta_labels}
     return specs
@@ -251,15 +257,15 @@ def _task_spec(loaded: LoadedLab, lock: Lock, settings: BuildSettings, pin: _Pin
     spec = ImageSpec(name=f"task-{name}", repository=_repo(settings, f"task-{name}"),
                      dockerfile=Path("."), context=task_dir / "environment")
     original = task_dir / "environment" / "Dockerfile"
-    if original.is_file():
+    prebuilt = prebuilt_image(task_dir, loaded.lab.build.task_image == "prebuilt")
+    if prebuilt:
+        text = f"FROM {pin(prebuilt, spec)}\n"
+        spec.context, spec.context_id = stage_context(settings.cache, "empty", {".keep": b""})
+    elif original.is_file():
         bases = dockerfile_bases(original)
         text = pin_dockerfile(original.read_text(encoding="utf-8"), {b: pin(b, spec) for b in bases})
     else:
-        image = read_task(task_dir).environment.docker_image
-        if not image:
-            raise ImageError(f"task {task_dir} has neither environment/Dockerfile nor a docker_image")
-        text = f"FROM {pin(image, spec)}\n"
-        spec.context, spec.context_id = stage_context(settings.cache, "empty", {".keep": b""})
+        raise ImageError(f"task {task_dir} has neither environment/Dockerfile nor a docker_image")
     out = settings.cache / "dockerfiles" / f"{hashlib.sha256(text.encode()).hexdigest()}.Dockerfile"
     out.parent.mkdir(parents=True, exist_ok=True)
     if not out.is_file():
@@ -270,7 +276,7 @@ def _task_spec(loaded: LoadedLab, lock: Lock, settings: BuildSettings, pin: _Pin
         spec.inputs["task.environment"] = environment_key(task_dir)
     else:
         spec.inputs["task.tree_sha256"] = lock.task.tree_sha256
-    if original.is_file():
+    if not prebuilt:
         # A staged copy, so the build never writes into the task directory (its tree hash is locked)
         # and the Dockerfile can COPY the lab's CA bundle as `ca.crt` (empty when none), like
         # labctl's own images: `COPY ca.cr[t] …` keeps it optional for other Harbor builders.
@@ -353,6 +359,17 @@ def _labctl_spec(settings: BuildSettings, root: Path, pin: _Pinner) -> ImageSpec
         return {}
 
     spec.prepare = prepare
+    return spec
+
+
+def _gateway_spec(settings: BuildSettings, root: Path, pin: _Pinner) -> ImageSpec:
+    """The egress gateway (`labctl.run.egress`): squid on the locked Debian base; nothing else in
+    its context, so only its Dockerfile and the base's digest name it."""
+    dockerfile = root / "egress-gateway" / "Dockerfile"
+    context, digest = stage_context(settings.cache, "egress-gateway", {"Dockerfile": dockerfile})
+    spec = ImageSpec(name=GATEWAY_IMAGE, repository=_repo(settings, GATEWAY_IMAGE), dockerfile=dockerfile,
+                     context=context, context_id=digest)
+    spec.build_args["BASE_IMAGE"] = pin(dockerfile_bases(dockerfile)[0], spec)
     return spec
 
 

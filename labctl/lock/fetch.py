@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -163,6 +164,11 @@ def _fetch_hf(cid: str, model: ModelLock, f: FileLock, store: Store, progress: P
     return FetchedFile(cid, f.name, f.sha256, f.size, "downloaded", meter.downloaded, blob)
 
 
+def _no_progress(fetch: Callable[[], FetchedFile]) -> Callable[[Progress | None], FetchedFile]:
+    """A fetch that draws no progress bar (a local check, a generated model), in the task list's shape."""
+    return lambda _progress: fetch()
+
+
 def _fetch_generated(cid: str, model: ModelLock, f: FileLock, store: Store) -> FetchedFile:
     link = f"generated/{f.name}"
     if store.has(f.sha256, f.size):
@@ -207,16 +213,16 @@ def fetch(lock: Lock, store: Store, *, jobs: int = 3, progress: bool = True, bas
     for cid, model in sorted(lock.models.items()):
         for f in model.files:
             if model.source == "path":
-                tasks.append((cid, lambda _p, c=cid, m=model, f=f: _verify_local(c, m, f, store, base_dir)))
+                tasks.append((cid, _no_progress(partial(_verify_local, cid, model, f, store, base_dir))))
                 continue
             if f.sha256 in aliases:  # another contestant already brings these bytes
                 aliases[f.sha256].append((cid, model, f))
                 continue
             aliases[f.sha256] = []
             if model.source == "hf":
-                tasks.append((cid, lambda p, c=cid, m=model, f=f: _fetch_hf(c, m, f, store, p, cancel)))
+                tasks.append((cid, partial(_fetch_hf, cid, model, f, store, cancel=cancel)))
             else:
-                tasks.append((cid, lambda _p, c=cid, m=model, f=f: _fetch_generated(c, m, f, store)))
+                tasks.append((cid, _no_progress(partial(_fetch_generated, cid, model, f, store))))
 
     results: list[FetchedFile] = []
     errors: list[HubError] = []

@@ -9,13 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from labctl.errors import LabctlError
 from labctl.gguf.meta import GGUFMeta
 
-LOCK_VERSION = 1
+LOCK_VERSION: Final = 1
 SHA256 = r"^[0-9a-f]{64}$"
 
 
@@ -91,7 +92,7 @@ class ModelLock(Locked):
     """Repo commit the revision resolved to."""
     path: str | None = None
     """Local GGUF path as in the lab."""
-    generator: dict | None = None
+    generator: dict[str, Any] | None = None
     """Canonical parameters of a generated model."""
     files: list[FileLock] = Field(min_length=1)
     """Every file, shards in order."""
@@ -190,8 +191,16 @@ def lock_path(lab_path: Path) -> Path:
     return lab_path.with_suffix(".lock")
 
 
+class LockFileError(LabctlError, ValueError):
+    """A lab.lock that cannot be read or does not parse; the message is the reader's or pydantic's own
+    (a ValueError still, as the ValidationError it replaces was, so callers that catch that still do)."""
+
+
 def read_lock(path: Path) -> Lock:
-    return Lock.model_validate_json(path.read_text(encoding="utf-8"))
+    try:
+        return Lock.model_validate_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # ValidationError is a ValueError
+        raise LockFileError(str(e)) from e
 
 
 def write_lock(path: Path, lock: Lock) -> bool:

@@ -3,7 +3,7 @@ for its keys and for image references, which mirror an image goes through, and t
 a user how to fix an image that cannot be pulled or pinned.
 
 Keys are written the way people write images: `ubuntu:24.04`, `library/ubuntu:24.04` and
-`docker.io/library/ubuntu:24.04` are one key (Docker's own qualification, `labctl.lock.registry
+`docker.io/library/ubuntu:24.04` are one key (Docker's own qualification, `labctl.lock.reference
 .parse_reference`, applied to both sides); a key without a tag (`ubuntu`, `ghcr.io/org/tool`) maps
 every tag of that repository, and a key ending in `/` (`docker.io/`, `nvidia/`, `ghcr.io/org/`) is a
 prefix. The value replaces what the key matched: a whole image for a whole image
@@ -18,7 +18,7 @@ import json
 import re
 from collections.abc import Mapping
 
-from labctl.lock.registry import DOCKER_HUB, RegistryError, parse_reference
+from labctl.lock.reference import DOCKER_HUB, RegistryError, parse_reference
 
 IMAGE_ID = re.compile(r"^sha256:[0-9a-f]{64}$")
 SUGGESTED_LOCAL = "debian:bookworm-slim"

@@ -91,7 +91,8 @@ def _pick_pypi_file(files: list[dict[str, Any]], sdist_only: bool) -> dict[str, 
     wheels = [] if sdist_only else sorted(
         (f for f in files if _is_pure_wheel(str(f.get("filename", "")))), key=rank)
     sdists = sorted((f for f in files if f.get("packagetype") == "sdist"), key=rank)
-    return (wheels or sdists or [None])[0]
+    best = wheels or sdists
+    return best[0] if best else None
 
 
 def _resolve_pypi(client: httpx.Client, base: str, name: str, version: str, sdist_only: bool = False

@@ -14,7 +14,6 @@ import ipaddress
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,14 +21,15 @@ import httpx
 
 from labctl.errors import LabctlError
 from labctl.lock.lockfile import ImageLock
-from labctl.spec.task import read_task
+from labctl.lock.mirrors import IMAGE_ID, SUGGESTED_LOCAL, how_to_fix, mirror_target, suggestion
+from labctl.lock.reference import DIGEST, DOCKER_HUB, ImageRef, RegistryError, parse_reference
+from labctl.spec.task import prebuilt_image
 
 if TYPE_CHECKING:
     from python_on_whales import DockerClient
 
     from labctl.spec.load import LoadedLab
 
-DOCKER_HUB = "docker.io"
 HUB_ENDPOINT = "https://registry-1.docker.io"
 HUB_ENV = "LABCTL_DOCKERHUB_URL"
 """Overrides Docker Hub's API endpoint (a pull-through mirror; tests point it at loopback)."""
@@ -41,57 +41,15 @@ MANIFEST_TYPES = (
     "application/vnd.docker.distribution.manifest.v2+json",
 )
 """Indexes first: the lock pins the multi-platform index, as `docker push`/`pull` report it."""
-DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
-_NAME = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
-_TAG = re.compile(r"^[\w][\w.-]{0,127}$")
-
-
-class RegistryError(LabctlError, RuntimeError):
-    """An image that cannot be pinned: unreachable registry, unknown tag, or access denied."""
 
 
 class DockerfileError(LabctlError, ValueError):
     """A Dockerfile whose base images cannot be determined (e.g. `FROM $X` with no default for X)."""
 
 
-@dataclass(frozen=True)
-class ImageRef:
-    """A fully qualified image reference: `docker.io/library/debian:bookworm-slim`."""
-
-    registry: str
-    repository: str
-    tag: str | None = None
-    digest: str | None = None
-
-    def __str__(self) -> str:
-        tail = (f":{self.tag}" if self.tag else "") + (f"@{self.digest}" if self.digest else "")
-        return f"{self.registry}/{self.repository}{tail}"
-
-
-def parse_reference(reference: str) -> ImageRef:
-    """Qualify a reference the way Docker does: no registry means Docker Hub, a one-part Hub name
-    means `library/`, no tag means `latest`. A digest, when given, is what the reference means."""
-    rest, _, digest = reference.strip().partition("@")
-    first, slash, remainder = rest.partition("/")
-    if slash and ("." in first or ":" in first or first == "localhost"):
-        registry, path = first, remainder
-    else:
-        registry, path = DOCKER_HUB, rest
-    if registry == "index.docker.io":
-        registry = DOCKER_HUB
-    name, colon, tag = path.rpartition(":") if ":" in path.rsplit("/", 1)[-1] else (path, "", "")
-    if registry == DOCKER_HUB and "/" not in name:
-        name = f"library/{name}"
-    if not _NAME.match(name) or (colon and not _TAG.match(tag)) or (digest and not DIGEST.match(digest)):
-        raise RegistryError(f"not a valid image reference: {reference!r}")
-    return ImageRef(registry, name, tag or (None if digest else "latest"), digest or None)
-
-
 def apply_mirrors(ref: ImageRef, mirrors: Mapping[str, str] | None) -> ImageRef:
     """Rewrite through the longest matching key of `mirrors` (see `labctl.lock.mirrors`: keys are
     spelled like images, `ubuntu:24.04` or `docker.io/nvidia/`)."""
-    from labctl.lock.mirrors import mirror_target  # mirrors builds on this module
-
     target = mirror_target(str(ref), mirrors)
     return parse_reference(target) if target else ref
 
@@ -230,8 +188,6 @@ def resolve_image(reference: str, *, mirrors: Mapping[str, str] | None = None,
     imported image is what `docker build` would use. The lock records the mirror next to the image.
     A failure names the image, the mirror, the mirror map and the lab.yaml line that would fix it.
     """
-    from labctl.lock.mirrors import IMAGE_ID, SUGGESTED_LOCAL, how_to_fix, mirror_target, suggestion
-
     ref = parse_reference(reference)
     if ref.digest:
         return ImageLock(digest=ref.digest, source="registry")
@@ -371,18 +327,23 @@ def images_dir(base_dir: Path) -> Path | None:
 def image_references(loaded: LoadedLab) -> list[str]:
     """Every image reference a lab needs, as written (the keys of `lab.lock`'s images), sorted.
 
-    The CUDA build/runtime images, the CPU build image, the task's `[environment] docker_image` or
-    its environment/Dockerfile bases, and the bases of every images/*/Dockerfile.
+    The CUDA build/runtime images, the CPU build image, the task's environment/Dockerfile bases (or
+    its `[environment] docker_image` when it has no Dockerfile or the lab builds from prebuilt images:
+    `spec.task.prebuilt_image`; beside a Dockerfile, as Terminal-Bench 2 writes it, docker_image is
+    otherwise a prebuilt copy of what labctl builds, so nothing is pulled from it and nothing pins
+    it), and the bases of every images/*/Dockerfile.
     """
     engine = loaded.lab.engine
     found: set[str] = {engine.cpu_image}
     if engine.cuda is not None:
         found |= {engine.cuda.build_image, engine.cuda.runtime_image}
     dockerfiles = []
+    prefer = loaded.lab.build.task_image == "prebuilt"
     for task_dir in loaded.tasks.values():  # the one task, or every task of a dataset
-        if (task_dir / "task.toml").is_file() and (image := read_task(task_dir).environment.docker_image):
+        if image := prebuilt_image(task_dir, prefer):
             found.add(image)
-        dockerfiles.append(task_dir / "environment" / "Dockerfile")
+        else:
+            dockerfiles.append(task_dir / "environment" / "Dockerfile")
     root = images_dir(loaded.base_dir)
     if root is not None:
         dockerfiles += sorted(root.glob("*/Dockerfile"))

@@ -12,6 +12,7 @@ import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -102,19 +103,19 @@ def resolve(loaded: LoadedLab, store: Store, report: Report = _noop) -> Lock:
     images: dict[str, ImageLock] = {}
     mirrors = {**lab.build.image_mirrors, **loaded.profile.image_mirrors}
     for ref in attempt("images", lambda: image_references(loaded)) or []:
-        pinned = attempt(f"images.{ref}", lambda ref=ref: _image(ref, mirrors))
+        pinned = attempt(f"images.{ref}", partial(_image, ref, mirrors))
         if pinned is not None:
             images[ref] = pinned
     models: dict[str, ModelLock] = {}
     for c in lab.contestants:
         if isinstance(c, LocalContestant):
-            m = attempt(f"models.{c.id}", lambda c=c: lock_model(c, base_dir=loaded.base_dir, store=store))
+            m = attempt(f"models.{c.id}", partial(lock_model, c, base_dir=loaded.base_dir, store=store))
             if m is not None:
                 problems += _declared_mismatch(c, m)
                 models[c.id] = m
     agent = None
     if lab.agent is not None:
-        resolved = attempt("agent", lambda: resolve_package(lab.agent.runtime, lab.agent.version))
+        resolved = attempt("agent", partial(resolve_package, lab.agent.runtime, lab.agent.version))
         if resolved is not None:
             from labctl.lock.runtime import pin_tree
 
@@ -122,7 +123,7 @@ def resolve(loaded: LoadedLab, store: Store, report: Report = _noop) -> Lock:
                 update={"integrity": resolved.integrity})))
     agents: dict[str, PackageLock] = {}
     for name, a in sorted(contestant_agents(loaded).items()):
-        got = attempt(f"agents.{name}", lambda a=a: _pin_runtime(a.runtime, a.version))
+        got = attempt(f"agents.{name}", partial(_pin_runtime, a.runtime, a.version))
         if got is not None:
             agents[name] = got
     task = attempt("task", lambda: TaskLock(path=dataset_label(lab.task), tree_sha256=loaded.tree_sha256()))

@@ -15,13 +15,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from labctl.errors import LabctlError
 from labctl.lock.lockfile import PackageLock
 from labctl.lock.npmtree import fetch_tarball, fill_cache, pin_toolchain, project_files, resolve_tree
 from labctl.lock.sdist import Log
 from labctl.lock.wheeltree import REQUIREMENTS_DIR, fetch_wheels, requirements, resolve_wheels
 
 
-class TreeError(ValueError):
+class TreeError(LabctlError, ValueError):
     """The lock's agent entry lacks its dependency tree (an older lock): relock."""
 
 

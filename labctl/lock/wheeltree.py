@@ -18,6 +18,7 @@ import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -49,7 +50,7 @@ def _pip_args(python: str, arch: str) -> list[str]:
     return args
 
 
-def _resolve_one(requirement: str, python: str, index: str, arch: str) -> list[dict] | None:
+def _resolve_one(requirement: str, python: str, index: str, arch: str) -> list[dict[str, Any]] | None:
     with tempfile.TemporaryDirectory(prefix="labctl-wheels-") as tmp:
         report = Path(tmp) / "report.json"
         # A clean configuration: the user's pip.conf (constraints, extra indexes, find-links) must not
@@ -67,7 +68,7 @@ def _resolve_one(requirement: str, python: str, index: str, arch: str) -> list[d
                 return None  # the runtime itself does not support this Python: nothing to pin for it
             tail = " ".join(text.strip().splitlines()[-2:])
             raise PackageError(f"pip cannot resolve {requirement} for Python {python} as wheels: {tail}")
-        install: list[dict] = json.loads(report.read_text(encoding="utf-8"))["install"]
+        install: list[dict[str, Any]] = json.loads(report.read_text(encoding="utf-8"))["install"]
         return install
 
 
@@ -81,7 +82,7 @@ def resolve_wheels(name: str, version: str, *, pythons: tuple[str, ...] = PYTHON
                                              pythons), strict=True))
     if all(items is None for items in reports.values()):
         raise PackageError(f"{name} {version} supports none of Python {', '.join(pythons)}")
-    wheels: dict[str, dict] = {}
+    wheels: dict[str, dict[str, Any]] = {}
     for python, items in reports.items():
         if items is None:
             continue

@@ -7,8 +7,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from labctl.meter.actions import FailureTally, actions, error_excerpt, last_step
 from labctl.meter.state import MeterState
 from labctl.meter.transcript import Dialect, call_signature, inject_user_text
+from labctl.meter.wire_responses import request_turns
 from labctl.spec.interventions import Intervention, Interventions
 
 
@@ -21,11 +23,14 @@ class Fired:
 class InterventionPolicy:
     """Decides, before each request is forwarded, which declared interventions fire.
 
-    Implemented triggers: `repeated_tool_call` (the model asked for the same call N turns in a
-    row, see `call_signature`), `idle` (the agent spent that long between the end of one model
-    answer and its next request) and `elapsed` (fires once). `repeated_failure` needs tool results
-    read alike for every agent and comes with the full intervention protocol; it never fires yet.
-    A stop wins over nudges; after a repeated-call firing the streak starts again.
+    Triggers: `repeated_tool_call` (the model asked for the same call N turns in a row, see
+    `call_signature`), `repeated_failure` (the request carries the N-th failure of one command with
+    one and the same error: the observations of the previous answer's actions, read from the
+    request's own turns, `labctl.meter.actions`; other commands between them do not reset the count,
+    the command passing or failing differently does), `idle` (the agent spent that long between the
+    end of one model answer and its next request) and `elapsed` (fires once). A stop wins over
+    nudges; after a repeated-call firing the streak starts again; a repeated failure fires on each
+    request that brings the N-th or a later identical failure (up to the rule's `max`).
     """
 
     def __init__(self, spec: Interventions) -> None:
@@ -34,10 +39,15 @@ class InterventionPolicy:
         self.nudges = 0
         self.streak = 0
         self.last_call: str | None = None
+        self.failures = FailureTally()
+        self.failure: dict[str, Any] | None = None
+        """The identical failure the current request brought (count, command, error), if any."""
+        self._step_seen: tuple[int, str] | None = None
+        self._reads_results = any(r.trigger.repeated_failure is not None for r in spec.rules)
 
-    def observe(self, response: dict[str, Any]) -> None:
-        """Feed each model answer, so loops are seen as they form."""
-        sig = call_signature(response)
+    def observe(self, response: dict[str, Any], request: dict[str, Any] | None = None) -> None:
+        """Feed each model answer (with the request it answers), so loops are seen as they form."""
+        sig = call_signature(response, request)
         self.streak = self.streak + 1 if sig is not None and sig == self.last_call else (1 if sig else 0)
         self.last_call = sig
 
@@ -45,6 +55,8 @@ class InterventionPolicy:
               body: dict[str, Any], log: Callable[[dict[str, Any]], None]) -> Intervention | None:
         """Fire what is due for the request `rec` / `body`: count it in the state, log an
         `intervention` record, inject each nudge into `body`. Returns the stop rule, if one fired."""
+        if self._reads_results:
+            self.read_results(body)
         for f in self.decide(now, state):
             r = f.rule
             state.interventions[r.name] = state.interventions.get(r.name, 0) + 1
@@ -59,6 +71,24 @@ class InterventionPolicy:
             state.nudges += 1
             inject_user_text(dialect, body, r.message or "")
         return None
+
+    def read_results(self, body: dict[str, Any]) -> None:
+        """Count the failures the request reports for the previous answer's actions. A request that
+        repeats a step already counted (a retry, a side request on the same conversation) counts
+        nothing again."""
+        self.failure = None
+        turn, results = last_step(body)
+        if turn is None or not results:
+            return
+        acts = actions(body, turn)
+        step = (len(request_turns(body) or []), "\n".join(a.key for a in acts))
+        if step == self._step_seen:
+            return
+        self._step_seen = step
+        for a, r in zip(acts, results, strict=False):
+            n = self.failures.add(a, r)
+            if n and (self.failure is None or n > self.failure["repeats"]):
+                self.failure = {"repeats": n, "command": a.command or a.key, "error": error_excerpt(r)}
 
     def decide(self, now: float, state: MeterState) -> list[Fired]:
         out: list[Fired] = []
@@ -84,6 +114,8 @@ class InterventionPolicy:
         t = rule.trigger
         if t.repeated_tool_call is not None and self.streak >= t.repeated_tool_call:
             return {"repeats": self.streak, "call": self.last_call}
+        if t.repeated_failure is not None and self.failure and self.failure["repeats"] >= t.repeated_failure:
+            return dict(self.failure)
         if t.idle is not None and state.last_response_time is not None:
             gap = now - state.last_response_time
             if gap >= t.idle:

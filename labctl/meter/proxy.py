@@ -28,12 +28,13 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from labctl.meter.limits import clamps, forwarded_bytes
 from labctl.meter.policy import InterventionPolicy
 from labctl.meter.sserelay import StreamRelay
-from labctl.meter.state import MeterConfig, MeterState, Recorder, StatusPublisher
+from labctl.meter.state import MeterConfig, MeterConfigError, MeterState, Recorder, StatusPublisher
 from labctl.meter.transcript import (
+    AnyReassembler,
     Dialect,
-    Reassembler,
     downstream_headers,
     dump,
     error_body,
@@ -79,9 +80,10 @@ class Meter:
         if cfg.api_key_env:
             self.key = os.environ.get(cfg.api_key_env)
             if not self.key:
-                raise ValueError(f"environment variable {cfg.api_key_env} (the API key) is not set")
+                raise MeterConfigError(f"environment variable {cfg.api_key_env} (the API key) is not set")
         self.state = MeterState(alias=cfg.alias, dialect=cfg.dialect, started_at=time.time(),
-                                token_budget=cfg.token_budget, request_budget=cfg.request_budget)
+                                token_budget=cfg.token_budget, request_budget=cfg.request_budget,
+                                max_output=cfg.max_output)
         self.recorder = Recorder(cfg.transcript, cfg.status_file(), cfg.alias,
                                  secrets=[self.key] if self.key else [], blob_bytes=cfg.blob_bytes)
         self.names = self.recorder.names  # upstream model names seen: redacted wherever they appear
@@ -207,7 +209,11 @@ class Meter:
                 hide_usage = True
             if self.cfg.upstream_model:
                 forwarded = {**forwarded, "model": self.cfg.upstream_model}
-            data = raw if forwarded is body and not rec["interventions"] else dump(forwarded).encode()
+            if edits := clamps(dialect, body, self.cfg.max_output) if self.cfg.max_output else []:
+                rec["clamped"] = edits  # what the agent asked and what was sent
+                self.state.count_clamps(edits)
+            data = forwarded_bytes(raw if forwarded is body and not rec["interventions"] else None,
+                                   body, forwarded, edits)
             return await self.forward(request, rec, asm, dialect, path, data, hide_usage, m0)
         finally:
             self.finish(rec, asm, m0)
@@ -249,7 +255,7 @@ class Meter:
         kind = "request_too_large" if dialect == "anthropic" else "invalid_request_error"
         return await self.send(request, self.fail(dialect, 413, msg, kind, "request_too_large"))
 
-    async def forward(self, request: web.Request, rec: Rec, asm: Reassembler, dialect: Dialect, path: str,
+    async def forward(self, request: web.Request, rec: Rec, asm: AnyReassembler, dialect: Dialect, path: str,
                       data: bytes, hide_usage: bool, m0: float) -> web.StreamResponse:
         assert self.pool is not None
         headers = upstream_headers(request.headers, self.cfg.dialect, self.key)
@@ -264,6 +270,10 @@ class Meter:
                 if up.content_type == "text/event-stream":
                     return await self.relay_stream(request, rec, asm, dialect, up, hide_usage)
                 return await self.relay_whole(request, asm, up)
+        except asyncio.CancelledError:  # the agent hung up while the upstream was still working
+            if rec["error"] is None:
+                rec["error"] = {"type": "agent_disconnected", "message": "the agent left first"}
+            raise
         except (UpstreamError, ConnectionResetError) as e:
             gone = request.transport is None or request.transport.is_closing()
             if gone or isinstance(e, ConnectionResetError):
@@ -308,7 +318,7 @@ class Meter:
         return await self.send(request, web.Response(body=body, status=up.status,
                                                      headers=downstream_headers(up.headers)))
 
-    async def relay_whole(self, request: web.Request, asm: Reassembler,
+    async def relay_whole(self, request: web.Request, asm: AnyReassembler,
                           up: UpstreamResponse) -> web.StreamResponse:
         data = await up.read()
         try:
@@ -328,7 +338,7 @@ class Meter:
         return await self.send(request, web.Response(body=data, status=up.status,
                                                      headers=downstream_headers(up.headers)))
 
-    async def relay_stream(self, request: web.Request, rec: Rec, asm: Reassembler, dialect: Dialect,
+    async def relay_stream(self, request: web.Request, rec: Rec, asm: AnyReassembler, dialect: Dialect,
                            up: UpstreamResponse, hide_usage: bool) -> web.StreamResponse:
         """Forward each upstream chunk as soon as its events are whole (never the whole response
         buffered; see labctl/meter/sserelay.py), and parse it for the transcript once the agent has its
@@ -341,39 +351,46 @@ class Meter:
         relay = StreamRelay(asm, dialect, self.cfg.alias, self.names, self.fingerprints, hide_usage)
         dropped: str | None = None
         try:
-            async for chunk in up.iter_any():
-                out = relay.feed(chunk)
-                if out:
-                    try:
+            try:
+                async for chunk in up.iter_any():
+                    if out := relay.feed(chunk):
                         await resp.write(out)
-                    except ConnectionResetError:
-                        rec["error"] = {"type": "agent_disconnected", "message": "the agent left mid-stream"}
-                        relay.finish()
-                        return resp
-        except UpstreamError as e:
-            dropped = f"upstream stream broke: {type(e).__name__}"
-        if dropped is None and not relay.ended:
-            dropped = "upstream closed the stream before its end"
-        if dropped is not None:
+            except UpstreamError as e:
+                dropped = f"upstream stream broke: {type(e).__name__}"
+            if dropped is None and not relay.ended:
+                dropped = "upstream closed the stream before its end"
             with contextlib.suppress(ConnectionResetError):
-                await resp.write(error_event(dialect, f"labctl meter: {dropped}"))
-        with contextlib.suppress(ConnectionResetError):
-            await resp.write_eof()
-        relay.finish()  # the agent has everything: now the parsing, off its clock
-        if dropped is not None:
-            self.mark_error(rec, "stream_dropped", dropped, events=asm.events)
+                if dropped is not None:
+                    await resp.write(error_event(dialect, f"labctl meter: {dropped}"))
+                await resp.write_eof()
+        except (ConnectionResetError, asyncio.CancelledError) as e:
+            # the agent left mid-stream (a write failed, or its connection closed while the upstream
+            # was silent): what came is kept; the upstream connection closes, so a server stops
+            if not relay.ended:
+                rec["error"] = {"type": "agent_disconnected", "message": "the agent left mid-stream"}
+            if isinstance(e, asyncio.CancelledError):
+                raise
+        finally:
+            relay.finish()  # the agent has everything (or is gone): now the parsing, off its clock
+            if dropped is not None:
+                self.mark_error(rec, "stream_dropped", dropped, events=asm.events)
         return resp
 
-    def finish(self, rec: Rec, asm: Reassembler, m0: float) -> None:
+    def finish(self, rec: Rec, asm: AnyReassembler, m0: float) -> None:
         """Account, record and publish; runs after the agent has its response."""
         st = self.state
         rec["t_end"] = st.last_response_time = time.time()
         rec["latency_ms"] = round((time.perf_counter() - m0) * 1000, 3)
         if rec["forwarded"]:
             rec["response"] = response = asm.response()
-            rec["usage"] = usage = asm.usage()
+            usage = asm.usage()
+            if not asm.final_usage and rec["status"] in (None, 200):
+                # cut before its closing usage: what the stream carried, marked partial (a local
+                # run is reconciled with the server's own counters: labctl/round/tokens.py)
+                usage = asm.partial_usage()
+            rec["usage"] = usage
             rec["timings"] = asm.timings
-            self.policy.observe(response)
+            self.policy.observe(response, rec["request"])
             st.add_usage(usage, len(response["tool_calls"]))
             if asm.error is not None and rec["error"] is None:
                 self.mark_error(rec, "upstream_error_event", "the upstream sent an error event",

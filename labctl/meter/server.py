@@ -30,6 +30,8 @@ from labctl.meter.state import MeterConfig, MeterState
 __all__ = ["MeterHandle", "meter_in_thread", "run_loop", "start_meter"]
 
 T = TypeVar("T")
+SHUTDOWN_S = 3.0
+"""How long a stopping meter lets calls in flight finish before it cancels them (and records them)."""
 
 
 def run_loop(coro: Coroutine[Any, Any, T]) -> T:
@@ -78,7 +80,11 @@ async def start_meter(cfg: MeterConfig) -> MeterHandle:
     app = web.Application(client_max_size=cfg.max_request_bytes)  # long contexts exceed aiohttp's 1 MiB
     app.on_response_prepare.append(_server_header)
     app.router.add_route("*", "/{tail:.*}", meter.handle)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    # handler_cancellation: an agent that hangs up (stopped at its wall time) ends its call at once,
+    # even while the upstream is silent (a long prompt), so the call is recorded and the upstream
+    # connection closed; shutdown_timeout: a stop ends calls in flight well within docker stop's grace.
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, handler_cancellation=True,
+                           shutdown_timeout=SHUTDOWN_S)
     await runner.setup()
     try:
         await web.TCPSite(runner, cfg.host, cfg.port).start()

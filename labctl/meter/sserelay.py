@@ -23,6 +23,7 @@ from labctl.meter import wire_responses
 from labctl.meter.sse import SSESplitter, sse_fields
 from labctl.meter.streamtext import feed_openai_events
 from labctl.meter.transcript import (
+    AnyReassembler,
     Dialect,
     Reassembler,
     dump,
@@ -99,7 +100,7 @@ class StreamRelay:
     calls: once a name is known, every later chunk that carries it takes the fast path.
     """
 
-    def __init__(self, asm: Reassembler, dialect: Dialect, alias: str, names: set[str],
+    def __init__(self, asm: AnyReassembler, dialect: Dialect, alias: str, names: set[str],
                  fingerprints: set[str | None], hide_usage: bool) -> None:
         self.asm, self.dialect, self.alias = asm, dialect, alias
         self.names, self.fingerprints, self.hide_usage = names, fingerprints, hide_usage
@@ -225,7 +226,8 @@ class StreamRelay:
             if raw:
                 joined = b"".join(raw)
                 lines = _data_lines(joined) if self.dialect == "openai" else None
-                if lines is not None:
+                # the chat dialect's fast path (its asm is always the chat Reassembler)
+                if lines is not None and isinstance(self.asm, Reassembler):
                     feed_openai_events(lines, self.asm)
                 else:
                     for name, obj in parse_events(joined):

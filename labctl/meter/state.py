@@ -20,13 +20,20 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from labctl.errors import LabctlError
 from labctl.meter import blobs
 from labctl.meter.transcript import Dialect
 from labctl.spec.interventions import Interventions
 
 
+class MeterConfigError(LabctlError, ValueError):
+    """A meter that cannot start as configured (an unset API key variable, an upstream that is no
+    http(s) URL, a bad --listen or interventions file): `labctl meter` reports it and exits."""
+
+
 class MeterConfig(BaseModel):
-    """Everything one meter needs; the CLI and the runner build it the same way."""
+    """Everything one meter needs. The runner builds it and starts the meter with `to_argv()`; the CLI
+    parses those options back into it (tests/engine/test_meter_argv.py holds the round trip)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -61,12 +68,41 @@ class MeterConfig(BaseModel):
     """Idle upstream connections close before llama-server's own 5 s keep-alive ends them."""
     max_request_bytes: int = Field(default=32 << 20, ge=1024)
     """Largest request body forwarded; a larger one is answered 413 by the meter itself (and recorded)."""
+    max_output: int | None = Field(default=None, ge=1)
+    """The contestant's max_output: every output-length field of every request is clamped to it,
+    and set where a request names none (labctl/meter/limits.py); None leaves requests as they are."""
     blob_bytes: int | None = Field(default=1 << 20, ge=0)
     """Request bodies larger than this go to `transcript.blobs/<sha256>`, referenced from their
     record (labctl/meter/blobs.py); None keeps every body inline."""
 
     def status_file(self) -> Path:
         return self.status_path or self.transcript.with_name("status.json")
+
+    def to_argv(self, interventions_file: str | Path | None = None) -> list[str]:
+        """The `labctl meter` options that give this config back (labctl/cli/meter.py), defaults left
+        out: how a runner starts a meter in a container. The interventions table travels as a JSON
+        file (`interventions.model_dump_json(exclude_none=True)`) the caller writes where the meter
+        reads it, `interventions_file`. The timeouts have no option: they must be the defaults."""
+        fixed = {"connect_timeout_s", "read_timeout_s", "keepalive_s"}
+        if changed := sorted(k for k in fixed if getattr(self, k) != MeterConfig.model_fields[k].default):
+            raise ValueError(f"labctl meter has no option for {', '.join(changed)}")
+        if self.interventions != Interventions() and interventions_file is None:
+            raise ValueError("the interventions table needs a file (interventions_file)")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        argv = ["--upstream", self.upstream, "--dialect", self.dialect, "--listen", f"{host}:{self.port}",
+                "--transcript", str(self.transcript), "--alias", self.alias]
+        optional: list[tuple[str, object]] = [
+            ("--api-key-env", self.api_key_env), ("--upstream-model", self.upstream_model),
+            ("--max-output", self.max_output), ("--token-budget", self.token_budget),
+            ("--request-budget", self.request_budget),
+            ("--interventions", interventions_file if self.interventions != Interventions() else None),
+            ("--status", self.status_path)]
+        argv += [f for flag, v in optional if v is not None for f in (flag, str(v))]
+        if self.max_request_bytes != MeterConfig.model_fields["max_request_bytes"].default:
+            argv += ["--max-request-bytes", str(self.max_request_bytes)]
+        if self.blob_bytes != MeterConfig.model_fields["blob_bytes"].default:
+            argv += ["--blob-bytes", str(-1 if self.blob_bytes is None else self.blob_bytes)]
+        return argv
 
 
 class MeterState(BaseModel):
@@ -101,6 +137,15 @@ class MeterState(BaseModel):
     """`MeterConfig.token_budget`: prompt + completion tokens allowed; None for no budget."""
     request_budget: int | None = None
     """`MeterConfig.request_budget`: model calls the meter forwards; None for no budget."""
+    max_output: int | None = None
+    """`MeterConfig.max_output`: the most output tokens any request was allowed."""
+    clamped: int = 0
+    """Model calls that asked for more output than max_output and were forwarded with max_output."""
+    limit_added: int = 0
+    """Model calls that named no output limit and were forwarded with max_output."""
+    partial_exchanges: int = 0
+    """Forwarded calls whose closing usage never came (cut by the agent's end, a stop, a dropped
+    stream): their tokens above are what the stream carried, a lower bound."""
     budget_exceeded: bool = False
     """A budget is spent (total_tokens >= token_budget, forwarded >= request_budget): later calls
     are refused."""
@@ -131,6 +176,7 @@ class MeterState(BaseModel):
         """Count one answer; the call that crosses the budget completes, the next is refused."""
         self.tool_calls += tool_calls
         if usage:
+            self.partial_exchanges += bool(usage.get("partial"))
             self.prompt_tokens += usage["prompt_tokens"]
             self.completion_tokens += usage["completion_tokens"]
             self.cached_tokens += usage["cached_tokens"]
@@ -140,6 +186,13 @@ class MeterState(BaseModel):
         if (spent or calls) and not self.budget_exceeded:
             self.budget_exceeded = True
             self.stop("token_budget" if spent else "request_budget")
+
+    def count_clamps(self, edits: list[dict[str, Any]]) -> None:
+        """One call held to max_output (labctl/meter/limits.py `clamps`)."""
+        if any(e["asked"] is not None for e in edits):
+            self.clamped += 1
+        else:
+            self.limit_added += 1
 
     def stop(self, reason: str) -> None:
         if not self.stopped:

@@ -17,8 +17,8 @@ from typing import Any, Literal
 
 import orjson
 
-from labctl.meter import wire_responses
-from labctl.meter.reassembly import Collected
+from labctl.meter import actions, wire_responses
+from labctl.meter.reassembly import Collected, partial_usage
 from labctl.meter.sse import sse_event
 
 Dialect = Literal["openai", "anthropic", "responses"]
@@ -45,7 +45,7 @@ def new_record(seq: int, t_start: float, dialect: Dialect, path: str) -> dict[st
     return {"kind": "exchange", "seq": seq, "t_start": t_start, "t_end": None, "latency_ms": None,
             "ttfb_ms": None, "dialect": dialect, "path": path, "stream": False, "request": None,
             "request_bytes": None, "response": None, "usage": None, "timings": None, "status": None,
-            "error": None, "forwarded": False, "interventions": None}
+            "error": None, "forwarded": False, "interventions": None, "clamped": None}
 
 
 def normalize_usage(dialect: Dialect, usage: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -86,6 +86,7 @@ class Reassembler(Collected):
         self._model(obj)
         self.timings = obj.get("timings") or self.timings
         self.raw_usage = obj.get("usage") or self.raw_usage
+        self.final_usage = bool(obj.get("usage"))
         self.done = True
         if self.dialect == "openai":
             choice = (obj.get("choices") or [{}])[0]
@@ -107,7 +108,8 @@ class Reassembler(Collected):
             self._model(obj)
             if obj.get("error"):
                 self.error = obj["error"]
-            self.raw_usage = obj.get("usage") or self.raw_usage
+            if obj.get("usage"):
+                self.raw_usage, self.final_usage = obj["usage"], True
             self.timings = obj.get("timings") or self.timings
             for choice in obj.get("choices") or []:
                 if choice.get("index", 0) != 0:
@@ -127,6 +129,7 @@ class Reassembler(Collected):
         elif kind == "message_delta":
             self.finish_reason = (obj.get("delta") or {}).get("stop_reason") or self.finish_reason
             self.raw_usage = {**(self.raw_usage or {}), **(obj.get("usage") or {})}
+            self.final_usage = self.final_usage or bool(obj.get("usage"))
         elif kind == "message_stop":
             self.done = True
         elif kind == "error":
@@ -154,6 +157,7 @@ class Reassembler(Collected):
             call["name"] = fn.get("name") or call["name"]
             if isinstance(fn.get("arguments"), str):
                 call["arguments"] += fn["arguments"]
+                self.arg_deltas += bool(fn["arguments"])
 
     def _block_start(self, i: int, block: dict[str, Any]) -> None:
         kind = block.get("type")
@@ -172,6 +176,7 @@ class Reassembler(Collected):
             self.reasoning.append(d.get("thinking") or "")
         elif kind == "input_json_delta" and i in self.calls:
             self.calls[i]["arguments"] += d.get("partial_json") or ""
+            self.arg_deltas += bool(d.get("partial_json"))
 
     def response(self) -> dict[str, Any]:
         return {"content": "".join(self.text) if self.text else None,
@@ -182,8 +187,17 @@ class Reassembler(Collected):
     def usage(self) -> dict[str, Any] | None:
         return normalize_usage(self.dialect, self.raw_usage)
 
+    def partial_usage(self) -> dict[str, Any]:
+        """What the stream carried, when its closing usage never came (labctl/meter/reassembly.py)."""
+        return partial_usage(self.usage(), self.seen_deltas())
 
-def reassembler(dialect: Dialect, alias: str) -> Reassembler | wire_responses.ResponsesReassembler:
+
+AnyReassembler = Reassembler | wire_responses.ResponsesReassembler
+"""Either dialect's reassembler: what the proxy's relay and `finish` take (the attributes they read
+and `response()` / `usage()` exist on both)."""
+
+
+def reassembler(dialect: Dialect, alias: str) -> AnyReassembler:
     """The reassembler of a request's dialect (both have the same attributes and `response()`)."""
     if dialect == "responses":
         return wire_responses.ResponsesReassembler(alias)
@@ -366,20 +380,8 @@ def inject_user_text(dialect: Dialect, body: dict[str, Any], text: str) -> None:
                  else [{"type": "text", "text": text}]})
 
 
-_FENCE = re.compile(r"```[^\n`]*\n(.*?)```", re.S)
-
-
-def call_signature(response: dict[str, Any]) -> str | None:
-    """What the model asked to run, for loop detection: its tool calls (name + arguments, JSON
-    normalised), else the fenced code blocks of text-protocol agents (mini-swe-agent); None when
-    the turn asked for nothing."""
-    calls = response.get("tool_calls") or []
-    if calls:
-        def norm(args: str) -> Any:
-            try:
-                return json.loads(args)
-            except ValueError:
-                return args
-        return json.dumps([[c.get("name"), norm(c.get("arguments") or "")] for c in calls], sort_keys=True)
-    blocks = _FENCE.findall(response.get("content") or "")
-    return dump([b.strip() for b in blocks]) if blocks else None
+def call_signature(response: dict[str, Any], request: dict[str, Any] | None = None) -> str | None:
+    """What the model asked the runtime to execute, for loop detection: its actions as
+    `labctl.meter.actions` defines them (tool calls; fenced blocks only when `request` declared no
+    tools), normalised; None when the turn executed nothing."""
+    return actions.signature(request, response)

@@ -31,6 +31,8 @@ from urllib.parse import urlsplit
 import httptools
 from multidict import CIMultiDict
 
+from labctl.meter.state import MeterConfigError
+
 __all__ = ["Pool", "UpstreamConnectError", "UpstreamDisconnected", "UpstreamError", "UpstreamResponse",
            "UpstreamTimeout"]
 
@@ -241,7 +243,7 @@ class Pool:
                  ssl_context: ssl.SSLContext | None = None) -> None:
         u = urlsplit(base_url)
         if u.scheme not in ("http", "https") or not u.hostname:
-            raise ValueError(f"not an http(s) URL: {base_url!r}")
+            raise MeterConfigError(f"not an http(s) URL: {base_url!r}")
         self.host, self.tls = u.hostname, u.scheme == "https"
         self.port = u.port or (443 if self.tls else 80)
         default = (self.port == 443) if self.tls else (self.port == 80)

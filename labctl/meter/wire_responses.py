@@ -20,7 +20,7 @@ import json
 import re
 from typing import Any
 
-from labctl.meter.reassembly import Collected
+from labctl.meter.reassembly import Collected, partial_usage
 
 TERMINAL = re.compile(rb'(?m)^event: ?response\.(?:completed|failed|incomplete)\r?$'
                       rb'|"type"\s*:\s*"response\.(?:completed|failed|incomplete)"')
@@ -101,6 +101,7 @@ class ResponsesReassembler(Collected):
             call = self.calls.get(str(obj.get("item_id")))
             if call is not None:
                 call["arguments"] += obj.get("delta") or ""
+                self.arg_deltas += bool(obj.get("delta"))
         elif kind == "response.output_item.done":
             item = obj.get("item") or {}
             if item.get("type") == "function_call":
@@ -115,13 +116,14 @@ class ResponsesReassembler(Collected):
         elif kind == "error":
             self.error = obj.get("error") or obj
         elif kind in ("response.created", "response.in_progress"):
-            self._final(obj.get("response") or {})
+            self._final(obj.get("response") or {}, closing=False)
 
-    def _final(self, response: dict[str, Any]) -> None:
+    def _final(self, response: dict[str, Any], closing: bool = True) -> None:
         m = response.get("model")
         if isinstance(m, str) and m and m != self.alias:
             self.upstream_models.add(m)
         self.raw_usage = response.get("usage") or self.raw_usage
+        self.final_usage = self.final_usage or (closing and bool(response.get("usage")))
 
     def _call(self, item: dict[str, Any], whole: bool) -> None:
         key = str(item.get("id") or item.get("call_id") or len(self.calls))
@@ -140,6 +142,10 @@ class ResponsesReassembler(Collected):
 
     def usage(self) -> dict[str, Any] | None:
         return normalize_usage(self.raw_usage)
+
+    def partial_usage(self) -> dict[str, Any]:
+        """What the stream carried, when its closing usage never came (labctl/meter/reassembly.py)."""
+        return partial_usage(self.usage(), self.seen_deltas())
 
 
 def _reasoning_texts(item: dict[str, Any]) -> list[str]:

@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import time
 import urllib.error
@@ -30,6 +31,11 @@ ENV_BINARY = "LABCTL_LLAMA_SERVER"
 BUILD_TIMEOUT_S = 3600
 
 StartFailure = Literal["oom", "bad_model", "unsupported_cache", "bad_args", "port", "timeout", "crash"]
+
+
+class MeasureError(LabctlError, RuntimeError):
+    """A tool `plan --measure` needs failed: the llama-server build, the GPU ballast, llama-fit-params,
+    or no GPU where the profile wants one (a RuntimeError still, as before)."""
 
 
 class ServerStartError(LabctlError, RuntimeError):
@@ -62,13 +68,47 @@ class ServerSettings(BaseModel):
     """`-fit`: off, so llama-server runs exactly the planned flags; with `on` it would quietly offload
     layers or shrink the context when memory is short, and a plan that does not fit would look like a
     slow model instead of a clear out-of-memory error."""
+    rope_scale: str | None = None
+    """`--rope-scaling yarn --rope-scale F`: set only when the plan serves more than the training
+    context (serve.allow_rope_scaling). Without it llama-server caps every slot at the training context
+    ("exceeds the training context of the model … capping"); with it llama.cpp re-adjusts its training
+    context to yarn_orig_ctx × F (`llama_init_from_model`), so the slot really gets the planned context.
+    Spelled as a decimal string (see `yarn_scale`) so the float32 arithmetic lands on the plan."""
+    yarn_orig_ctx: int | None = None
+    """`--yarn-orig-ctx N`: the model's training context, which the scale multiplies."""
     extra_args: tuple[str, ...] = ()
     """Passed after the planned flags, as they are."""
 
     def args(self) -> list[str]:
+        rope = (["--rope-scaling", "yarn", "--rope-scale", self.rope_scale, "--yarn-orig-ctx",
+                 str(self.yarn_orig_ctx)] if self.rope_scale and self.yarn_orig_ctx else [])
         return ["-c", str(self.context), "-ngl", str(self.gpu_layers), "-fa", self.flash_attention,
                 "-ctk", self.cache_type_k, "-ctv", self.cache_type_v, "-n", str(self.max_output),
-                "-np", str(self.parallel), "-fit", self.fit, *self.extra_args]
+                "-np", str(self.parallel), "-fit", self.fit, *rope, *self.extra_args]
+
+
+def _f32(x: float) -> float:
+    return float(struct.unpack("<f", struct.pack("<f", x))[0])
+
+
+def yarn_context(train: int, scale: str) -> int:
+    """The training context llama.cpp adopts for `--rope-scale scale --yarn-orig-ctx train`, in its own
+    float32 arithmetic: rope_freq_scale = 1.0f / stof(scale); n_ctx_train = (uint32) (train / freq)."""
+    freq = _f32(1.0 / _f32(float(scale)))
+    return int(_f32(train / freq))
+
+
+def yarn_scale(target: int, train: int) -> str:
+    """The shortest decimal factor F (≥ target / train) for which llama.cpp's adjusted training context
+    is at least `target` (float32 truncation could otherwise land one token short: 12287 for 12288)."""
+    for digits in range(3, 10):
+        f = target / train
+        for _ in range(200):
+            s = f"{f:.{digits}f}"
+            if yarn_context(train, s) >= target:
+                return s.rstrip("0").rstrip(".") if "." in s else s
+            f += 10.0 ** -digits
+    raise ValueError(f"no rope scale reaches {target} from {train}")  # pragma: no cover
 
 
 def find_binary(build: bool = True) -> Path:
@@ -92,7 +132,7 @@ def find_binary(build: bool = True) -> Path:
     lines = done.stdout.strip().splitlines()
     if done.returncode != 0 or not lines or not Path(lines[-1]).is_file():
         tail = "\n".join((done.stderr or "").strip().splitlines()[-20:])
-        raise RuntimeError(f"{BUILD_SCRIPT.name} failed (exit {done.returncode}):\n{tail}")
+        raise MeasureError(f"{BUILD_SCRIPT.name} failed (exit {done.returncode}):\n{tail}")
     return Path(lines[-1])
 
 
@@ -110,7 +150,7 @@ def server_argv(binary: Path | str, model_path: Path | str, settings: ServerSett
     s = settings if isinstance(settings, ServerSettings) else getattr(settings, "server", None)
     if not isinstance(s, ServerSettings):
         raise TypeError("settings must be a ServerSettings or carry one as .server (a served plan)")
-    argv = [str(binary), "-m", str(model_path), *s.args(), "--host", host,
+    argv = [str(binary), "-m", str(model_path), *s.args(), "--metrics", "--host", host,
             "--port", str(port if port is not None else free_port(host)), "--jinja",
             "--alias", alias or Path(model_path).stem]
     if verbosity is not None:
@@ -118,7 +158,8 @@ def server_argv(binary: Path | str, model_path: Path | str, settings: ServerSett
     return argv
 
 
-def http_json(method: str, url: str, body: dict | None = None, timeout: float = 60) -> tuple[int, dict]:
+def http_json(method: str, url: str, body: dict[str, Any] | None = None, timeout: float = 60
+              ) -> tuple[int, dict[str, Any]]:
     """(status, JSON body) of a request; HTTP errors are returned, not raised."""
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
@@ -162,7 +203,7 @@ def _endpoint(argv: Sequence[str]) -> str:
     return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{flag('--port', '8080')}"
 
 
-def _stop(proc: subprocess.Popen, grace: float = 10) -> None:
+def _stop(proc: subprocess.Popen[bytes], grace: float = 10) -> None:
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(signal.SIGTERM)

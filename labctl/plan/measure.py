@@ -73,7 +73,7 @@ def ballast(free_target: int) -> Iterator[None]:
     try:
         line = proc.stdout.readline() if proc.stdout else ""
         if not line.startswith("ready"):
-            raise RuntimeError(f"GPU ballast did not start: {line.strip() or 'no output'}")
+            raise ls.MeasureError(f"GPU ballast did not start: {line.strip() or 'no output'}")
         yield
     finally:
         with contextlib.suppress(OSError):
@@ -116,7 +116,7 @@ def fit_print(fit_binary: Path, twin: Path, settings: ls.ServerSettings) -> dict
             rows[parts[0]] = dict(zip(("model", "context", "compute"), map(int, parts[1:]), strict=True))
     if done.returncode != 0 or not rows:
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"llama-fit-params --fit-print failed (exit {done.returncode}): {tail}")
+        raise ls.MeasureError(f"llama-fit-params --fit-print failed (exit {done.returncode}): {tail}")
     return rows
 
 
@@ -165,7 +165,7 @@ def measure_plan(loaded: LoadedLab, lock: Lock | None, plan: Plan, server: Path,
     """Measure every planned local contestant of `plan` (its profile) and return the record."""
     gpu = gpu_info() if plan.gpu else None
     if plan.gpu and gpu is None:
-        raise RuntimeError(f"profile {plan.profile} is a GPU profile but nvidia-smi finds no GPU here")
+        raise ls.MeasureError(f"profile {plan.profile} is a GPU profile but nvidia-smi finds no GPU here")
     # Free VRAM held to the plan's budget (total − reserve): stricter than a bare card of the profile,
     # whose reserve is partly free, so "loads" here means it loads there. FREE_ENV overrides it.
     free_target = None

@@ -98,6 +98,7 @@ def parse_breakdown(log: str) -> dict[str, dict[str, int]]:
     rows: dict[str, dict[str, int]] = {}
     for m in _ROW.finditer(log):
         nums = [int(x) for x in re.findall(r"-?\d+", m["vals"])]
+        keys: tuple[str, ...]
         if len(nums) == 7:
             keys = ("total", "free", "self", "model", "context", "compute", "unaccounted")
         elif len(nums) == 4:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
@@ -25,7 +25,8 @@ from labctl.gguf.read import quant_from_filename
 from labctl.gguf.tiny import TinyModelParams
 from labctl.lock.lockfile import Lock
 from labctl.plan import kvcache
-from labctl.plan.llamaserver import ServerSettings
+from labctl.plan.firstprompt import fit_warning, lookup
+from labctl.plan.llamaserver import ServerSettings, yarn_scale
 from labctl.spec.lab import SERVE_DEFAULTS, CloudContestant, LocalContestant, Serve
 from labctl.spec.load import LoadedLab
 from labctl.spec.profiles import Profile
@@ -66,6 +67,10 @@ class ContestantPlan(BaseModel):
     output_bytes: int | None = None
     context: int | None = None
     context_mode: Literal["max", "explicit"] | None = None
+    slot_context: int | None = None
+    """The context of one slot as llama-server must report it (`/props` default_generation_settings.n_ctx):
+    the per-slot cells, padded to 256 as llama.cpp pads them. A run whose server reports another
+    number errors (`labctl.run.served`)."""
     max_output: int | None = None
     vram_used: int | None = None
     vram_free: int | None = None
@@ -76,6 +81,9 @@ class ContestantPlan(BaseModel):
     server: ServerSettings | None = None
     llama_args: list[str] = []
     notes: list[str] = []
+    warnings: list[str] = []
+    """What may go wrong in a run although the plan fits (e.g. the runtime's first prompt + max_output
+    exceeding the context: `labctl.plan.firstprompt`)."""
 
 
 class Plan(BaseModel):
@@ -147,15 +155,15 @@ def resolve_source(c: LocalContestant, lock: Lock | None) -> Source:
                       c.model.generate.n_ff)
     d = c.model.declared
     if d is not None:
-        size, src = lock_bytes, "lock files"
-        if size is None:
-            size, src = (d.file_size, "declared file_size") if d.file_size else (d.tensor_bytes, "declared")
-        if not size:
-            size, src = _shape_bytes(d, c.model.file), "declared shape"
-        if not size:
+        found, src = lock_bytes, "lock files"
+        if found is None:
+            found, src = (d.file_size, "declared file_size") if d.file_size else (d.tensor_bytes, "declared")
+        if not found:
+            found, src = _shape_bytes(d, c.model.file), "declared shape"
+        if not found:
             raise PlanError(f"contestant {c.id}: declared metadata has no file_size or tensor_bytes; "
                             "run `labctl lock` or declare model.declared.file_size")
-        return Source(d, "declared", size, src)
+        return Source(d, "declared", found, src)
     raise PlanError(f"contestant {c.id}: no GGUF metadata (lab.lock has none for it and the lab declares "
                     "none); run `labctl lock` or declare model.declared")
 
@@ -239,7 +247,7 @@ class _Planner:
             return Fit(ram <= host, 0, 0, ram, mem, max(0, ram - host), "RAM")
         want = self.serve.gpu_layers
         if full_only or want == "all" or isinstance(want, int):
-            g = self.L + 1 if full_only or want == "all" else min(int(want), self.L + 1)
+            g = self.L + 1 if full_only or not isinstance(want, int) else min(want, self.L + 1)
             vram, ram = self.place(mem, g)
             if vram > self.budget:
                 return Fit(False, g, vram, ram, mem, vram - self.budget, "VRAM")
@@ -311,15 +319,24 @@ def plan_contestant(lab_serve: Serve, c: LocalContestant, lock: Lock | None, pro
     if meta.architecture not in kvcache.KNOWN_ARCHS:
         notes.append(f"unknown architecture {meta.architecture!r}: planned conservatively "
                      "(every layer full attention)")
-    if ctx > meta.context_length:
-        notes.append(f"context beyond the training context {meta.context_length} (rope scaling allowed)")
+    rope_scale = None
+    slot = f.mem.kv.cells.n_ctx_seq
+    if slot > meta.context_length and serve.allow_rope_scaling:
+        # Without these flags llama-server would cap the slot at the training context and serve less
+        # than planned; with them its adjusted training context covers the whole slot.
+        rope_scale = yarn_scale(slot, meta.context_length)
+        notes.append(f"context beyond the training context {meta.context_length}: served with YaRN "
+                     f"(--rope-scale {rope_scale} --yarn-orig-ctx {meta.context_length})")
+    elif slot > meta.context_length:  # llama.cpp's 256-cell padding only: it caps there
+        slot = meta.context_length
     offloaded = p.L - min(f.gpu_layers, p.L) if profile.is_gpu else p.L
     if profile.is_gpu and offloaded:
         notes.append(f"{offloaded} of {p.L} layers offloaded to host RAM (-ngl {f.gpu_layers})")
     settings = ServerSettings(
         context=ctx, gpu_layers=f.gpu_layers, flash_attention=serve.flash_attention or "auto",
         cache_type_k=serve.cache_type_k or "f16", cache_type_v=serve.cache_type_v or "f16",
-        max_output=max_out, parallel=n_seq, extra_args=tuple(serve.extra_args or ()))
+        max_output=max_out, parallel=n_seq, rope_scale=rope_scale,
+        yarn_orig_ctx=meta.context_length if rope_scale else None, extra_args=tuple(serve.extra_args or ()))
     model = c.model.file or (str(c.model.path) if c.model.path else "generated")
     return ContestantPlan(
         id=c.id, name=c.name or c.id, kind=c.kind, status="planned", meta_source=src.origin,
@@ -329,7 +346,7 @@ def plan_contestant(lab_serve: Serve, c: LocalContestant, lock: Lock | None, pro
         kv_bytes_per_token=f.mem.kv.bytes_per_token,
         kv_fixed_bytes=f.mem.kv.swa_bytes + f.mem.kv.recurrent_bytes,
         kv_bytes=f.mem.kv.total, compute_bytes=f.mem.compute, output_bytes=f.mem.output, context=ctx,
-        context_mode=mode, max_output=max_out, vram_used=f.vram,
+        context_mode=mode, slot_context=slot, max_output=max_out, vram_used=f.vram,
         vram_free=p.budget - f.vram if profile.is_gpu else None, ram_used=f.ram, gpu_layers=f.gpu_layers,
         offloaded_layers=offloaded if profile.is_gpu else None, server=settings, llama_args=settings.args(),
         notes=notes)
@@ -342,9 +359,9 @@ def plan_lab(loaded: LoadedLab, lock: Lock | None, profile: Profile | None = Non
     lab = loaded.lab
     rows: list[ContestantPlan] = []
     for c in lab.contestants:
-        base = {"id": c.id, "name": c.name or c.id, "kind": c.kind}
+        base: dict[str, Any] = {"id": c.id, "name": c.name or c.id, "kind": c.kind}
         if not isinstance(c, LocalContestant):
-            extra = {"model": c.model, "context": c.context,
+            extra: dict[str, Any] = {"model": c.model, "context": c.context,
                      "max_output": c.max_output} if isinstance(c, CloudContestant) else {}
             rows.append(ContestantPlan(**base, **extra, status="not served",
                                        type="cloud" if c.kind == "cloud" else c.kind))
@@ -353,6 +370,14 @@ def plan_lab(loaded: LoadedLab, lock: Lock | None, profile: Profile | None = Non
             rows.append(plan_contestant(lab.serve, c, lock, profile, allow_unknown_arch=allow_unknown_arch))
         except PlanError as e:
             rows.append(ContestantPlan(**base, status="error", error=str(e)))
+            continue
+    for row, c in zip(rows, lab.contestants, strict=True):
+        agent = lab.agent_for(c) if c.kind in ("local", "cloud") else None
+        ctx = row.slot_context or row.context
+        locked = lock.models.get(c.id) if lock else None
+        sha = locked.files[0].sha256 if locked else None
+        if agent and (w := fit_warning(ctx, row.max_output, lookup(agent.runtime, agent.version, sha))):
+            row.warnings.append(w)
     return Plan(lab=lab.lab.name, profile=profile.name, profile_summary=profile.summary(), gpu=profile.is_gpu,
                 vram_total=profile.total_vram, vram_reserve=profile.vram_reserve,
                 vram_budget=profile.total_vram - profile.vram_reserve if profile.is_gpu else 0,

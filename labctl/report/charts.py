@@ -84,14 +84,16 @@ def _tokens(ax: Axes, rep: RoundReport, names: list[str]) -> None:
         vals = cd.values("total_tokens")
         mean = _mean(vals)
         color = COLORS[_outcome(cd)]
+        # a lower bound (a call cut before its usage came, nothing counted it whole): `≥`, hatched
+        partial = any(r.metrics.tokens_partial for r in cd.runs)
         if mean and mean > 0:
             positive += [v for v in vals if v > 0] + [mean]
             err = [[mean - min(vals)], [max(vals) - mean]] if len(vals) > 1 else None
-            ax.barh(y, mean, color=color, xerr=err, capsize=3, ecolor="#333")
-            ax.text(mean, y, f" {mean:,.0f}", va="center", fontsize=8)
+            ax.barh(y, mean, color=color, xerr=err, capsize=3, ecolor="#333", hatch="//" if partial else None)
+            ax.text(mean, y, f" {'≥ ' if partial else ''}{mean:,.0f}", va="center", fontsize=8)
         else:
             label = (f" no model ({cd.contestant.kind})" if not _uses_model(cd)
-                     else " 0 tokens" if mean == 0 else " no data")
+                     else " unknown (cut)" if partial else " 0 tokens" if mean == 0 else " no data")
             ax.text(1.1, y, label, va="center", fontsize=8, color=color, fontweight="bold")
     ax.set_xscale("log")
     ax.set_xlim(1, max(positive, default=10) * 8)

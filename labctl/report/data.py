@@ -16,7 +16,6 @@ and rewrites the manifest so `labctl verify` still passes.
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from dataclasses import dataclass, field
@@ -24,28 +23,31 @@ from pathlib import Path
 from typing import Any, Literal
 
 from labctl.errors import LabctlError
-from labctl.lock.lockfile import Lock, read_lock
-from labctl.meter import blobs
+from labctl.lock.lockfile import Lock
+from labctl.meter.readback import exchange_records, speeds, transcript_records
 from labctl.meter.wire_responses import request_turns
+from labctl.round.grading import check_passed, named_checks, read_reward
 from labctl.round.layout import (
-    LAB_FILE,
-    LOCK_FILE,
     UNSEALED_FILE,
+    EgressRecord,
     RunResult,
     SealedRound,
     Unsealed,
+    egress_path,
     metrics_path,
+    read_egress,
     read_result,
     read_sealed,
     read_unsealed,
     result_path,
     run_dir,
     transcript_path,
+    verifier_tail,
 )
-from labctl.round.records import RunMetrics, check_passed, read_metrics
-from labctl.round.verify import named_checks, read_reward
+from labctl.round.opened import read_round_lab, read_round_lock
+from labctl.round.records import RunMetrics, read_metrics
 from labctl.spec.lab import CloudContestant, Contestant, Lab, LocalContestant, Published
-from labctl.spec.located import SpecError, load_yaml, validate
+from labctl.spec.located import SpecError
 
 Format = Literal["md", "json", "html"]
 FORMATS: tuple[Format, ...] = ("md", "json", "html")
@@ -70,6 +72,8 @@ class ReportMetrics(RunMetrics):
     """reward.json's notes: why a check failed, in the verifier's words."""
     total_wall_s: float | None = None
     """The run's whole time, result.json's started → ended (setup, agent, verifier)."""
+    verifier_tail: str | None = None
+    """The verifier's last words (`labctl.round.layout.verifier_tail`), when it named no checks."""
 
 
 @dataclass
@@ -81,6 +85,8 @@ class RunData:
     repeat: int
     result: RunResult
     metrics: ReportMetrics
+    egress: list[EgressRecord] | None = None
+    """Requests through the run's egress gateway (egress.jsonl), None without one."""
 
     @property
     def outcome_label(self) -> str:
@@ -97,6 +103,8 @@ class ContestantData:
     runs: list[RunData] = field(default_factory=list)
     agent: str = "—"
     """The harness that drove it, `runtime version` (its own `agent:` or the lab's; — for controls)."""
+    tool_calling: str | None = None
+    """The round's preflight verdict (`preflight.json`, `labctl.plan.probe`): "tool calling: …"."""
 
     @property
     def name(self) -> str:
@@ -137,42 +145,25 @@ class RoundReport:
 
 def transcript_summary(path: Path) -> dict[str, Any]:
     """Metrics recomputed from transcript.jsonl, for figures metrics.json lacks, under `RunMetrics`'s
-    names. Speeds are token-weighted over llama.cpp's `timings` (a mean of per-request rates would
-    overweight short requests)."""
-    if not path.is_file():
-        return {}
+    names. The records and the speeds are the grader's (`labctl.meter.readback`): token-weighted over
+    llama.cpp's `timings`."""
+    records = transcript_records(path)
+    exchanges = exchange_records(records)
+    if not exchanges:
+        return {}  # no exchange: no model behind the run (oracle, nop), nothing to count as zero
     keys = ("prompt_tokens", "completion_tokens", "cached_tokens", "total_tokens")
-    out: dict[str, Any] = dict.fromkeys(keys, 0) | {"requests": 0, "tool_calls": 0}
-    by_rule: Counter[str] = Counter()
-    speed = {"prompt_n": 0.0, "prompt_ms": 0.0, "predicted_n": 0.0, "predicted_ms": 0.0}
+    out: dict[str, Any] = dict.fromkeys(keys, 0) | {"requests": len(exchanges), "tool_calls": 0}
     messages = None
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if not isinstance(rec, dict):
-            continue
-        if rec.get("kind") == "intervention":
-            by_rule[str(rec.get("name") or "(unnamed)")] += 1
-            continue
-        out["requests"] += 1
+    for rec in exchanges:
         for k in keys:
             out[k] += int((rec.get("usage") or {}).get(k) or 0)
         out["tool_calls"] += len((rec.get("response") or {}).get("tool_calls") or [])
-        msgs = request_turns(blobs.resolve(rec, path).get("request") or {})  # a blob: read back
+        msgs = request_turns(rec.get("request") or {})
         messages = len(msgs) if isinstance(msgs, list) else messages
-        for k in speed:
-            speed[k] += float((rec.get("timings") or {}).get(k) or 0)
-    if not out["requests"]:
-        return {}  # no exchange: no model behind the run (oracle, nop), nothing to count as zero
     out["messages"] = messages
-    out["interventions"] = dict(by_rule)
-    rates = {"prompt_tokens_per_s": ("prompt_n", "prompt_ms"),
-             "gen_tokens_per_s": ("predicted_n", "predicted_ms")}
-    for key, (n, ms) in rates.items():
-        out[key] = speed[n] / speed[ms] * 1000 if speed[ms] else None
-    return out
+    out["interventions"] = dict(Counter(str(r.get("name") or "(unnamed)") for r in records
+                                        if r.get("kind") == "intervention"))
+    return out | speeds(exchanges)._asdict()
 
 
 def _run_metrics(round_dir: Path, run_id: str, result: RunResult | None = None) -> ReportMetrics:
@@ -190,6 +181,8 @@ def _run_metrics(round_dir: Path, run_id: str, result: RunResult | None = None) 
         notes = reward.get("notes") if isinstance(reward, dict) else None
         if isinstance(notes, dict):
             metrics["notes"] = {str(k): str(v) for k, v in notes.items()}
+    elif (tail := verifier_tail(run_dir(round_dir, run_id))) is not None:
+        metrics["verifier_tail"] = tail
     if result is not None and result.started and result.ended:
         metrics["total_wall_s"] = (result.ended - result.started).total_seconds()
     metrics |= transcript_summary(transcript_path(round_dir, run_id))
@@ -237,10 +230,18 @@ def read_unsealed_round(round_dir: Path) -> tuple[SealedRound, Unsealed, Lab]:
         raise ReportError(f"{round_dir} is not unsealed yet: the report names contestants, so it needs the "
                           f"reveal; run `labctl unseal {round_dir}` once every run finished")
     try:
-        lab: Lab = validate(Lab, load_yaml(round_dir / LAB_FILE))
+        lab = read_round_lab(round_dir)
         return read_sealed(round_dir), read_unsealed(round_dir), lab
     except (OSError, ValueError, SpecError) as e:
         raise ReportError(f"{round_dir}: {str(e).splitlines()[0]}") from e
+
+
+def _egress(round_dir: Path, rid: str) -> list[EgressRecord] | None:
+    path = egress_path(round_dir, rid)
+    try:
+        return read_egress(path) if path.is_file() else None
+    except (OSError, ValueError) as e:
+        raise ReportError(f"{path}: {e} (`labctl verify` the round)") from e
 
 
 def load_report(round_dir: Path) -> RoundReport:
@@ -249,7 +250,7 @@ def load_report(round_dir: Path) -> RoundReport:
         raise ReportError(f"{round_dir} is not a round directory (no sealed.json)")
     sealed, unsealed, lab = read_unsealed_round(round_dir)
     try:
-        lock: Lock | None = read_lock(round_dir / LOCK_FILE)
+        lock: Lock | None = read_round_lock(round_dir)
     except (OSError, ValueError):
         lock = None
     by_id = {c.id: ContestantData(c, *_type_and_params(c, lock),
@@ -264,10 +265,15 @@ def load_report(round_dir: Path) -> RoundReport:
         except ValueError as e:
             raise ReportError(f"{result_path(round_dir, rid)}: {str(e).splitlines()[0]}") from e
         run = RunData(rid, slot.contestant, slot.repeat, result or RunResult(run_id=rid),
-                      _run_metrics(round_dir, rid, result))
+                      _run_metrics(round_dir, rid, result), _egress(round_dir, rid))
         by_id[slot.contestant].runs.append(run)
     for cd in by_id.values():
         cd.runs.sort(key=lambda r: r.repeat)
+    from labctl.plan.preflight import read_preflight
+    if pre := read_preflight(round_dir):
+        for cid, got in pre.contestants.items():
+            if cid in by_id:
+                by_id[cid].tool_calling = got.verdict()
     return RoundReport(sealed.round, lab, sealed.repeats, unsealed.forced, list(by_id.values()))
 
 

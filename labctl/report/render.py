@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from labctl.report.data import DASH, Format, RoundReport, load_report
+from labctl.report.data import DASH, Format, ReportError, RoundReport, load_report
 from labctl.report.tables import tables
 from labctl.report.why import RunStory, plural, stories
 from labctl.round.controls import with_controls
@@ -138,7 +138,15 @@ def render_json(rep: RoundReport) -> dict[str, Any]:
 
 def write_report(round_dir: Path, fmt: Format = "md") -> list[Path]:
     """Write report.<fmt> and report.png into the round, then rewrite the manifest (the round
-    gained files; `labctl verify` lists any file the manifest does not). Returns what was written."""
+    gained files; `labctl verify` lists any file the manifest does not). Returns what was written.
+    A file-system failure is a ReportError ("cannot write the report: …")."""
+    try:
+        return _write_report(round_dir, fmt)
+    except OSError as e:
+        raise ReportError(f"cannot write the report: {e}") from e
+
+
+def _write_report(round_dir: Path, fmt: Format) -> list[Path]:
     from labctl.report.charts import render_chart  # matplotlib is slow to import; only the report needs it
     from labctl.report.dataset import is_dataset_round, load_dataset_report, render
 

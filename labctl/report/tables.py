@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from labctl.report.data import DASH, OUTCOME_RANK, ContestantData, RoundReport
+from labctl.report.egress import egress_table
 from labctl.report.published import pub, pub_build, pub_nudges, run_cell, token_gap_line
 from labctl.spec.published import Published
 from labctl.spec.units import format_duration
@@ -68,6 +69,19 @@ def _build(cd: ContestantData) -> str:
     return f"{len(passed)}/{len(builds)} pass{span}"
 
 
+def _nudges(cd: ContestantData) -> str:
+    """The nudges the meter injected (the lab's declared `interventions:`), `+ stop` where a declared
+    stop ended the session: the publication's notation for a human's nudges and "stop" (`2 + stop`,
+    `stop`); with repeats `mean (min–max)` and the runs stopped, `+ 1/3 stop`."""
+    cell = _stat(cd.values("nudges"), _int)
+    stops = sum(1 for r in cd.runs if (r.metrics.stopped_by or "").startswith("intervention:"))
+    if not stops:
+        return cell
+    if len(cd.runs) > 1:
+        return f"{cell} + {stops}/{len(cd.runs)} stop"
+    return "stop" if cell in ("0", DASH) else f"{cell} + stop"
+
+
 def _outcome(cd: ContestantData) -> str:
     """The outcome; with repeats each outcome with its count, best first."""
     labels = [r.outcome_label for r in cd.runs]
@@ -77,10 +91,31 @@ def _outcome(cd: ContestantData) -> str:
     return ", ".join(f"{n}× {o}" for o, n in counts)
 
 
+PARTIAL_NOTE = ("`≥ N`: a lower bound — a model call was cut before its usage came (a stop mid-stream) "
+                "and no server counter covered it; `unknown (cut)`: nothing of it was counted.")
+
+
+def _partial(cd: ContestantData) -> bool:
+    """A run's token figure is a lower bound (`RunMetrics.tokens_partial`)."""
+    return any(r.metrics.tokens_partial for r in cd.runs)
+
+
+def partial_cell(cell: str, values: Sequence[float], partial: bool) -> str:
+    """`≥ 9,822` for a lower bound; a partial figure that counted nothing is unknown, never 0."""
+    if not partial or cell == DASH:
+        return cell
+    return "unknown (cut)" if not any(values) else f"≥ {cell}"
+
+
+def _tokens(cd: ContestantData) -> str:
+    values = cd.values("total_tokens")
+    return partial_cell(_stat(values, _int), values, _partial(cd))
+
+
 def _tokens_per_check(cd: ContestantData) -> str:
     per = [float(tokens) / passed for r in cd.runs
            if (tokens := r.metrics.total_tokens) is not None and (passed := r.metrics.checks_passed)]
-    return _stat(per, _int)
+    return partial_cell(_stat(per, _int), per, _partial(cd))
 
 
 def _checks(cd: ContestantData) -> str:
@@ -117,7 +152,7 @@ def tables(rep: RoundReport) -> list[Table]:
         p = cd.published or Published()
         run = run_cell(cd)
         tool_calls = pub(_stat(cd.values("tool_calls"), _int), p.tool_calls)
-        tokens = pub(_stat(cd.values("total_tokens"), _int), p.total_tokens, _int)
+        tokens = pub(_tokens(cd), p.total_tokens, _int)
         commits = pub(_stat(cd.values("commits_pushed"), _int), p.commits)
         build = pub(_build(cd), p.build, pub_build)
         shot = pub(_yes([v for r in cd.runs if (v := r.metrics.screenshot) is not None]),
@@ -126,7 +161,8 @@ def tables(rep: RoundReport) -> list[Table]:
         messages = pub(_stat(cd.values("messages"), _int), p.messages)
         nudges = pub(_stat(cd.values("interventions_fired"), _int), pub_nudges(p))
         wall = pub(_stat(cd.values("wall_time_s"), _wall), p.wall_time, _wall)
-        results.append([cd.name, run, tool_calls, tokens, commits, build, shot, outcome])
+        nudged = pub(_nudges(cd), pub_nudges(p))
+        results.append([cd.name, run, tool_calls, tokens, messages, commits, build, shot, nudged, outcome])
         efficiency.append([cd.name, run, tokens, outcome, _checks(cd), _tokens_per_check(cd)])
         numbers.append([cd.name, run, pub(cd.type, p.type), pub(cd.params, p.parameters), tokens, tool_calls,
                         messages, commits, build, shot, nudges, wall,
@@ -144,14 +180,19 @@ def tables(rep: RoundReport) -> list[Table]:
         if rep.has_published else ""
     rep_note = f" {rep.repeats} runs per contestant: `mean (min–max)`." if rep.repeats > 1 else ""
     gap = token_gap_line(rep)
+    cut = f" {PARTIAL_NOTE}" if any(_partial(cd) for cd in rep.contestants) else ""
     out = [
-        Table("Results", ["Model", "Run", "Tool calls", "Total tokens", "Commits", "Build", "Screenshot",
-                          "Outcome"], results, (pub_note + rep_note).strip()),
+        Table("Results", ["Model", "Run", "Tool calls", "Total tokens", "Messages", "Commits", "Build",
+                          "Screenshot", "Nudges", "Outcome"], results,
+              ("Messages: the conversation's length at its last request. Nudges: the lab's declared "
+               "nudges the meter injected, `+ stop` where a declared stop ended the session; no human "
+               "intervened in these runs, while the published figure counts a human's nudges and "
+               "\"stop\"." + pub_note + rep_note + cut).strip()),
         Table("Token efficiency",
               ["Model", "Run", "Total tokens", "Outcome", "Checks passed", "Tokens / passed check"],
               efficiency,
               "Tokens per passed check: total tokens over the verifier checks that passed."
-              + (f" {gap}" if gap else "")),
+              + (f" {gap}" if gap else "") + cut),
         Table("The Numbers", ["Model", "Run", "Type", "Parameters", "Total tokens", "Tool calls", "Messages",
                               "Commits", "Build", "Screenshot", "Interventions", "Wall time", "Outcome"],
               numbers, "Type and parameters from the round's lab.lock (GGUF header), else the lab's declared "
@@ -166,6 +207,13 @@ def tables(rep: RoundReport) -> list[Table]:
     if rep.repeats > 1:
         out.append(Table("Repeats", ["Model", "Runs", "Complete", "pass@1", f"pass@{rep.repeats}"], repeats,
                          "pass@k: chance that at least one of k runs drawn from these reaches Complete."))
+    if probed := [[cd.name, cd.tool_calling.removeprefix("tool calling: ")] for cd in rep.contestants
+                  if cd.tool_calling]:
+        out.append(Table("Tool calling", ["Model", "Preflight"], probed,
+                         "Before the first run, each local model was served with its planned flags and asked "
+                         "for one call of a declared tool (`labctl model probe`)."))
+    if (egress := egress_table(rep)) is not None:
+        out.append(Table(*egress))
     runs.sort(key=lambda row: run_sort_key(row[0]))
     out.append(Table("Runs", ["Run", "Model", "Agent", "Repeat", "Status", "Outcome", "Attempts", "Host"],
                      runs,
@@ -173,4 +221,4 @@ def tables(rep: RoundReport) -> list[Table]:
     return out
 
 
-__all__ = ["Table", "run_sort_key", "tables"]
+__all__ = ["PARTIAL_NOTE", "Table", "partial_cell", "run_sort_key", "tables"]

@@ -1,6 +1,7 @@
-"""The report's "why": per run, the checks that failed with the verifier's own reason for each, the
-build (the verifier's verdict and the agent's attempts), the pathology flags and interventions that
-fired, and where the time went (agent, verifier, total).
+"""The report's "why": per run, how the agent's session ended (metrics.json `ended`: by itself, in the
+runtime's own words, or stopped, and why), the checks that failed with the verifier's own reason for
+each, the build (the verifier's verdict and the agent's attempts), the pathology flags and
+interventions that fired, and where the time went (agent, verifier, total).
 
 Why a module of its own: the tables (`labctl.report.tables.tables`) compare contestants cell by cell; this
 tells one run's story, in the same words in Markdown and HTML (`labctl.report.render`). Everything comes from
@@ -13,13 +14,50 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from labctl.round.records import check_passed
+from labctl.round.grading import check_passed
+from labctl.round.records import Ending
 from labctl.spec.units import format_duration
 
 if TYPE_CHECKING:
     from labctl.report.data import ReportMetrics, RoundReport, RunData
 
 NO_NOTE = "(the verifier gave no reason)"
+NOT_RECORDED = "not recorded (the round predates it)"
+
+ENDED_BY = {
+    "agent": "the agent ended by itself",
+    "signal": "the agent was killed by a signal labctl did not send",
+    "wall_time": "stopped at the lab's wall time",
+    "budget": "stopped by the {detail}",
+    "intervention": "stopped by the intervention `{detail}`",
+    "upstream_error": "an upstream error",
+    "context_overflow": "a request was refused for its length (context overflow)",
+    "max_output": "the agent ended after an answer cut at max_output",
+    "meter": "stopped by the meter",
+}
+"""How each `Ending.by` reads; the detail follows after a colon unless the phrase holds it."""
+
+
+def ended_text(e: Ending | None, status: str, reason: str | None) -> str:
+    """The Ended line: what ended the session, the runtime's own word, its exit status and the
+    answers cut at max_output; the run's status when it is not `done`, with labctl's reason."""
+    if e is None:
+        text = NOT_RECORDED
+    else:
+        phrase = ENDED_BY.get(e.by, e.by)
+        detail = (e.detail or "").replace("_", " ") if e.by == "budget" else e.detail
+        text = phrase.format(detail=detail) if "{detail}" in phrase else phrase
+        if e.detail and "{detail}" not in phrase:
+            text += f": {e.detail}"
+        if e.exit_code is not None:
+            text += f" (exit {e.exit_code})"
+        if e.cut_answers and e.by != "max_output":
+            text += f"; {plural(e.cut_answers, 'answer')} cut at max_output"
+        elif e.cut_answers and e.cut_answers > 1:
+            text += f"; {e.cut_answers} answers cut at max_output in all"
+    if status != "done" and reason:
+        text += f" — run {status}: {reason}"
+    return text
 
 
 def plural(n: int, noun: str, nouns: str | None = None) -> str:
@@ -43,6 +81,7 @@ class RunStory:
     outcome: str
     status: str
     reason: str | None
+    ended: Ending | None
     passed: int | None
     total: int | None
     failed: list[tuple[str, str]] = field(default_factory=list)
@@ -52,6 +91,8 @@ class RunStory:
     interventions: dict[str, int] = field(default_factory=dict)
     times: dict[str, str] = field(default_factory=dict)
     """agent / verifier / total, formatted."""
+    verifier_said: str | None = None
+    """The verifier's last lines, when its grade has no named checks (`verifier_line`)."""
 
     @property
     def checks_line(self) -> str:
@@ -65,13 +106,22 @@ class RunStory:
     def lines(self) -> list[tuple[str, str]]:
         """(label, text) of the facts under the checks, the same in every format."""
         inter = ", ".join(f"{name} ×{n}" for name, n in self.interventions.items()) or "none"
-        out = [("Build", self.build),
+        out = [("Ended", ended_text(self.ended, self.status, self.reason)),
+               ("Build", self.build),
                ("Pathology flags", "; ".join(self.flags) or "none"),
                ("Interventions", inter),
                ("Time", ", ".join(f"{k} {v}" for k, v in self.times.items()))]
-        if self.reason:
-            out.insert(0, ("Ended", f"{self.status}: {self.reason}"))
+        if (said := verifier_line(self)) is not None:
+            out.insert(1, said)
         return out
+
+
+def verifier_line(s: RunStory) -> tuple[str, str] | None:
+    """Without named checks the reward alone says nothing of why: quote the verifier's own last lines
+    (a Terminal-Bench 2 test.sh exits 0 after writing reward 0; its reason is on its stderr/stdout)."""
+    if s.total is not None or not s.verifier_said:
+        return None
+    return ("Verifier said", s.verifier_said)
 
 
 def _build(m: ReportMetrics) -> str:
@@ -101,9 +151,9 @@ def story(run: RunData, contestant: str) -> RunStory:
              "total": seconds(m.total_wall_s)}
     interventions = {name: n for name, n in (m.interventions or {}).items() if n > 0}
     return RunStory(run_id=run.run_id, contestant=contestant, outcome=run.outcome_label,
-                    status=run.result.status, reason=run.result.reason, passed=m.checks_passed,
+                    status=run.result.status, reason=run.result.reason, ended=m.ended, passed=m.checks_passed,
                     total=m.checks_total, failed=failed, build=_build(m), flags=list(m.flags or []),
-                    interventions=interventions, times=times)
+                    interventions=interventions, times=times, verifier_said=m.verifier_tail)
 
 
 def stories(rep: RoundReport) -> list[RunStory]:
@@ -114,4 +164,4 @@ def stories(rep: RoundReport) -> list[RunStory]:
     return sorted(told, key=lambda s: run_sort_key(s.run_id))
 
 
-__all__ = ["RunStory", "plural", "seconds", "stories", "story"]
+__all__ = ["ENDED_BY", "RunStory", "ended_text", "plural", "seconds", "stories", "story"]

@@ -26,7 +26,7 @@ import stat
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -34,7 +34,7 @@ from labctl.errors import LabctlError
 from labctl.treehash import file_sha256, files_below
 
 INDEX = "labctl-bundle.json"
-FORMAT = "labctl-bundle/1"
+FORMAT: Final = "labctl-bundle/1"
 Kind = Literal["f", "x", "l"]
 """f: file; x: owner-executable file; l: symlink (sha256 and size are of its target text)."""
 
@@ -158,6 +158,7 @@ def hash_sources(sources: dict[str, Source]) -> dict[str, IndexEntry]:
 
 def pack(out: Path, index: Index, sources: dict[str, Source]) -> str:
     """Write the bundle: the index, then every source in path order; returns the tar's sha256.
+    A file-system failure is a BundleError ("cannot write the bundle: …").
 
     `index.files` must be `hash_sources(sources)` (a file that changed since is caught when the
     bundle is unpacked: its bytes no longer match the index).
@@ -181,6 +182,8 @@ def pack(out: Path, index: Index, sources: dict[str, Source]) -> str:
                     with open(src.path, "rb") as f:
                         _add(tar, name, e.kind, stream=f, size=e.size)
         tmp.replace(out)
+    except OSError as e:  # a full disk, a read-only target, a source gone since it was hashed
+        raise BundleError([f"cannot write the bundle: {e}"]) from e
     finally:
         tmp.unlink(missing_ok=True)
     return file_sha256(out)

@@ -15,12 +15,13 @@ result.json, so a result.json edited to hide a control does not hide it from `la
 from __future__ import annotations
 
 import html
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from labctl.round.grading import check_passed, named_checks, read_reward
 from labctl.round.layout import (
-    LAB_FILE,
     UNSEALED_FILE,
     RunResult,
     read_result,
@@ -29,10 +30,9 @@ from labctl.round.layout import (
     result_path,
     run_dir,
 )
-from labctl.round.records import check_passed
-from labctl.round.verify import named_checks, read_reward
+from labctl.round.opened import read_round_lab
 from labctl.spec.lab import Lab
-from labctl.spec.located import SpecError, load_yaml, validate
+from labctl.spec.located import SpecError
 
 PASSING = {"oracle": ("Complete",), "nop": ("Failed", "Total failure")}
 """The outcomes each control must reach."""
@@ -62,13 +62,14 @@ class ControlFailure:
         return text
 
 
-def control_kinds(round_dir: Path) -> dict[str, str]:
-    """run id → "oracle" | "nop" for the round's control runs (see the module docstring)."""
+def control_kinds(round_dir: Path, lab: Lab | None = None) -> dict[str, str]:
+    """run id → "oracle" | "nop" for the round's control runs (see the module docstring). `lab`: the
+    round's lab when the caller holds it already (`labctl round`, `labctl run`)."""
     sealed = read_sealed(round_dir)
     if (round_dir / UNSEALED_FILE).is_file():
         try:
             mapping = read_unsealed(round_dir).mapping
-            lab = validate(Lab, load_yaml(round_dir / LAB_FILE))
+            lab = lab or read_round_lab(round_dir)
         except (OSError, ValueError, SpecError):
             pass  # `labctl verify` reports the unreadable files; fall back to result.json
         else:
@@ -100,7 +101,7 @@ def _checks(round_dir: Path, rid: str, kind: str) -> list[str]:
     return sorted(k for k, v in checks.items() if check_passed(v) == want_passed)
 
 
-def control_failures(round_dir: Path) -> list[ControlFailure]:
+def control_failures(round_dir: Path, lab: Lab | None = None) -> list[ControlFailure]:
     """Every finished control run whose outcome is not its must; runs still running are not judged
     (a round in progress has not failed its controls yet)."""
     out: list[ControlFailure] = []
@@ -108,7 +109,7 @@ def control_failures(round_dir: Path) -> list[ControlFailure]:
         run_tasks = read_sealed(round_dir).run_tasks or {}
     except (OSError, ValueError):
         run_tasks = {}
-    for rid, kind in sorted(control_kinds(round_dir).items()):
+    for rid, kind in sorted(control_kinds(round_dir, lab).items()):
         res = _result(round_dir, rid)
         if res is None or res.status not in ("done", "errored", "killed"):
             continue
@@ -132,8 +133,6 @@ def with_controls(text: str, fmt: str, round_dir: Path) -> str:
     (Markdown and HTML), or its `controls` key (JSON: always present)."""
     failures = control_failures(round_dir)
     if fmt == "json":
-        import json
-
         data = json.loads(text)
         data["controls"] = controls_json(round_dir)
         return json.dumps(data, indent=2, sort_keys=True) + "\n"

@@ -6,7 +6,9 @@ rounds/<round-id>/
   lab.yaml  lab.lock      byte-identical copies of the lab and its lock at seal time
   sealed.json             SealedRound: run ids, order, commitment, outcome rules — no identities
   runs/<run-id>/          written by the runner: result.json (RunResult), metrics.json,
-                          transcript.jsonl, verifier/{reward.json | reward.txt}, …
+                          transcript.jsonl, verifier/{reward.json | reward.txt, stdout.txt,
+                          stderr.txt, exit_code.txt, what else test.sh wrote}, egress.jsonl
+                          (every request through the egress gateway: EgressRecord), …
   unsealed.json           Unsealed: the revealed salt and mapping (only after `labctl unseal`)
   report.*                written by `labctl report`
   manifest.json           {"files": {relpath: sha256}} of every other file in the round
@@ -21,15 +23,24 @@ never change after the seal: unseal refuses a round where they differ from the m
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+)
 
+from labctl.errors import LabctlError
 from labctl.spec.lab import Outcome
 from labctl.spec.task import OutcomeRules
 from labctl.treehash import file_sha256, files_below
@@ -40,6 +51,7 @@ SEALED_FILE = "sealed.json"
 UNSEALED_FILE = "unsealed.json"
 MANIFEST_FILE = "manifest.json"
 RUNS_DIR = "runs"
+EGRESS_FILE = "egress.jsonl"
 IMMUTABLE = (LAB_FILE, LOCK_FILE, SEALED_FILE)
 """Files fixed by the seal; they must match the seal-time manifest until the end of the round."""
 
@@ -169,7 +181,7 @@ class RunResult(Record):
     run_id: str
     status: RunStatus = "pending"
     outcome: Outcome | None = None
-    """Grade from the verifier output and metrics (`labctl.round.verify.derive_outcome`); None: ungraded."""
+    """Grade from the verifier output and metrics (`labctl.round.grading.derive_outcome`); None: ungraded."""
     attempts: int = Field(default=0, ge=0)
     """How many times the run was started (a resumed or retried run counts each start)."""
     started: datetime | None = None
@@ -185,6 +197,42 @@ class RunResult(Record):
     """Set for the control runs only, so the round's controls can be judged before unseal
     (`labctl.round.controls`). Public on purpose: oracle and nop are no model, and a run without a model is
     already told apart by its metrics (no tool calls); which model ran where stays sealed."""
+
+
+class EgressRecord(Record):
+    """One request through a run's egress gateway (`labctl.run.egress`): a line of egress.jsonl."""
+
+    time: datetime
+    """When the gateway finished the request (UTC)."""
+    method: str
+    """HTTP method; `CONNECT` for an HTTPS tunnel."""
+    host: str
+    """The host asked for (empty when the request named none)."""
+    port: int | None
+    """The port asked for."""
+    url: str
+    """The URL as the gateway saw it (`host:port` for CONNECT)."""
+    status: int
+    """The HTTP status the gateway answered with (403: denied; 0: none)."""
+    bytes: int = Field(ge=0)
+    """Bytes sent back to the task container (a tunnel's whole download)."""
+    request_bytes: int = Field(ge=0)
+    """Bytes the task container sent (a tunnel's whole upload)."""
+    allowed: bool
+    """False when the policy denied it (not on the allowlist, a port or address never allowed)."""
+    result: str
+    """squid's own result code, e.g. `TCP_MISS`, `TCP_TUNNEL`, `TCP_DENIED`."""
+
+
+def read_egress(path: Path) -> list[EgressRecord]:
+    """egress.jsonl's records; ValueError names the first line that is not one."""
+    out = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            out.append(EgressRecord.model_validate_json(line))
+        except ValueError as e:
+            raise ValueError(f"line {n}: {str(e).splitlines()[0]}") from None
+    return out
 
 
 # --- paths ---------------------------------------------------------------------------------------
@@ -206,8 +254,37 @@ def transcript_path(round_dir: Path, run_id: str) -> Path:
     return run_dir(round_dir, run_id) / "transcript.jsonl"
 
 
+def egress_path(round_dir: Path, run_id: str) -> Path:
+    return run_dir(round_dir, run_id) / EGRESS_FILE
+
+
 def verifier_dir(round_dir: Path, run_id: str) -> Path:
     return run_dir(round_dir, run_id) / "verifier"
+
+
+VERIFIER_STDOUT, VERIFIER_STDERR, VERIFIER_EXIT = "stdout.txt", "stderr.txt", "exit_code.txt"
+"""labctl's record of tests/test.sh in a run's verifier/: its stdout, its stderr (always, also when it
+exits 0 after writing reward 0), its exit status (a number, or `timeout`); in the manifest like every
+file of the round."""
+
+
+def verifier_tail(run: Path, lines: int = 5, chars: int = 600) -> str | None:
+    """The last `lines` non-blank lines of the verifier's stderr, then of its stdout, and its exit
+    status, as one line (`stderr: … ⏎ … ; stdout: … ; exit 0`); None when it left no output."""
+    parts: list[str] = []
+    for name, label in ((VERIFIER_STDERR, "stderr"), (VERIFIER_STDOUT, "stdout")):
+        try:
+            text = (run / "verifier" / name).read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        last = [ln.strip() for ln in text.splitlines() if ln.strip()][-lines:]
+        if last:
+            parts.append(f"{label}: " + " ⏎ ".join(last)[-chars:])
+    if not parts:
+        return None
+    with contextlib.suppress(OSError):
+        parts.append(f"exit {(run / 'verifier' / VERIFIER_EXIT).read_text(encoding='utf-8').strip()}")
+    return "; ".join(parts)
 
 
 # --- reading and writing -------------------------------------------------------------------------
@@ -237,19 +314,35 @@ def write_json(path: Path, data: Any) -> None:
     tmp.replace(path)
 
 
+R = TypeVar("R", bound="Record")
+
+
+class RoundFileError(LabctlError, ValueError):
+    """A round file that does not parse (its message is the validation's own). Still a ValueError:
+    every reader of a round catches that for a file that does not read."""
+
+
+def _read(model: type[R], path: Path) -> R:
+    try:
+        return model.model_validate_json(path.read_text(encoding="utf-8"))
+    except ValidationError as e:
+        raise RoundFileError(str(e)) from e
+
+
 def read_sealed(round_dir: Path) -> SealedRound:
-    return SealedRound.model_validate_json((round_dir / SEALED_FILE).read_text(encoding="utf-8"))
+    return _read(SealedRound, round_dir / SEALED_FILE)
 
 
 def read_unsealed(round_dir: Path) -> Unsealed:
-    return Unsealed.model_validate_json((round_dir / UNSEALED_FILE).read_text(encoding="utf-8"))
+    return _read(Unsealed, round_dir / UNSEALED_FILE)
 
 
 def read_result(round_dir: Path, run_id: str) -> RunResult:
-    return RunResult.model_validate_json(result_path(round_dir, run_id).read_text(encoding="utf-8"))
+    return _read(RunResult, result_path(round_dir, run_id))
 
 
 def write_result(round_dir: Path, result: RunResult) -> None:
+    """The one writer of result.json (runner, parallel and ray runs alike), atomic."""
     path = result_path(round_dir, result.run_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, result)

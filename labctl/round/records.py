@@ -1,5 +1,5 @@
-"""The run → verify → report contract: metrics.json as a typed record, and the one rule for "a check
-passed".
+"""The run → verify → report contract: metrics.json as a typed record (the rule for "a check passed"
+is the grading rule's: `labctl.round.grading.check_passed`).
 
 Why here: the runner writes metrics.json (`labctl.run.grade.run_metrics`), `labctl verify` re-grades
 from it and `labctl report` tabulates it; round sits below run and report and above the meter, so one
@@ -15,19 +15,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from labctl.round.layout import json_text
-
-
-def check_passed(value: Any) -> bool:
-    """The one rule for a named check in reward.json: JSON `true`, or a number ≥ 1 (Harbor's flat form
-    writes 0 / 1; a score above 1 is still a pass). Everything else fails: `false`, 0, a fraction
-    (0.5 is a partial score, not a pass), null, and strings (`"1"`, `"true"`: a verifier that writes
-    strings is broken, and a string "false" must never pass). Grade, verify and report all use this."""
-    return value is True or (type(value) in (int, float) and value >= 1)
+from labctl.round.layout import write_json
 
 
 class BuildFigures(BaseModel):
@@ -43,6 +35,66 @@ class BuildFigures(BaseModel):
     """Which of the agent's builds first succeeded (1-based); None when none did."""
 
 
+class TokenFigures(BaseModel):
+    """A run's token totals as one source counted them (the meter, from the upstream's usage)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    total_tokens: int = 0
+
+
+class ServerCounters(BaseModel):
+    """llama-server's own token counters (its `/metrics`, `--metrics`), read at the end of a run:
+    everything the run's server did, whether or not an answer ever carried its usage."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    prompt_processed: int
+    """`llamacpp:prompt_tokens_total`: prompt tokens evaluated (cached ones excluded), counted per
+    batch, so a prompt cut mid-way counts what was evaluated."""
+    prompt_cached: int
+    """`llamacpp:prompt_tokens_cached_total`: prompt tokens reused from the KV cache."""
+    predicted: int
+    """`llamacpp:tokens_predicted_total`: tokens generated, a cancelled answer's included (counted
+    when its slot is released)."""
+    busy: bool = False
+    """A request was still being processed when the counters were read: its generation is missing."""
+
+    @property
+    def prompt(self) -> int:
+        """The whole prompts, as usage's prompt_tokens counts them (evaluated + cached)."""
+        return self.prompt_processed + self.prompt_cached
+
+
+EndedBy = Literal["agent", "signal", "wall_time", "budget", "intervention", "upstream_error",
+                  "context_overflow", "max_output", "meter"]
+"""What ended the agent's session: the agent itself (`agent`), a signal labctl did not send
+(`signal`: exit 128 + N, e.g. the kernel's OOM killer at the task's memory limit), labctl's wall
+time, a token or request budget, a declared intervention's stop, an upstream failure, a request
+refused for its length (`context_overflow`), an answer cut at max_output (`max_output`: the agent
+ended right after one), or the meter's stop for another reason."""
+
+
+class Ending(BaseModel):
+    """metrics.json `ended`: how the agent's session ended (`labctl.run.ending`)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    by: EndedBy
+    """What ended it (`EndedBy`)."""
+    detail: str | None = None
+    """The runtime's own word (mini-swe-agent's `Submitted`, qwen-code's `[API Error: 400 …]`) or the
+    stopping rule (`token_budget`, the intervention's name, the upstream's error), one line."""
+    exit_code: int | None = None
+    """The agent command's exit status (None when it never ran)."""
+    cut_answers: int | None = None
+    """Answers cut at max_output over the run (finish_reason `length`, Anthropic `max_tokens`,
+    Responses incomplete at max_output_tokens); None for contestants without a model."""
+
+
 class RunMetrics(BaseModel):
     """One run's metrics.json. The same names are used by the runner, `labctl verify` and the report."""
 
@@ -55,7 +107,8 @@ class RunMetrics(BaseModel):
     commits_pushed: int | None = None
     """Commits the agent pushed beyond the base; None for a task without a repository."""
     checks_passed: int | None = None
-    """Named checks in reward.json that passed (`check_passed`); None when it names none."""
+    """Named checks in reward.json that passed (`labctl.round.grading.check_passed`); None when it
+    names none."""
     checks_total: int | None = None
     """Named checks in reward.json; None when it names none."""
     stopped_by: str | None = None
@@ -80,6 +133,20 @@ class RunMetrics(BaseModel):
     """Prompt tokens served from the upstream's cache."""
     total_tokens: int | None = None
     """Prompt + completion tokens over the run."""
+    tokens_source: Literal["meter", "server"] | None = None
+    """Where the token figures come from: `meter` (the upstream's usage, as the meter recorded it) or
+    `server` (reconciled with llama-server's own counters: `labctl.round.tokens.reconcile`)."""
+    tokens_partial: bool | None = None
+    """The token figures are a lower bound: a call was cut before its usage came and nothing
+    counted it whole (reports show `≥ N`)."""
+    partial_calls: int | None = None
+    """Calls whose closing usage never came (cut mid-stream); the meter counted what they carried."""
+    meter_tokens: TokenFigures | None = None
+    """The meter's own figures, kept beside the reconciled ones (`tokens_source: server`)."""
+    server_tokens: ServerCounters | None = None
+    """llama-server's own counters at the end of the run (local contestants)."""
+    output_clamped: int | None = None
+    """Calls that asked for more than max_output and got max_output (labctl/meter/limits.py)."""
     prompt_tokens_per_s: float | None = None
     """Prompt processing speed, token-weighted over llama.cpp's `timings` (None without timings)."""
     gen_tokens_per_s: float | None = None
@@ -91,11 +158,16 @@ class RunMetrics(BaseModel):
     upstream_errors: int | None = None
     """Upstream failures the meter saw (5xx, bad key, unreachable, dropped streams)."""
     upstream_errored: bool | None = None
-    """Any upstream failure: the run is ungraded (`derive_outcome` rule 0) and re-run."""
+    """Any upstream failure: the run is ungraded (`labctl.round.grading.derive_outcome` rule 0) and re-run."""
     pathology: dict[str, Any] | None = None
-    """Behaviour measures from the transcript (`labctl.run.pathology`); model contestants only."""
+    """Behaviour measures from the transcript (`labctl.run.pathology`): the old streak counts, and the
+    seed's patterns (`repeated_line`, `repeated_failure`, `text_tool_calls`, `build_without_commit`,
+    `cwd_amnesia`), each with the steps where it shows, plus the `thresholds` applied; model
+    contestants only."""
     flags: list[str] | None = None
-    """Pathology measures over their thresholds, in words; model contestants only."""
+    """Pathology measures at or over the lab's `pathology:` thresholds, in words; model contestants only."""
+    ended: Ending | None = None
+    """How the agent's session ended (absent in rounds written before it was recorded)."""
 
     @field_validator("interventions", mode="before")
     @classmethod
@@ -123,11 +195,11 @@ def read_metrics(path: Path) -> RunMetrics | None:
 
 
 def write_metrics(path: Path, metrics: RunMetrics) -> None:
-    """Write atomically. Only what was measured is written (unset figures stay absent, a measured None
+    """The one writer of metrics.json, atomic as every round record (`labctl.round.layout.write_json`,
+    result.json's too). Only what was measured is written (unset figures stay absent, a measured None
     stays null), so a file says which figures its run had."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json_text(metrics.model_dump(mode="json", exclude_unset=True)), encoding="utf-8")
-    tmp.replace(path)
+    write_json(path, metrics.model_dump(mode="json", exclude_unset=True))
 
 
-__all__ = ["BuildFigures", "RunMetrics", "check_passed", "read_metrics", "write_metrics"]
+__all__ = ["BuildFigures", "EndedBy", "Ending", "RunMetrics", "ServerCounters", "TokenFigures",
+           "read_metrics", "write_metrics"]

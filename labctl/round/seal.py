@@ -133,7 +133,8 @@ def draw(contestants: list[str], repeats: int, run_ids: list[str], rng: secrets.
          tasks: list[str] | None = None) -> Mapping:
     """A uniformly random bijection of run ids onto contestants × tasks × repeats (Fisher–Yates on a
     CSPRNG: a seeded PRNG could be replayed to unblind the round). `tasks` None: the lab's one task."""
-    slots = [Slot(contestant=c, repeat=k, task=t) for t in (tasks or [None]) for c in contestants
+    each_task: list[str | None] = [*tasks] if tasks else [None]
+    slots = [Slot(contestant=c, repeat=k, task=t) for t in each_task for c in contestants
              for k in range(1, repeats + 1)]
     if len(slots) != len(run_ids):
         raise ValueError(f"{len(run_ids)} run ids for {len(slots)} slots")

@@ -257,7 +257,7 @@ def round_index(round_dir: Path, lab: Path | None) -> tuple[Index, dict[str, Sou
 # --- verifying a round bundle --------------------------------------------------------------------
 
 
-def verify_bundle(bundle: Path) -> Verification:
+def verify_bundle(bundle: Path, digest: str | None = None) -> Verification:
     """`labctl verify round.tar`: unpack it safely into a temporary directory, then every check of
     `verify_round` on the round, the bundle's index, and the lab against the round's lock.
     Needs no labctl state (no store, no envelope, no config) and no network."""
@@ -282,7 +282,8 @@ def verify_bundle(bundle: Path) -> Verification:
             add(INDEX, "a lab bundle, not a round bundle: `labctl unbundle` it")
             return v
         round_dir = root / ROUND_PART / index.round
-        inner = verify_round(round_dir)
+        inner = verify_round(round_dir, digest)
+        v.digest = inner.digest
         for p in inner.problems:
             where = Path(p.where)
             rel = where.relative_to(root).as_posix() if where.is_relative_to(root) else p.where

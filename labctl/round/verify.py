@@ -2,21 +2,28 @@
 manifest, the seal against the revealed salt and mapping, the lock against its recorded hash, and
 every grade against the verifier output it came from.
 
-`derive_outcome` is the one grading rule; the runner's grader imports it too, so a grade written
-into result.json and the grade verify re-derives can only differ when a file was changed.
+What that guarantees: a round whose files agree with each other. Someone who edits a file and
+rewrites manifest.json to match is still caught where verify re-derives what was edited (a grade
+from its reward and metrics, a control's kind from the reveal, the reveal from the commitment
+published before any run), but not in a file nothing re-derives (a transcript, a log). For that,
+the round's digest — the sha256 of manifest.json, printed by verify — is what to publish with the
+results: `labctl verify ROUND --digest SHA` then catches any rewrite at all.
+
+The grading rule is `labctl.round.grading`'s, the one the runner's grader uses too, so a grade
+written into result.json and the grade verify re-derives can only differ when a file was changed.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from labctl.lock.lockfile import read_lock
 from labctl.meter import blobs
+from labctl.round.controls import control_failures
+from labctl.round.grading import derive_outcome, read_reward
 from labctl.round.layout import (
+    EGRESS_FILE,
     FINISHED,
     LAB_FILE,
     LOCK_FILE,
@@ -24,12 +31,12 @@ from labctl.round.layout import (
     RUNS_DIR,
     SEALED_FILE,
     UNSEALED_FILE,
-    OutcomeRules,
     SealedRound,
     Unsealed,
     commitment_of,
     manifest_differences,
     metrics_path,
+    read_egress,
     read_manifest,
     read_result,
     read_sealed,
@@ -37,79 +44,10 @@ from labctl.round.layout import (
     result_path,
     run_dir,
 )
-from labctl.round.records import RunMetrics, check_passed, read_metrics
-from labctl.spec.lab import Lab, Outcome
-from labctl.spec.located import SpecError, load_yaml, validate
-
-Reward = dict[str, Any] | float
-
-
-def named_checks(reward: Reward | None) -> dict[str, Any] | None:
-    """reward.json's named checks, in either form: labctl's `checks` object, and Harbor's flat form
-    where every top-level key but `reward` whose value is a number or a boolean is a named check
-    (`{"reward": 0, "name_argument": 1}`). Both at once are merged; the `checks` object wins a clash.
-    None when there is none (reward.txt, or a reward.json with `reward` only)."""
-    if not isinstance(reward, dict):
-        return None
-    flat = {k: v for k, v in reward.items()
-            if k not in ("reward", "checks") and (isinstance(v, bool) or type(v) in (int, float))}
-    nested = reward.get("checks")
-    found = {**flat, **(nested if isinstance(nested, dict) else {})}
-    return found if found or isinstance(nested, dict) else None
-
-
-def derive_outcome(reward: Reward | None, metrics: RunMetrics | dict[str, Any] | None,
-                   rules: OutcomeRules | dict[str, Any] | None) -> Outcome | None:
-    """The outcome class of a run, from its verifier output and its metrics.
-
-    0. `metrics.upstream_errored` ⇒ None: ungraded. The provider or server failed (5xx, a refused
-       key), so the model never had its chance; the run is `errored` and is re-run, not judged.
-    1. `metrics.tool_calls == 0` ⇒ Total failure: the agent never acted. Contestants without a
-       model (oracle, nop) have `tool_calls` absent or null, so this rule never grades them.
-    2. No verifier output (`reward` None) ⇒ None: ungraded (the run errored before the verifier).
-    3. With `rules` and named checks in reward.json (`named_checks`: the `checks` object or Harbor's
-       flat numeric keys): Complete when every `complete` check passed,
-       Partial when every `partial` check passed (and there are some), else Failed. A check the
-       verifier did not write counts as failed.
-    4. Otherwise the numeric reward (reward.txt, or reward.json's "reward"): ≥ 1 Complete,
-       > 0 Partial, else Failed.
-    A named check passes by `labctl.round.records.check_passed`, the rule grade and report use too.
-    Raises ValueError when the reward has neither checks nor a number (or metrics that are no
-    metrics record).
-    """
-    m = RunMetrics.model_validate(metrics) if isinstance(metrics, dict) else metrics or RunMetrics()
-    if m.upstream_errored is True:
-        return None
-    if m.tool_calls == 0:
-        return "Total failure"
-    if reward is None:
-        return None
-    if isinstance(rules, dict):
-        rules = OutcomeRules.model_validate(rules)
-    checks = named_checks(reward)
-    if rules is not None and checks is not None:
-        if all(check_passed(checks.get(c)) for c in rules.complete):
-            return "Complete"
-        if rules.partial and all(check_passed(checks.get(c)) for c in rules.partial):
-            return "Partial"
-        return "Failed"
-    value = reward.get("reward") if isinstance(reward, dict) else reward
-    if type(value) not in (int, float):
-        raise ValueError(f"no numeric reward to grade by (got {value!r})")
-    return "Complete" if value >= 1 else "Partial" if value > 0 else "Failed"
-
-
-def read_reward(run: Path) -> tuple[Reward | None, str | None]:
-    """(reward, file it came from): verifier/reward.json first, then reward.txt (Harbor's order)."""
-    j, t = run / "verifier" / "reward.json", run / "verifier" / "reward.txt"
-    if j.is_file():
-        data = json.loads(j.read_text(encoding="utf-8"))
-        if isinstance(data, dict) or type(data) in (int, float):
-            return (data if isinstance(data, dict) else float(data)), "verifier/reward.json"
-        raise ValueError("verifier/reward.json is neither an object nor a number")
-    if t.is_file():
-        return float(t.read_text(encoding="utf-8").strip()), "verifier/reward.txt"
-    return None, None
+from labctl.round.opened import read_round_lab, read_round_lock
+from labctl.round.records import read_metrics
+from labctl.spec.lab import Outcome
+from labctl.spec.located import SpecError
 
 
 @dataclass
@@ -131,6 +69,8 @@ class Verification:
     notes: list[str] = field(default_factory=list)
     """Things not checked, and why (not problems: e.g. a round not yet unsealed)."""
     checked: dict[str, int | bool] = field(default_factory=dict)
+    digest: str | None = None
+    """sha256 of manifest.json's bytes: one figure that pins every file of the round."""
 
     @property
     def ok(self) -> bool:
@@ -140,14 +80,16 @@ class Verification:
         self.problems.append(Problem(str(self.round_dir / rel), what, run))
 
 
-def verify_round(round_dir: Path) -> Verification:
-    """Every check that needs only the round directory; see the module docstring."""
+def verify_round(round_dir: Path, digest: str | None = None) -> Verification:
+    """Every check that needs only the round directory (see the module docstring); with `digest`
+    (a published sha256 of manifest.json), also that the round is the one published."""
     v = Verification(round_dir)
     if not round_dir.is_dir():
         v.problems.append(Problem(str(round_dir), "not a directory"))
         return v
-    _check_manifest(v)
+    _check_manifest(v, digest)
     _check_blobs(v)
+    _check_egress(v)
     try:
         sealed = read_sealed(round_dir)
     except (OSError, ValueError) as e:
@@ -163,18 +105,21 @@ def verify_round(round_dir: Path) -> Verification:
 
 def _check_controls(v: Verification) -> None:
     """An oracle not Complete or a nop not Failed: the round's grades cannot be trusted."""
-    from labctl.round.controls import control_failures  # it imports this module's grading rule
-
     for f in control_failures(v.round_dir):
         v.add(f"{RUNS_DIR}/{f.run_id}/result.json", f"controls failed: {f}", f.run_id)
 
 
-def _check_manifest(v: Verification) -> None:
+def _check_manifest(v: Verification, digest: str | None) -> None:
     try:
+        v.digest = hashlib.sha256((v.round_dir / MANIFEST_FILE).read_bytes()).hexdigest()
         listed = read_manifest(v.round_dir)
     except (OSError, ValueError) as e:
         v.add(MANIFEST_FILE, f"unreadable: {str(e).splitlines()[0]}")
         return
+    want = digest.lower().removeprefix("sha256:") if digest else None
+    if want is not None and want != v.digest:
+        v.add(MANIFEST_FILE, f"the round's digest sha256:{v.digest[:16]}… is not the published "
+                             f"sha256:{want[:16]}…: files were changed and the manifest rewritten")
     for rel, what in manifest_differences(v.round_dir, listed):
         parts = rel.split("/")
         v.add(rel, what, parts[1] if len(parts) > 2 and parts[0] == RUNS_DIR else None)
@@ -188,6 +133,17 @@ def _check_blobs(v: Verification) -> None:
         run = transcript.parent.name
         for rel, what in blobs.check(transcript):
             v.add(f"{RUNS_DIR}/{run}/{rel}", what, run)
+
+
+def _check_egress(v: Verification) -> None:
+    """Every run's egress.jsonl (the gateway's log) is a list of egress records: a file edited into
+    something else is named, beside the manifest's hash check."""
+    for log in sorted((v.round_dir / RUNS_DIR).glob(f"*/{EGRESS_FILE}")):
+        run = log.parent.name
+        try:
+            read_egress(log)
+        except (OSError, ValueError) as e:
+            v.add(f"{RUNS_DIR}/{run}/{EGRESS_FILE}", f"not an egress log: {e}", run)
 
 
 def _check_sealed_shape(v: Verification, sealed: SealedRound) -> None:
@@ -204,7 +160,7 @@ def _check_lock(v: Verification, sealed: SealedRound) -> None:
     path = v.round_dir / LOCK_FILE
     try:
         raw = path.read_bytes()
-        lock = read_lock(path)
+        lock = read_round_lock(v.round_dir)
     except (OSError, ValueError) as e:
         v.add(LOCK_FILE, f"unreadable: {str(e).splitlines()[0]}")
         return
@@ -244,7 +200,7 @@ def _check_seal(v: Verification, sealed: SealedRound) -> Unsealed | None:
     if sealed.mapping is not None and sealed.mapping != u.mapping:
         v.add(UNSEALED_FILE, "mapping differs from the open mapping in sealed.json")
     try:
-        lab = validate(Lab, load_yaml(v.round_dir / LAB_FILE))
+        lab = read_round_lab(v.round_dir)
     except (OSError, SpecError) as e:
         v.add(LAB_FILE, f"does not load, contestants not checked: {str(e).splitlines()[0]}")
     else:
@@ -324,5 +280,4 @@ def _check_outcome(v: Verification, sealed: SealedRound, rid: str, recorded: Out
                                     f"{basis or 'no verifier output'}", rid)
 
 
-__all__ = ["Problem", "Verification", "check_passed", "derive_outcome", "named_checks", "read_reward",
-           "verify_round"]
+__all__ = ["Problem", "Verification", "verify_round"]

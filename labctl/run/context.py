@@ -1,8 +1,9 @@
 """What every run of a round shares (`RoundContext`), how a round is opened for running, and the
 signal rules of a run (SIGTERM raises like Ctrl-C; cleanup is never cut short).
 
-Apart from the runner so that one run's session (labctl.run.session) and the runner that orders
-the runs both build on it without importing each other.
+The bottom of `labctl.run`'s inner order (pyproject's import contract): the runner, a run's plan
+(labctl.run.runplan), its session (labctl.run.session) and the dataset view (labctl.run.dataset) all
+build on it, and it imports none of them.
 """
 
 from __future__ import annotations
@@ -14,17 +15,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from labctl.engine.commands import Docker
+from labctl.engine.container import Engine, detect_engine
 from labctl.gguf.store import Store
 from labctl.images.specs import image_tags
 from labctl.lock.lockfile import Lock
-from labctl.lock.resolve import require_lock
-from labctl.round.layout import LAB_FILE, SealedRound, read_sealed
+from labctl.plan.planner import Plan, plan_lab
+from labctl.round.layout import SealedRound
+from labctl.round.opened import OpenedRound, open_sealed
 from labctl.round.seal import check_envelope, load_envelope
-from labctl.run.dataset import check_dataset
 from labctl.run.parts import RunError
-from labctl.spec.load import LoadedLab, load_lab
-from labctl.treehash import tree_sha256
+from labctl.spec.load import LoadedLab
 
 
 class Interrupted(BaseException):
@@ -41,60 +41,45 @@ class RoundContext:
     loaded: LoadedLab
     lock: Lock
     images: dict[str, str]
-    docker: Docker
+    docker: Engine
     store: Store
     mapping: dict[str, str] = field(repr=False)
     """run id → contestant id (from the envelope: never print it, never write it into the round)."""
-
-
-def round_lab(round_dir: Path, sealed: SealedRound, lab: Path | None,
-              profile: str | None = None) -> LoadedLab:
-    """The lab a round runs with: its own lab.yaml and lab.lock copies, whose relative paths start at
-    the lab's directory recorded at seal time (`lab_dir`), wherever labctl is started. `lab` (`--lab`)
-    overrides; `open_round` then checks that its lock is the one sealed."""
-    if lab is not None:
-        return load_lab(lab, profile=profile)
-    base = Path(sealed.lab_dir) if sealed.lab_dir else None
-    if base is None or not base.is_dir():
-        where = f"its lab directory {base} is gone" if base else "it records no lab directory"
-        raise RunError(f"cannot resolve the paths of round {sealed.round}'s lab.yaml ({where}): "
-                       "pass --lab PATH (the lab it was sealed from)")
-    return load_lab(round_dir / LAB_FILE, profile=profile, base_dir=base)
+    plan: Plan
+    """The round's plan (`labctl.plan.planner`), computed once when the round is opened."""
 
 
 def open_round(round_dir: Path, lab: Path | None = None, profile: str | None = None,
-               docker: Docker | None = None, store: Store | None = None,
-               check_images: bool = True) -> RoundContext:
+               docker: Engine | None = None, store: Store | None = None,
+               check_images: bool = True, opened: OpenedRound | None = None,
+               plan: Plan | None = None) -> RoundContext:
     """Load and cross-check everything a run needs, before any container starts: the lab and its lock
-    must be the ones sealed, the envelope must open the commitment, every image must exist (here;
-    `check_images=False` when the runs execute elsewhere, on a Ray cluster's nodes)."""
-    sealed = read_sealed(round_dir)
-    loaded = round_lab(round_dir, sealed, lab, profile)
-    lock = require_lock(loaded)
-    if lock.sha256() != sealed.lock_sha256:
-        raise RunError(f"{loaded.path}'s lock is not the one round {sealed.round} was sealed with "
-                       "(a different lab, or one locked again since)")
-    if loaded.is_dataset:
-        check_dataset(loaded, sealed)
-    elif (tree := tree_sha256(loaded.task_dir)) != sealed.task_tree_sha256:
-        raise RunError(f"task {loaded.task_dir} changed since round {sealed.round} was sealed "
-                       f"(tree sha256 {tree[:12]}…, sealed {sealed.task_tree_sha256[:12]}…)")
-    env = load_envelope(sealed.round)
+    must be the ones sealed (`labctl.round.opened`; `opened`: that state already in hand, as `labctl
+    round` has it after the seal), the envelope must open the commitment, every image must exist
+    (here; `check_images=False` when the runs execute elsewhere, on a Ray cluster's nodes). The plan
+    is computed here, once per round, for every run's `RunPlan` (`plan`: computed already)."""
+    o = opened or open_sealed(round_dir, lab, profile)
+    sealed, loaded, lock = o.sealed, o.loaded, o.lock
+    try:
+        env = load_envelope(sealed.round)
+    except ValueError as e:  # an envelope that does not parse: the round cannot run
+        raise RunError(str(e)) from None
     if problems := check_envelope(env, sealed):
         raise RunError("; ".join(problems))
     tags = sealed.images if sealed.images and profile is None else image_tags(loaded, lock)
+    mapping = {rid: slot.contestant for rid, slot in env.mapping.items()}
+    plan = plan or plan_lab(loaded, lock)
     if not check_images:  # no Docker needed on the machine that only starts the round
         return RoundContext(round_dir=round_dir, sealed=sealed, loaded=loaded, lock=lock, images=tags,
-                            docker=docker or Docker(["docker"]), store=store or Store(),
-                            mapping={rid: slot.contestant for rid, slot in env.mapping.items()})
-    docker = docker or Docker.detect()
+                            docker=docker or Engine(cli=["docker"]), store=store or Store(), mapping=mapping,
+                            plan=plan)
+    docker = docker or detect_engine()
     missing = [t for t in tags.values() if not docker.image_present(t)]
     if missing:
         raise RunError(f"image {missing[0]} is missing ({len(missing)} missing): "
                        f"run `labctl build {loaded.path}`")
     return RoundContext(round_dir=round_dir, sealed=sealed, loaded=loaded, lock=lock, images=tags,
-                        docker=docker, store=store or Store(),
-                        mapping={rid: slot.contestant for rid, slot in env.mapping.items()})
+                        docker=docker, store=store or Store(), mapping=mapping, plan=plan)
 
 
 @contextlib.contextmanager

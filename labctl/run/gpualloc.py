@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import math
 import threading
+from typing import TYPE_CHECKING
 
 from labctl.lock.lockfile import Lock
 from labctl.spec.load import LoadedLab
 from labctl.spec.profiles import Profile
+
+if TYPE_CHECKING:
+    from labctl.plan.planner import Plan
 
 
 def per_gpu_budget(profile: Profile) -> int:
@@ -21,8 +25,9 @@ def per_gpu_budget(profile: Profile) -> int:
     return profile.vram_per_gpu - profile.vram_reserve // max(1, profile.gpu_count)
 
 
-def gpus_needed(loaded: LoadedLab, lock: Lock) -> dict[str, int]:
-    """Contestant id → whole GPUs its run takes on this profile (0: none)."""
+def gpus_needed(loaded: LoadedLab, lock: Lock, plan: Plan | None = None) -> dict[str, int]:
+    """Contestant id → whole GPUs its run takes on this profile (0: none). `plan`: the round's, when
+    it was computed already (`RoundContext.plan`)."""
     from labctl.plan.planner import plan_lab  # the planner's imports are heavy; only when a GPU profile asks
 
     need = {c.id: 0 for c in loaded.lab.contestants}
@@ -30,7 +35,7 @@ def gpus_needed(loaded: LoadedLab, lock: Lock) -> dict[str, int]:
     if not profile.is_gpu:
         return need
     budget = max(1, per_gpu_budget(profile))
-    for row in plan_lab(loaded, lock).contestants:
+    for row in (plan or plan_lab(loaded, lock)).contestants:
         if row.kind == "local" and row.status == "planned":
             # A planned model fits the profile, so this never exceeds gpu_count; the cap is a guard.
             need[row.id] = min(profile.gpu_count, max(1, math.ceil((row.vram_used or 0) / budget)))

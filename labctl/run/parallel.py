@@ -119,7 +119,7 @@ def run_parallel(ctx: RoundContext, parallel: int, say: Say = lambda s: None, re
     `lab`/`profile` are passed on to each run's worker (as `labctl run --lab/--profile`)."""
     if changed := sealed_files_changed(ctx.round_dir):
         raise RunError("the round changed since it was sealed: " + "; ".join(changed))
-    need = gpus_needed(ctx.loaded, ctx.lock)
+    need = gpus_needed(ctx.loaded, ctx.lock, ctx.plan)
     pool = GpuPool(ctx.loaded.profile.gpu_count if ctx.loaded.profile.is_gpu else 0)
     progress = Progress(ctx, console, say)
     queue: list[tuple[str, int]] = []

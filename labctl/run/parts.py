@@ -1,18 +1,16 @@
-"""The pieces one run is made of, apart from the order the runner puts them in: the docker CLI with
-labctl's labels, neutral names, the workspace repository, and the redaction of server logs.
+"""The pieces one run is made of, apart from the order the runner puts them in: where runs work
+(`work_root`), the task's resource limits (`task_limits`), the workspace repository (a fixed-
+identity base commit, its bare origin, the pushed commits and the git bundle kept), the redaction of
+server logs, and `RunError`.
 
-Why a plain `docker` subprocess and not python-on-whales here: a run needs `create` + `network
-connect` + `start` (a container on two networks from its first instruction), `exec` with a deadline
-and its output streamed to a file, and `cp` — each one CLI line that a reader can paste to debug.
-
-Blindness: every name and label made here comes from the round id and the run id only
-(`labctl.round.seal.run_label`); a contestant id or model name must never be passed in.
+labctl's labels and neutral object names live in `labctl.engine.names`, the engine itself in
+`labctl.engine.container`, with their blindness rule: names and labels come from the round id and
+the run id only. The workspace's branch is `run_label(run_id)` (`labctl.round.seal`), never a
+contestant id or model name.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import re
 import shutil
@@ -20,10 +18,9 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from labctl.engine.spec import Limits
 from labctl.errors import LabctlError
-from labctl.meter import blobs
 from labctl.spec.task import Task, read_task
 
 BASE_DATE = "2000-01-01T00:00:00+00:00"
@@ -64,16 +61,21 @@ def _git(*args: str, cwd: Path | None = None, env: Mapping[str, str] | None = No
     return done.stdout.strip()
 
 
-def resource_flags(task: Task) -> list[str]:
-    """`docker run` limits from task.toml's `[environment]` (Harbor's `cpus`, `memory_mb`), for the
-    agent's and the verifier's containers: every contestant gets the same machine, whatever the host."""
-    flags: list[str] = []
+def task_limits(task: Task) -> Limits:
+    """The container limits from task.toml's `[environment]` (Harbor's `cpus`, and `memory_mb` or
+    `memory = "2G"`), for the agent's and the verifier's containers: every contestant gets the same
+    machine, whatever the host. `storage_mb` / `storage` is read but not applied: docker's
+    `--storage-opt size=` works only on overlay2 over xfs mounted with pquota (or devicemapper, btrfs,
+    zfs), and fails `docker create` elsewhere — on ext4 (this project's CI) too; Harbor's own docker
+    environment does not apply it either."""
     cpus, memory = task.environment.cpus, task.environment.memory_mb
-    if cpus:
-        flags += ["--cpus", f"{min(float(cpus), float(os.cpu_count() or 1)):g}"]
-    if memory:
-        flags += ["--memory", f"{int(memory)}m"]
-    return flags
+    return Limits(cpus=min(float(cpus), float(os.cpu_count() or 1)) if cpus else None,
+                  memory=f"{int(memory)}m" if memory else None)
+
+
+def resource_flags(task: Task) -> list[str]:
+    """`task_limits` as `docker run` flags."""
+    return task_limits(task).flags()
 
 
 @dataclass
@@ -87,11 +89,11 @@ class Workspace:
     """The base commit's hash."""
 
 
-def make_workspace(task_dir: Path, work: Path, branch: str) -> Workspace:
+def make_workspace(task_dir: Path, work: Path, branch: str, task: Task | None = None) -> Workspace:
     """Commit the task's repository directory (or nothing: an empty base commit) deterministically,
     push it as `branch` into a fresh bare origin, clone that. The clone's `origin` is `ORIGIN`, the
     path where the containers see the bare repository."""
-    src = read_task(task_dir).repository_dir
+    src = (task or read_task(task_dir)).repository_dir  # `task`: the run's RunPlan read it already
     seed, origin, clone = work / "seed", work / "origin.git", work / "workspace"
     for p in (seed, origin, clone):
         shutil.rmtree(p, ignore_errors=True)
@@ -140,18 +142,6 @@ def redact_server_log(text: str) -> str:
     """llama-server prints the GGUF's general.* metadata while loading; those lines can name the
     model, so they are dropped before the log enters the round (the path is already neutral)."""
     return "".join(line for line in text.splitlines(keepends=True) if not _IDENTIFYING.search(line))
-
-
-def transcript_records(path: Path) -> list[dict[str, Any]]:
-    """The transcript's records, a request kept as a blob read back in its place (labctl/meter/blobs.py)."""
-    out: list[dict[str, Any]] = []
-    with contextlib.suppress(OSError):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            with contextlib.suppress(ValueError):
-                rec = json.loads(line)
-                if isinstance(rec, dict):
-                    out.append(blobs.resolve(rec, path))
-    return out
 
 
 def argv_text(argv: Sequence[str]) -> str:

@@ -2,15 +2,17 @@
 
 Pure functions over the meter's transcript records (`transcript.jsonl`: one `{"kind": "exchange",
 "request", "response", "status", "error", …}` per model request, plus intervention records). The
-grader adds `pathology(records)` to metrics.json under "pathology" and the names of the flags that
-fire under "flags".
+grader adds `pathology(records, …)` to metrics.json under "pathology" and the names of the flags that
+fire under "flags"; the thresholds are the lab's `pathology:` (labctl/spec/pathology.py).
 
-A "step" is one answered exchange (a response). Its actions are its tool calls (OpenAI/Anthropic-style
-`tool_calls`: name + canonical arguments) or, for text agents such as mini-swe-agent in text mode,
-the fenced ```bash blocks of its content. A command's result is read from the next request: the
-messages after its last assistant message carry the observation: mini-swe-agent 2.4.x (tool calls,
-config mini.yaml) sends a tool message `{"returncode": N, "output": …}`; its older text templates
-sent `<returncode>N</returncode>`. Both are read; nonzero is a failure.
+A "step" is one answered exchange (a response), numbered from 1. Its actions are what the runtime
+executed for it, as `labctl.meter.actions` defines them (the meter's loop detection uses the same
+definition): its structured tool calls, and — only when its request declared no tools — the fenced
+blocks a text runtime runs. A command's result is read from the next request's observations:
+mini-swe-agent 2.4.x (tool calls, config mini.yaml) sends a tool message `{"returncode": N, …}`; its
+older text templates sent `<returncode>N</returncode>`; nonzero is a failure. The seed round's own
+failure patterns (repetition inside one answer, identical failures, text tool calls, a build never
+committed, working-directory amnesia) are measured in labctl/run/patterns.py.
 """
 
 from __future__ import annotations
@@ -20,13 +22,17 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from labctl.meter.wire_responses import request_turns
+from pydantic import ValidationError
 
-STREAK_THRESHOLD = 3
-"""A streak of this many identical consecutive steps is a flag."""
+from labctl.meter import actions as act
+from labctl.run import patterns
+from labctl.run.patterns import Step, steps
+from labctl.spec.pathology import PathologyThresholds
 
-FENCED_BASH = re.compile(r"```(?:bash|sh|shell)?[ \t]*\n(.*?)```", re.S)
-RETURNCODE = re.compile(r"<returncode>\s*(-?\d+)\s*</returncode>|[\"']?returncode[\"']?\s*[:=]\s*(-?\d+)")
+STREAK_THRESHOLD = PathologyThresholds().identical_tool_call
+"""The default streak threshold (kept for callers that name it)."""
+FENCED_BASH = act.FENCE
+RETURNCODE = act.RETURNCODE
 LLAMA_OVERFLOW = "exceeds the available context size"
 
 Record = dict[str, Any]
@@ -42,47 +48,10 @@ def answered(records: Iterable[Record]) -> list[Record]:
     return [r for r in exchanges(records) if isinstance(r.get("response"), dict)]
 
 
-def _canonical_args(arguments: Any) -> str:
-    if isinstance(arguments, str):
-        try:
-            arguments = json.loads(arguments)
-        except ValueError:
-            return arguments.strip()
-    return json.dumps(arguments, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def _text(content: Any) -> str:
-    """Message content as text: a string, or the text parts of a list of content blocks."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = []
-        for block in content:
-            if isinstance(block, str):
-                parts.append(block)
-            elif isinstance(block, dict):
-                for key in ("text", "content"):
-                    if isinstance(block.get(key), str | list):
-                        parts.append(_text(block[key]))
-                        break
-        return "\n".join(parts)
-    return ""
-
-
-def actions(response: Record) -> list[str]:
-    """The step's actions as comparable keys: `name(canonical args)` per tool call, else every fenced
-    bash block of the content (stripped)."""
-    calls = response.get("tool_calls") or []
-    keys = []
-    for c in calls if isinstance(calls, list) else []:
-        if not isinstance(c, dict):
-            continue
-        fn = c.get("function") if isinstance(c.get("function"), dict) else c
-        args = fn.get("arguments", fn.get("input"))
-        keys.append(f"{fn.get('name')}({_canonical_args(args)})")
-    if keys:
-        return keys
-    return [b.strip() for b in FENCED_BASH.findall(_text(response.get("content")))]
+def actions(response: Record, request: Record | None = None) -> list[str]:
+    """The step's actions as comparable keys (`labctl.meter.actions.actions`): `name(canonical args)`
+    per tool call; the fenced blocks of the content only when `request` declared no tools."""
+    return [a.key for a in act.actions(request, response)]
 
 
 def _longest_run(keys: Sequence[str | None]) -> int:
@@ -96,45 +65,33 @@ def _longest_run(keys: Sequence[str | None]) -> int:
     return best
 
 
+def _steps(records: Iterable[Record]) -> list[Step]:
+    return steps(answered(records))
+
+
 def identical_tool_call_streak(records: Iterable[Record]) -> int:
-    return _longest_run(["\n".join(a) if (a := actions(r["response"])) else None for r in answered(records)])
+    return _longest_run(["\n".join(a.key for a in s.actions) or None for s in _steps(records)])
 
 
 def repeated_text_streak(records: Iterable[Record]) -> int:
     keys = []
     for r in answered(records):
-        text = _text(r["response"].get("content")).strip()
+        text = act.text(r["response"].get("content")).strip()
         keys.append(text or None)
     return _longest_run(keys)
 
 
 def observation_codes(request: Record | None) -> list[int]:
     """Return codes in the messages after the request's last assistant message (the observations of
-    the previous step's commands), in order."""
-    msgs = request_turns(request) if isinstance(request, dict) else None
-    if not isinstance(msgs, list):
-        return []
-    last = max((i for i, m in enumerate(msgs) if isinstance(m, dict) and m.get("role") == "assistant"),
-               default=None)
-    if last is None:
-        return []
-    codes: list[int] = []
-    for m in msgs[last + 1:]:
-        if not (isinstance(m, dict) and m.get("role") in ("user", "tool")):
-            continue
-        # the first match only: the observation leads with it, the command's output may follow
-        if found := RETURNCODE.search(_text(m.get("content"))):
-            codes.append(int(found.group(1) or found.group(2)))
-    return codes
+    the previous step's commands), in order; observations that state none are left out."""
+    return [r.code for r in act.observations(request) if r.code is not None]
 
 
-def steps_with_results(records: Iterable[Record]) -> Iterator[tuple[list[str], list[int]]]:
-    """Each answered step's actions with the return codes its observation reported (read from the
-    next request; empty when unknown, e.g. the last step)."""
-    steps = answered(records)
-    for i, r in enumerate(steps):
-        nxt = steps[i + 1].get("request") if i + 1 < len(steps) else None
-        yield actions(r["response"]), observation_codes(nxt)
+def steps_with_results(records: Iterable[Record]) -> Iterator[tuple[list[str], list[int | None]]]:
+    """Each answered step's actions with the return code of each (read from the next request; None
+    when unknown, e.g. the last step)."""
+    for s in _steps(records):
+        yield [a.key for a in s.actions], [r.code if r else None for r in s.results]
 
 
 def failing_command_streak(records: Iterable[Record]) -> int:
@@ -142,7 +99,7 @@ def failing_command_streak(records: Iterable[Record]) -> int:
     return code in the next request's observation). A step whose result is unknown ends a run."""
     keys: list[str | None] = []
     for acts, codes in steps_with_results(records):
-        failed = bool(acts) and bool(codes) and any(c != 0 for c in codes)
+        failed = bool(acts) and any(c is not None and c != 0 for c in codes)
         keys.append("\n".join(acts) if failed else None)
     return _longest_run(keys)
 
@@ -152,22 +109,30 @@ def command_results(records: Iterable[Record], pattern: str) -> list[int | None]
     action's text: a tool call's arguments, or a bash block), None where the result is unknown. For
     a build command: how many builds the agent ran, and which attempt first passed."""
     wanted = re.compile(pattern)
-    return [codes[j] if j < len(codes) else None
-            for acts, codes in steps_with_results(records)
-            for j, act in enumerate(acts) if wanted.search(act)]
+    return [code for acts, codes in steps_with_results(records)
+            for act_key, code in zip(acts, codes, strict=True) if wanted.search(act_key)]
 
 
 def text_actions(records: Iterable[Record]) -> int:
-    """Actions of a text agent (aider, mini-swe-agent in text mode): the fenced blocks of answers to
-    requests that declared no tools — the harness runs (or applies) those; an agent that declared
-    tools acts only by calling them, so a fenced block in its text is just text."""
-    return sum(len(FENCED_BASH.findall(_text(r["response"].get("content"))))
-               for r in answered(records)
-               if isinstance(r.get("request"), dict) and not r["request"].get("tools"))
+    """Actions of a text runtime (aider, mini-swe-agent's text templates): the executed fenced blocks
+    of answers to requests that declared no tools; an agent that declared tools acts only by calling
+    them, so a fenced block in its text is just text."""
+    return sum(len(act.text_blocks(r["response"].get("content"))) for r in answered(records)
+               if not act.declares_tools(r.get("request")) and not act.tool_calls(r["response"]))
+
+
+def structured_calls(records: Iterable[Record]) -> int:
+    """Structured tool calls over the run (what the meter counts as `tool_calls`)."""
+    return sum(len(act.tool_calls(r["response"])) for r in answered(records))
+
+
+def action_count(records: Iterable[Record]) -> int:
+    """Every action the runtime executed: structured calls plus a text runtime's executed blocks."""
+    return sum(len(s.actions) for s in _steps(records))
 
 
 def zero_tool_calls(records: Iterable[Record]) -> bool:
-    return not any(actions(r["response"]) for r in answered(records))
+    return action_count(records) == 0
 
 
 def _error_text(rec: Record) -> str:
@@ -195,29 +160,56 @@ def context_overflow_rejections(records: Iterable[Record]) -> int:
     return sum(1 for r in exchanges(records) if is_context_overflow(r))
 
 
-def pathology(records: Sequence[Record]) -> dict[str, Any]:
-    """The "pathology" block of metrics.json."""
+def pathology(records: Sequence[Record], thresholds: PathologyThresholds | None = None, *,
+              tool_calls: int | None = None, build_command: str | None = None,
+              commits_pushed: int | None = None) -> dict[str, Any]:
+    """The "pathology" block of metrics.json. `tool_calls`: the run's count as metrics.json states it
+    (zero_tool_calls is its zero, so the two never disagree); `build_command` (the task's report
+    column) and `commits_pushed` (a repository task's origin) feed the build-without-commit measure."""
+    t = thresholds or PathologyThresholds()
     recs = list(records)
+    st = steps(answered(recs))
     return {
         "longest_identical_tool_call_streak": identical_tool_call_streak(recs),
         "repeated_assistant_text_streak": repeated_text_streak(recs),
         "longest_failing_command_streak": failing_command_streak(recs),
-        "zero_tool_calls": zero_tool_calls(recs),
+        "zero_tool_calls": action_count(recs) == 0 if tool_calls is None else tool_calls == 0,
         "context_overflow_rejections": context_overflow_rejections(recs),
+        "repeated_line": patterns.repeated_line(st, t.repeated_line),
+        "repeated_failure": patterns.repeated_failure(st),
+        "text_tool_calls": patterns.text_tool_calls(st),
+        "build_without_commit": patterns.build_without_commit(st, build_command, commits_pushed),
+        "cwd_amnesia": patterns.cwd_amnesia(st),
+        "thresholds": t.model_dump(),
     }
 
 
-def flags(p: dict[str, Any], threshold: int = STREAK_THRESHOLD) -> list[str]:
-    """Human-readable names of the pathologies that fire."""
+def _recorded(p: dict[str, Any]) -> PathologyThresholds:
+    """The thresholds a metrics.json recorded; the defaults where it has none (or unreadable ones)."""
+    try:
+        return PathologyThresholds.model_validate(p.get("thresholds") or {})
+    except ValidationError:
+        return PathologyThresholds()
+
+
+def flags(p: dict[str, Any], thresholds: PathologyThresholds | int | None = None) -> list[str]:
+    """Human-readable names of the pathologies that fire (each seed pattern with its steps). An int
+    `thresholds` is the old single streak threshold."""
+    if isinstance(thresholds, int):
+        t = PathologyThresholds(identical_tool_call=thresholds, identical_text=thresholds,
+                                failing_command=thresholds)
+    else:
+        t = thresholds or _recorded(p)
     out = []
-    if p.get("longest_identical_tool_call_streak", 0) >= threshold:
+    if p.get("longest_identical_tool_call_streak", 0) >= t.identical_tool_call:
         out.append(f"repeated identical tool call (x{p['longest_identical_tool_call_streak']})")
-    if p.get("repeated_assistant_text_streak", 0) >= threshold:
+    if p.get("repeated_assistant_text_streak", 0) >= t.identical_text:
         out.append(f"degenerate loop: identical assistant text (x{p['repeated_assistant_text_streak']})")
-    if p.get("longest_failing_command_streak", 0) >= threshold:
+    if p.get("longest_failing_command_streak", 0) >= t.failing_command:
         out.append(f"same command failing repeatedly (x{p['longest_failing_command_streak']})")
     if p.get("zero_tool_calls"):
         out.append("zero tool calls")
     if p.get("context_overflow_rejections", 0) >= 1:
         out.append(f"context overflow rejections ({p['context_overflow_rejections']})")
+    out += patterns.flags(p, t)
     return out

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import shutil
 import socket
@@ -118,35 +119,29 @@ def node_execute(job: dict[str, Any]) -> dict[str, Any]:
 
 def node_context(job: dict[str, Any], scratch: Path) -> RoundContext:
     """The run's RoundContext on this node, from what the starting machine sent."""
-    from labctl.engine.commands import Docker
+    from labctl.engine.container import detect_engine
     from labctl.gguf.store import Store
     from labctl.images.specs import lab_images, settings_for
     from labctl.lock.fetch import fetch
-    from labctl.lock.lockfile import Lock
+    from labctl.plan.planner import plan_lab
     from labctl.round.layout import read_sealed
-    from labctl.spec.lab import Lab, LocalContestant
-    from labctl.spec.load import LoadedLab
-    from labctl.spec.located import load_yaml, validate
+    from labctl.round.opened import opened_from, read_round_lock, sent_loaded
+    from labctl.spec.lab import LocalContestant
     from labctl.spec.profiles import Profile
-    from labctl.treehash import tree_sha256
 
     round_dir = scratch / job["round"]
     round_dir.mkdir(parents=True)
     for name in (LAB_FILE, LOCK_FILE, SEALED_FILE):
         (round_dir / name).write_bytes(job[name])
     sealed = read_sealed(round_dir)
-    if file_sha256(round_dir / LOCK_FILE) != sealed.lock_file_sha256:
+    if file_sha256(round_dir / LOCK_FILE) != sealed.lock_file_sha256:  # the bytes that travelled
         raise RunError("lab.lock does not match the round's sealed.json")
     task = scratch / "task"
     unpack(job["task"], task)
-    if tree_sha256(task) != sealed.task_tree_sha256:
-        raise RunError("the task tree does not match the round's sealed.json")
-    doc = load_yaml(round_dir / LAB_FILE)
-    lab = validate(Lab, doc)
-    lab = lab.model_copy(update={"task": lab.task.model_copy(update={"path": task})})
-    loaded = LoadedLab(lab, doc, Profile.model_validate(job["profile"]), "sent by the round's runner",
-                       base=scratch)
-    lock = Lock.model_validate_json(job[LOCK_FILE])
+    loaded = sent_loaded(round_dir, task, Profile.model_validate(job["profile"]), scratch)
+    lock = read_round_lock(round_dir)
+    opened_from(round_dir, sealed, loaded, lock)  # open_round's checks: the sealed lock and task tree
+    lab = loaded.lab
     store = Store()
     cid = job["contestant"]
     contestant = next(c for c in lab.contestants if c.id == cid)
@@ -156,7 +151,7 @@ def node_context(job: dict[str, Any], scratch: Path) -> RoundContext:
                            "publish it (a hub or a mirror) and lock it from there")
         fetch(lock.model_copy(update={"models": {cid: lock.models[cid]}}), store, progress=False,
               base_dir=scratch)
-    docker = Docker.detect()
+    docker = detect_engine()
     specs = lab_images(loaded, lock, loaded.profile, settings_for(loaded))
     if any(not docker.image_present(s.tag) for s in specs):
         from labctl.engine.container import detect_engine
@@ -167,7 +162,7 @@ def node_context(job: dict[str, Any], scratch: Path) -> RoundContext:
             raise RunError(f"image {failed[0].name} failed to build on {socket.gethostname()}")
     return RoundContext(round_dir=round_dir, sealed=sealed, loaded=loaded, lock=lock,
                         images={s.name: s.tag for s in specs}, docker=docker, store=store,
-                        mapping={job["run"]: cid})
+                        mapping={job["run"]: cid}, plan=plan_lab(loaded, lock))
 
 
 # --- on the machine that started the round -------------------------------------------------------
@@ -194,7 +189,11 @@ def round_payload(ctx: RoundContext) -> dict[str, Any]:
     """What every run's task needs from the starting machine: the round's sealed files, the task
     directory and the profile. No envelope: each task gets its own run's contestant only."""
     files = {name: (ctx.round_dir / name).read_bytes() for name in (LAB_FILE, LOCK_FILE, SEALED_FILE)}
-    return {**files, "task": pack(ctx.loaded.task_dir), "profile": ctx.loaded.profile.model_dump(mode="json")}
+    try:
+        task_dir = ctx.loaded.task_dir
+    except ValueError as e:  # a dataset round: one task directory is all a node is sent
+        raise RunError(str(e)) from None
+    return {**files, "task": pack(task_dir), "profile": ctx.loaded.profile.model_dump(mode="json")}
 
 
 def _connect(address: str) -> Any:
@@ -210,7 +209,7 @@ def _connect(address: str) -> Any:
         import ray
     except ImportError:
         raise RunError("--ray needs Ray: pip install 'labctl[ray]'") from None
-    ray.init(address=address, namespace="labctl", log_to_driver=False, logging_level="WARNING",
+    ray.init(address=address, namespace="labctl", log_to_driver=False, logging_level=logging.WARNING,
              configure_logging=True, **extra)
     return ray
 
@@ -232,7 +231,7 @@ def _drive(ray: Any, ctx: RoundContext, say: Say, retry_errored: bool) -> list[R
 
     from labctl.run.parallel import safe_manifest
 
-    need = gpus_needed(ctx.loaded, ctx.lock)
+    need = gpus_needed(ctx.loaded, ctx.lock, ctx.plan)
     common = ray.put(round_payload(ctx))
     task = ray.remote(_task)
     pending: dict[Any, tuple[str, int]] = {}

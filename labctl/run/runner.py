@@ -1,4 +1,4 @@
-"""`labctl run`: execute a sealed round's runs one at a time, each in isolation (design.md, "One run,
+"""`labctl run`: execute a sealed round's runs one at a time, each in isolation (README, "One run,
 in isolation").
 
 Per run, every container, network and volume carries `labctl.round=<round id>` and
@@ -7,10 +7,12 @@ Per run, every container, network and volume carries `labctl.round=<round id>` a
     agent net (internal):  agent container ── meter (alias `meter`)
     model net (internal):                     meter ── llama-server (alias `server`)   local
     egress net (bridge):                      meter ── provider API                    cloud
+    outside net (bridge):  egress gateway (allowlist) or the agent itself (open)   `labctl.run.egress`
 
-The agent reaches nothing but the meter: not the server (other network), not the internet (its
-network is internal), not the host (the internal networks are fenced, `labctl.engine.fence`), and it never
-holds an API key (only the meter's environment does).
+The agent reaches the meter and, beyond it, only what the lab's network policy allows (none: nothing;
+allowlist: the registries through the egress gateway; open: the outside): never the server (other
+network), never the host (every network is fenced, `labctl.engine.fence`), and it never holds an API
+key (only the meter's environment does).
 
 Resume: a run whose result.json is finished (done, errored, killed) is skipped (errored ones run
 again with `labctl run --retry-errored`); one found
@@ -27,9 +29,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from labctl.engine.commands import ROUND_LABEL, RUN_LABEL, Docker
-from labctl.engine.container import EngineError
+from labctl.engine.container import Engine, EngineError
 from labctl.engine.fence import Fence, Netfilter
+from labctl.engine.names import ROUND_LABEL, RUN_LABEL
 from labctl.round.layout import (
     FINISHED,
     RunResult,
@@ -48,8 +50,8 @@ from labctl.run.context import (
     signals_deferred,
     sigterm_raises,
 )
-from labctl.run.dataset import for_run
 from labctl.run.parts import RunError
+from labctl.run.runplan import plan_run
 from labctl.run.session import RunSession
 
 Say = Callable[[str], None]
@@ -68,13 +70,12 @@ def execute_run(ctx: RoundContext, run_id: str, attempts: int, say: Say = lambda
                 gpus: list[int] | None = None, host: str | None = None) -> RunResult:
     """One run from scratch to result.json; never leaves a labelled object behind. `gpus`: the
     devices it may use (`labctl.run.gpualloc`, None: all); `host`: where it runs (default this host)."""
-    kind = next(c.kind for c in ctx.loaded.lab.contestants if c.id == ctx.mapping[run_id])
-    task = (ctx.sealed.run_tasks or {}).get(run_id)
-    ctx = for_run(ctx, run_id)  # a dataset round: this run's task, its images and its rules
-    result = RunResult(run_id=run_id, status="running", attempts=attempts, started=now(), task=task,
-                       control=kind if kind in ("oracle", "nop") else None, host=host or this_host())
+    plan = plan_run(ctx, run_id)  # the run's task, contestant, images and users, worked out once
+    ctx = plan.ctx  # a dataset round: this run's task, its images and its rules
+    result = RunResult(run_id=run_id, status="running", attempts=attempts, started=now(), task=plan.task_name,
+                       control=plan.control, host=host or this_host())
     write_result(ctx.round_dir, result)
-    session = RunSession(ctx, run_id, say, gpus)
+    session = RunSession(ctx, plan, say, gpus)
     try:
         session.setup()
         say(f"{run_id}: agent running (wall time {ctx.loaded.lab.budgets.wall_time:.0f}s)")
@@ -164,7 +165,7 @@ def summary(ctx: RoundContext, rid: str, res: RunResult, skipped: bool) -> RunSu
     return RunSummary(rid, res.status, res.outcome, skipped, res.reason, metrics, res.task, res.host)
 
 
-def down(docker: Docker, round_id: str | None) -> dict[str, list[str]]:
+def down(docker: Engine, round_id: str | None) -> dict[str, list[str]]:
     """Remove what a round (or every labctl round) left running."""
     labels: dict[str, str | None] = {ROUND_LABEL: round_id}
     removed = docker.remove_labelled(labels)

@@ -3,8 +3,9 @@ oracle and nop run alone in a throw-away round; the verdict is the round's contr
 (`labctl.round.controls`): the oracle must grade Complete, the nop Failed.
 
 The throw-away lab is the operator's lab (its engine, agent, budgets, profile and build settings) with
-the task replaced and oracle + nop as the only contestants, locked from the lab's own lock: only the
-task's entries change (the spec hash, the task tree, and the task Dockerfile's base images when the
+the task replaced — a dataset lab's `task:` (dataset, paths, glob, select) becomes the one task — one
+run each (`round.repeats` 1) and oracle + nop as the only contestants, locked from the lab's own lock:
+only the task's entries change (the spec hash, the task tree, and the task Dockerfile's base images when the
 lab's lock does not pin them yet, resolved as `labctl lock` does). Its round directory and envelope
 live under a temporary directory and are removed afterwards; docker objects are removed by label
 like any round's.
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from labctl.errors import LabctlError
 from labctl.lock.lockfile import Lock, lock_path, write_lock
 from labctl.lock.resolve import spec_sha256
 from labctl.round.controls import ControlFailure, control_failures
@@ -50,12 +52,17 @@ def control_lab(loaded: LoadedLab, lock: Lock, task: Path, dest: Path) -> Path:
     from labctl.lock.resolve import _image
 
     data = yaml.safe_load(loaded.path.read_text(encoding="utf-8"))
-    data["task"] = {**(data.get("task") or {}), "path": str(task.resolve())}
+    data["task"] = {"path": str(task.resolve())}
+    data["round"] = {**(data.get("round") or {}), "repeats": 1}
     data["contestants"] = CONTESTANTS
     dest.mkdir(parents=True, exist_ok=True)
     lab = dest / "lab.yaml"
     lab.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-    new = load_lab(lab, base_dir=loaded.base_dir)
+    try:
+        new = load_lab(lab, base_dir=loaded.base_dir)
+    except LabctlError as e:  # name the operator's lab: the throw-away one is gone when this is read
+        raise LabctlError(f"{loaded.path}: cannot check {task} with this lab: "
+                          f"{str(e).replace(str(lab), 'lab.yaml')}") from None
     images = dict(lock.images)
     dockerfile = task / "environment" / "Dockerfile"
     if dockerfile.is_file():
@@ -66,7 +73,7 @@ def control_lab(loaded: LoadedLab, lock: Lock, task: Path, dest: Path) -> Path:
             if ref not in images:
                 images[ref] = _image(ref, mirrors)
     write_lock(lock_path(lab), lock.model_copy(update={
-        "spec_sha256": spec_sha256(new), "models": {}, "images": images,
+        "spec_sha256": spec_sha256(new), "models": {}, "images": images, "tasks": None,
         "task": lock.task.model_copy(update={"path": str(task.resolve()),
                                              "tree_sha256": tree_sha256(task)})}))
     return lab

@@ -42,21 +42,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", default=None)
     args = p.parse_args(argv)
     die_with_parent()
+    from labctl.errors import LabctlError
     from labctl.run.context import Interrupted, open_round, sigterm_raises
-    from labctl.run.parts import RunError
     from labctl.run.runner import execute_run
 
     def say(line: str) -> None:
         print(line, flush=True)
 
     gpus = [int(g) for g in args.gpus.split(",") if g] if args.gpus is not None else None
+    from labctl.engine.timings import record, since_process_start, span
+
+    record("worker start", since_process_start() or 0.0, args.run_id)  # the interpreter and imports
     try:
         with sigterm_raises():
-            ctx = open_round(args.round_dir, args.lab, args.profile)
+            with span("open_round", args.run_id):
+                ctx = open_round(args.round_dir, args.lab, args.profile)
             execute_run(ctx, args.run_id, args.attempts, say, gpus=gpus)
     except (KeyboardInterrupt, Interrupted):
         return 130
-    except RunError as e:
+    except LabctlError as e:  # a round that does not open (labctl.round.opened), a run that cannot start
         say(f"error: {e}")
         return 1
     return 0

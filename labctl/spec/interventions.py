@@ -18,7 +18,9 @@ class Trigger(Spec):
     repeated_tool_call: int | None = Field(default=None, ge=2)
     """The same tool call this many times in a row."""
     repeated_failure: int | None = Field(default=None, ge=2)
-    """The same command failing this many times in a row."""
+    """The same command failing with the same error this many times (read from the tool results
+    each request carries; other commands between the failures do not reset the count, the command
+    passing or failing differently does): `2` fires on the second identical failure."""
     elapsed: Duration | None = None
     """This much wall time has passed."""
 

@@ -7,7 +7,7 @@ that editors show on hover. Unknown keys are errors everywhere (`extra="forbid"`
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     ConfigDict,
@@ -24,6 +24,9 @@ from labctl.gguf.meta import GGUFMeta
 from labctl.gguf.tinyparams import TinyModelParams
 from labctl.spec.base import ID, Spec
 from labctl.spec.interventions import Interventions
+from labctl.spec.network import LAB_ONLY, Network
+from labctl.spec.options import Budgets, BuildOptions, Round, VerifierOptions
+from labctl.spec.pathology import PathologyThresholds
 from labctl.spec.profiles import Profile
 from labctl.spec.published import (
     BuildResult as BuildResult,  # re-exported: labctl.spec.lab is where records look
@@ -31,28 +34,10 @@ from labctl.spec.published import (
 from labctl.spec.published import Outcome as Outcome
 from labctl.spec.published import Published, PublishedSetup, TokenGap
 from labctl.spec.taskref import TaskRef
-from labctl.spec.units import COUNT_PATTERN, Count, Duration, Size, parse_count
+from labctl.spec.units import COUNT_PATTERN, Count, Size, parse_count
 
 CacheType = Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"]
 """KV cache element types llama-server accepts for `-ctk` / `-ctv`."""
-
-
-class BuildOptions(Spec):
-    """How images are built where the public internet is not (corporate proxies, air-gapped labs).
-    None of these change an image's input hash: they change where bytes come from, not which."""
-
-    ca_bundle: Path | None = None
-    """CA bundle (relative to the lab file) trusted by pip/npm/curl during image builds."""
-    pip_index_url: str | None = None
-    """A PyPI mirror for the agent runtime's dependencies."""
-    npm_registry: str | None = None
-    """An npm mirror for npm-based agent runtimes."""
-    image_mirrors: dict[str, str] = {}
-    """Image → the image to build from instead, keyed the way images are written (`ubuntu:24.04`,
-    `library/ubuntu:24.04` and `docker.io/library/ubuntu:24.04` are one key), e.g.
-    `"ubuntu:24.04": "debian:bookworm-slim"` (a local image works: lock pins its image id); a key
-    without a tag maps every tag, one ending in `/` is a prefix (`"docker.io/": "registry.lan:5000/hub/"`).
-    A profile's own mirrors win per key."""
 
 
 class LabInfo(Spec):
@@ -298,10 +283,11 @@ class NopContestant(ContestantBase):
 
 _KINDS = (LocalContestant, CloudContestant, OracleContestant, NopContestant)
 for _cls in _KINDS:
-    # Lets an error say "'provider' belongs to kind 'cloud'" instead of just "unknown key".
-    _cls.__kind_siblings__ = {  # type: ignore[attr-defined]
-        c.model_fields["kind"].annotation.__args__[0]: set(c.model_fields) for c in _KINDS
-    }
+    # Lets an error say "'provider' belongs to kind 'cloud'" instead of just "unknown key"; read back
+    # with getattr by spec/located.py, so set the same dynamic way.
+    setattr(_cls, "__kind_siblings__",  # noqa: B010
+            {get_args(c.model_fields["kind"].annotation)[0]: set(c.model_fields) for c in _KINDS})
+    setattr(_cls, "__lab_only__", LAB_ONLY)  # noqa: B010
 
 Contestant = Annotated[
     LocalContestant | CloudContestant | OracleContestant | NopContestant, Discriminator("kind")
@@ -317,32 +303,6 @@ class AgentRuntime(Spec):
     """Exact version of the runtime's package; locked to its distribution sha256."""
     options: dict[str, Any] = {}
     """Runtime-specific options (e.g. a config file or template settings)."""
-
-
-class Round(Spec):
-    """How a round is laid out: run ids, blinding, repeats, order."""
-
-    run_prefix: str = Field(default="run-", pattern=r"^[a-z][a-z0-9-]*$")
-    """Run ids are prefix + number, e.g. `run-10`."""
-    first_number: int = Field(default=10, ge=0)
-    """Number of the first run id."""
-    seal: bool = True
-    """Shuffle contestants onto run ids and commit to the mapping before anything runs."""
-    repeats: int = Field(default=1, ge=1, le=100)
-    """Runs per contestant and task (pass@k in a dataset's report needs k ≤ repeats)."""
-    randomize_order: bool = True
-    """Execute runs in a random order (else in run id order)."""
-
-
-class Budgets(Spec):
-    """Limits of one run; a run past any of them is stopped."""
-
-    wall_time: Duration = 3600.0
-    """Wall time of the agent, e.g. `45m`; the agent is told its deadline."""
-    tokens: Count | None = None
-    """Total tokens (prompt + completion) across the run, enforced at the proxy."""
-    steps: int | None = Field(default=None, ge=1)
-    """Agent steps (model calls); always set one for agents that cannot price local models."""
 
 
 class Lab(Spec):
@@ -365,9 +325,15 @@ class Lab(Spec):
     task: TaskRef
     round: Round = Round()
     budgets: Budgets = Budgets()
+    verifier: VerifierOptions = VerifierOptions()
     interventions: Interventions = Interventions()
+    pathology: PathologyThresholds = PathologyThresholds()
+    """Thresholds of the pathology flags in metrics.json and the report."""
     build: BuildOptions = BuildOptions()
     """Image build options for offline and corporate environments."""
+    network: Network = Network()
+    """What the task container (agent and verifier) may reach besides the meter: `none`, `allowlist`
+    (default: package registries + `allow`, through a logging gateway) or `open`."""
 
     def agent_for(self, c: Contestant) -> AgentRuntime | None:
         """The runtime that drives `c`: its own `agent:`, else the lab's (None for oracle and nop)."""

@@ -7,6 +7,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from labctl.errors import LabctlError
 from labctl.spec.dataset import combined_tree_sha256, find_tasks, task_trees
 from labctl.spec.lab import Lab, LocalContestant
 from labctl.spec.located import Document, Issue, SpecError, dotted, load_yaml, validate
@@ -15,6 +16,10 @@ from labctl.spec.task import task_problems
 from labctl.treehash import tree_sha256
 
 DEFAULT_LAB = Path("lab.yaml")
+
+
+class NotOneTaskError(LabctlError, ValueError):
+    """A dataset lab asked for its one task (a command that runs one task, given a dataset lab)."""
 
 
 @dataclass(frozen=True)
@@ -55,7 +60,7 @@ class LoadedLab:
         if self.only is not None:
             return self.tasks[self.only]
         if self.lab.task.path is None:
-            raise ValueError(f"{self.path} runs a dataset of {len(self.tasks)} tasks, not one task")
+            raise NotOneTaskError(f"{self.path} runs a dataset of {len(self.tasks)} tasks, not one task")
         return self.resolve(self.lab.task.path)
 
     def tree_sha256(self) -> str:

@@ -10,9 +10,10 @@ import difflib
 import re
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from ruamel.yaml import YAML
@@ -20,6 +21,9 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from labctl.errors import LabctlError
+
+M = TypeVar("M", bound=BaseModel)
+"""What `validate` returns: the model class it was given, so callers need no annotation or cast."""
 
 Loc = tuple[str | int, ...]
 
@@ -160,7 +164,7 @@ def plain(node: Any) -> Any:
 # --- pydantic errors → located issues ------------------------------------------------------------
 
 
-def validate(model: type[BaseModel], doc: Document, data: Any | None = None, *, prefix: Loc = ()):
+def validate(model: type[M], doc: Document, data: Any | None = None, *, prefix: Loc = ()) -> M:
     """Validate `data` (default: the whole document) as `model`; raise SpecError on failure."""
     try:
         return model.model_validate(plain(doc.root) if data is None else data)
@@ -202,7 +206,7 @@ _EXPECTED = {
 }
 
 
-def _message(e: dict[str, Any]) -> str:
+def _message(e: Mapping[str, Any]) -> str:
     """pydantic's wording, made to say what was expected and what was found."""
     kind, got = e["type"], e.get("input")
     if kind in ("literal_error", "enum") and "expected" in e.get("ctx", {}):
@@ -296,6 +300,8 @@ def _unknown_key_message(key: str, owner: type[BaseModel] | None, tag: str | Non
     if owner is None:
         return f"unknown key {key!r}"
     known = field_names(owner)
+    if key in (lab_only := getattr(owner, "__lab_only__", {})):
+        return f"{key!r} is not allowed here: {lab_only[key]}"
     elsewhere = getattr(owner, "__kind_siblings__", {})
     for other_kind, other_fields in elsewhere.items():
         if key in other_fields and other_kind != tag:

@@ -18,6 +18,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from labctl.spec.located import Document, SpecError, load_yaml, plain, validate
+from labctl.spec.network import LAB_ONLY
 from labctl.spec.units import Size, format_size
 
 BUILTIN_DIR = Path(str(resources.files("labctl.spec") / "builtin_profiles"))
@@ -27,6 +28,7 @@ class Profile(BaseModel):
     """A hardware profile: the GPUs, their memory and CUDA architecture, and host memory."""
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    __lab_only__ = LAB_ONLY
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
     """Short name used with `--profile`, e.g. `rtx5090-32g`."""

@@ -3,17 +3,36 @@
 Why one reader: validation (`labctl validate`), the lock, the image specs, the seal, the run and
 the grader all need pieces of task.toml; read in eight places they disagreed on what an absent or
 mistyped value means. Here every table is typed once, and every problem is reported the same way:
-`<task>/task.toml: [table] key: what is wrong`. Unknown keys are kept and ignored — a task written
-for Harbor (or a later Harbor) must load unchanged.
+`<task>/task.toml: [table] key: what is wrong`. Unknown keys are kept, never fatal — a task written
+for Harbor (or a later Harbor) must load unchanged — and reported (`task_warnings`: lock, validate and
+`task check` print them), with the keys of Harbor's schema labctl does not act on.
+
+The schema is Harbor's as its source reads it today (src/harbor/models/task/config.py): `memory` /
+`storage` as size strings ("2G", "512M", as Terminal-Bench 2 writes them; Harbor maps them onto
+`memory_mb` / `storage_mb` with 1G = 1024M), `cpus`, `allow_internet` (default true), timeouts,
+`docker_image` (a prebuilt image: labctl builds environment/Dockerfile when there is one and uses
+`docker_image` only when there is none), and a top-level `version` read as `schema_version`.
 """
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from labctl.errors import LabctlError
 
@@ -33,22 +52,62 @@ class _Table(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
 
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMG])\s*$", re.I)
+
+
+def size_mb(text: str) -> int:
+    """Harbor's size string in MiB: "2G" → 2048, "512M" → 512, "4096K" → 4 (its own arithmetic)."""
+    m = _SIZE.match(text)
+    if m is None:
+        raise ValueError(f"{text!r} is not a size like '2G', '512M' or '1024K'")
+    value, unit = float(m.group(1)), m.group(2).upper()
+    return int(value * 1024) if unit == "G" else int(value) if unit == "M" else int(value / 1024)
+
+
 class Environment(_Table):
     """`[environment]`: how Harbor builds and sizes the task's container."""
 
     docker_image: str | None = None
-    """A prebuilt image instead of environment/Dockerfile."""
+    """A prebuilt image; labctl uses it only when the task has no environment/Dockerfile."""
     cpus: StrictInt | StrictFloat | None = Field(default=None, gt=0)
     """CPUs for the agent's and the verifier's containers (every contestant gets the same)."""
     memory_mb: StrictInt | StrictFloat | None = Field(default=None, gt=0)
-    """Memory limit in MiB for the same containers."""
+    """Memory limit in MiB for the same containers (`memory = "2G"` sets it too)."""
+    storage_mb: StrictInt | StrictFloat | None = Field(default=None, gt=0)
+    """Disk in MiB (`storage = "10G"` sets it too); recorded, applied where the engine can
+    (`labctl.run.parts.resource_flags`)."""
+    memory: StrictStr | None = None
+    """Harbor's older size string for `memory_mb` ("2G", "512M"); `memory_mb` wins when both are given."""
+    storage: StrictStr | None = None
+    """The same for `storage_mb`."""
+    allow_internet: StrictBool = True
+    """Harbor's switch: false means no network for the task's containers (the lab's network policy
+    decides what true reaches)."""
+
+    @field_validator("memory", "storage")
+    @classmethod
+    def _size(cls, v: str | None) -> str | None:
+        if v is not None:
+            size_mb(v)
+        return v
+
+    @model_validator(mode="after")
+    def _sizes(self) -> Environment:
+        for text, field in ((self.memory, "memory_mb"), (self.storage, "storage_mb")):
+            if text is not None and getattr(self, field) is None:
+                object.__setattr__(self, field, size_mb(text))
+        return self
 
 
 class Verifier(_Table):
-    """`[verifier]`: how long tests/test.sh may take."""
+    """`[verifier]`: how long tests/test.sh may take, as whom, with which environment."""
 
     timeout_sec: StrictInt | StrictFloat = Field(default=DEFAULT_VERIFIER_TIMEOUT_S, gt=0)
     """Seconds; the verifier container's own deadline adds a grace period."""
+    env: dict[str, StrictStr] = {}
+    """Environment variables for tests/test.sh."""
+    user: StrictStr | StrictInt | None = None
+    """The user test.sh runs as; absent: the task image's user."""
 
 
 class Agent(_Table):
@@ -144,6 +203,10 @@ def _problems(toml: Path, errors: list[Any]) -> list[str]:
             msg = f"{key} must be a positive number"
         elif err["type"] == "string_type":
             msg = f"{key} must be a string"
+        elif err["type"] == "bool_type":
+            msg = f"{key} must be true or false"
+        elif err["type"] == "value_error":
+            msg = f"{key}: {str(err['msg']).removeprefix('Value error, ')}"
         else:
             msg = f"{key}: {err['msg']}"
         line = f"{toml}: [{'.'.join(table)}] {msg}"
@@ -170,6 +233,17 @@ def read_task(task_dir: Path) -> Task:
         raise TaskError(_problems(task_dir / "task.toml", e.errors())) from None
 
 
+def prebuilt_image(task_dir: Path, prefer_prebuilt: bool = False) -> str | None:
+    """The prebuilt image a task's image is made from, or None where labctl builds the task's
+    environment/Dockerfile: `[environment] docker_image` when the task has no Dockerfile, or when the
+    lab prefers prebuilt images (`build: {task_image: prebuilt}`) and the task names one. Beside a
+    Dockerfile (as Terminal-Bench 2 writes it) docker_image is otherwise a copy of what is built."""
+    has_dockerfile = (task_dir / "environment" / "Dockerfile").is_file()
+    if has_dockerfile and not prefer_prebuilt or not (task_dir / "task.toml").is_file():
+        return None
+    return read_task(task_dir).environment.docker_image
+
+
 def task_problems(task_dir: Path) -> list[str]:
     """Everything a run would trip over later, all at once (for `labctl validate`): the tables'
     problems and a repository path that is not a directory."""
@@ -188,3 +262,57 @@ def task_problems(task_dir: Path) -> list[str]:
     if isinstance(rel, str) and not (task_dir / rel).is_dir():
         problems.append(f"{toml}: [labctl.repository] path: no such directory: {task_dir / rel}")
     return problems
+
+
+KNOWN_KEYS: dict[tuple[str, ...], frozenset[str]] = {
+    (): frozenset({"schema_version", "version", "task", "metadata", "verifier", "agent", "environment",
+                   "solution", "source", "labctl"}),
+    ("task",): frozenset({"name", "version", "description", "authors", "keywords"}),
+    ("environment",): frozenset({"build_timeout_sec", "docker_image", "cpus", "memory_mb", "storage_mb",
+                                 "gpus", "gpu_types", "allow_internet", "network_mode", "allowed_hosts",
+                                 "mcp_servers", "env", "skills_dir", "healthcheck", "memory", "storage"}),
+    ("verifier",): frozenset({"timeout_sec", "env", "user", "network_mode", "allowed_hosts"}),
+    ("agent",): frozenset({"timeout_sec", "user", "network_mode", "allowed_hosts"}),
+    ("solution",): frozenset({"env"}),
+    ("labctl",): frozenset({"repository", "outcome", "report"}),
+    ("labctl", "repository"): frozenset({"path", "setup"}),
+    ("labctl", "report"): frozenset({"build_check", "screenshot_check", "build_command"}),
+}
+"""Every key of Harbor's task.toml schema (src/harbor/models/task/config.py) and of labctl's tables;
+`[metadata]` is free-form. A key outside these is reported as unknown."""
+NOT_ACTED_ON: frozenset[tuple[str, str]] = frozenset({
+    ("environment", "gpu_types"), ("environment", "mcp_servers"), ("environment", "env"),
+    ("environment", "skills_dir"), ("environment", "healthcheck"), ("environment", "network_mode"),
+    ("environment", "allowed_hosts"), ("verifier", "network_mode"), ("verifier", "allowed_hosts"),
+    ("agent", "user"), ("agent", "network_mode"), ("agent", "allowed_hosts"), ("solution", "env")})
+"""Harbor's keys that labctl reads past (`gpus` too, when not 0): reported so an author knows."""
+
+
+def task_warnings(task_dir: Path) -> list[str]:
+    """What task.toml says that labctl will not act on, one line each: keys that are in neither
+    Harbor's schema nor labctl's, and Harbor's keys labctl does not honour. Never fatal."""
+    toml = task_dir / "task.toml"
+    try:
+        data = _load(toml)
+    except TaskError:
+        return []
+    out: list[str] = []
+
+    def walk(table: tuple[str, ...], value: Any) -> None:
+        known = KNOWN_KEYS.get(table)
+        if known is None or not isinstance(value, dict):
+            return
+        where = f"[{'.'.join(table)}]" if table else "(top level)"
+        for key, sub in value.items():
+            if key not in known:
+                out.append(f"{toml}: {where} {key}: unknown key, ignored")
+            elif (table[-1:] + (key,)) in NOT_ACTED_ON and len(table) == 1:
+                out.append(f"{toml}: {where} {key}: Harbor's key, not acted on by labctl")
+            elif table == ("environment",) and key == "gpus" and sub:
+                out.append(f"{toml}: {where} gpus: Harbor's key, not acted on by labctl (a task "
+                           "container gets no GPU)")
+            else:
+                walk((*table, key), sub)
+
+    walk((), data)
+    return out

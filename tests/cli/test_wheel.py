@@ -63,8 +63,9 @@ def test_init_validate_build_outside_the_checkout(installed: Path, tmp_path: Pat
     lab = lab_dir / "lab.yaml"
     done = labctl(installed, "validate", lab, cwd=lab_dir)
     assert done.returncode == 0, done.stderr
-    # The controls only: their images are the task's, the oracle's, the nop's and labctl's own, all
-    # from the installed Dockerfiles (the local contestant's llama.cpp build is tested elsewhere).
+    # The controls only: their images are the task's, the oracle's, the nop's, labctl's own and the
+    # egress gateway (the default network policy is `allowlist`), all from the installed Dockerfiles
+    # (the local contestant's llama.cpp build is tested elsewhere).
     text = lab.read_text()
     start, end = text.index("  - id: tiny\n"), text.index("  - id: oracle")
     lab.write_text(text[:start] + text[end:])
@@ -81,5 +82,5 @@ def test_init_validate_build_outside_the_checkout(installed: Path, tmp_path: Pat
     done = labctl(installed, "build", lab, "--json", cwd=lab_dir)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     images = {i["name"]: i["status"] for i in json.loads(done.stdout)["images"]}
-    assert set(images) == {"task-hello", "agent-oracle", "agent-nop", "labctl"}, images
+    assert set(images) == {"task-hello", "agent-oracle", "agent-nop", "labctl", "egress-gateway"}, images
     assert set(images.values()) <= {"built", "cached"}, images

@@ -1,7 +1,8 @@
 """A run's sandbox against the real kernel and a real Docker engine: real listeners on the host (one
-on 0.0.0.0, one on `::`) must be unreachable from the agent, the meter, the model server and the
-verifier, through docker0's gateway, the run networks' own gateways and every other address of the
-host, IPv4 and IPv6; the agent still reaches the meter and never the model server; the fence's
+on 0.0.0.0, one on `::`) must be unreachable from the agent, the meter, the model server, the egress
+gateway (on its routed bridge) and the verifier, through docker0's gateway, the run networks' own
+gateways and every other address of the host, IPv4 and IPv6; the agent still reaches the meter and
+never the model server; the fence's
 rules are gone after cleanup and after `labctl down` (a killed labctl), and a resumed run removes
 what a killed attempt left. The fence is applied as root here (CI) and, in one test, through the
 helper container a non-root user gets."""
@@ -21,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from labctl.engine.commands import Docker, label_flags
-from labctl.engine.container import detect_engine
+from labctl.engine.container import Engine, detect_engine
 from labctl.engine.fence import Fence, Netfilter, matching_rules
+from labctl.engine.names import label_flags
 from labctl.images.build import build_all
 from labctl.images.specs import lab_images, settings_for
 from labctl.lock.lockfile import lock_path, read_lock, write_lock
@@ -94,7 +95,7 @@ def host_addresses() -> list[str]:
     return found
 
 
-def gateways(docker: Docker, network: str) -> list[str]:
+def gateways(docker: Engine, network: str) -> list[str]:
     got = docker("network", "inspect", "--format", "{{range .IPAM.Config}}{{.Gateway}} {{end}}", network)
     return got.stdout.split()
 
@@ -103,13 +104,13 @@ def targets(addresses: list[str], listeners: list[Listener]) -> list[str]:
     return [f"{a}/{one.port}" for a in dict.fromkeys(addresses) for one in listeners]
 
 
-def probe(docker: Docker, container: str, to: list[str]) -> set[str]:
+def probe(docker: Engine, container: str, to: list[str]) -> set[str]:
     done = docker("exec", "-u", "0", container, "bash", "-c", PROBE, "probe", *to, timeout=60)
     return {line.split()[1] for line in done.stdout.splitlines() if line.startswith("open ")}
 
 
 def round_rules(round_id: str) -> list[str]:
-    return Fence(Netfilter(Docker.detect()), round_id).rules()
+    return Fence(Netfilter(detect_engine()), round_id).rules()
 
 
 def test_no_container_of_a_local_run_reaches_the_host(tmp_path: Path, listeners: list[Listener]) -> None:
@@ -119,7 +120,7 @@ def test_no_container_of_a_local_run_reaches_the_host(tmp_path: Path, listeners:
     rd = seal(lab, tmp_path)
     ctx = open_round(rd, lab)
     run_id = ctx.sealed.order[0]
-    d = Docker.detect()
+    d = detect_engine()
     session = RunSession(ctx, run_id)
     # What a killed attempt of this run left behind: resuming it removes it first.
     session.fence.nf(f"$ipt -w -I INPUT 1 -i lcstale0 -m comment --comment {session.fence.tag} -j DROP\n",
@@ -131,15 +132,20 @@ def test_no_container_of_a_local_run_reaches_the_host(tmp_path: Path, listeners:
         rules = session.fence.rules()
         assert not any("lcstale0" in r for r in rules)
         bridges = {r.split()[r.split().index("-i") + 1] for r in rules}
-        assert len(bridges) == 2  # the agent's network and the model's; never the stale one
-        per_family = 2 * len(bridges)  # INPUT and FORWARD per bridge
+        # the agent's network, the model's and the egress gateway's routed bridge (the lab's default
+        # policy, allowlist); never the stale one
+        assert len(bridges) == 3
+        # INPUT and FORWARD per internal bridge; on the routed one INPUT and FORWARD to link-local only
+        per_family = 2 * 2 + 2
         assert len(rules) in (per_family, 2 * per_family)  # ip6tables too wherever the kernel has IPv6
         if Path("/proc/net/if_inet6").exists():
             assert len(rules) == 2 * per_family
-        everywhere = (host_addresses() + gateways(d, names["net-agent"]) + gateways(d, names["net-model"]))
+        outside = session.egress.name("net-outside")
+        everywhere = (host_addresses() + gateways(d, names["net-agent"]) + gateways(d, names["net-model"])
+                      + gateways(d, outside))
         to = targets(everywhere, listeners)
-        for role in ("agent", "meter", "server"):
-            assert probe(d, names[role], to) == set(), role
+        for container in (names["agent"], names["meter"], names["server"], session.egress.name("gateway")):
+            assert probe(d, container, to) == set(), container
         assert listeners[0].peers == [] and listeners[1].peers == []
         # The one way that is open: agent → meter. The model server is on another network.
         assert probe(d, names["agent"], [f"meter/{PORT}"]) == {f"meter/{PORT}"}
@@ -204,7 +210,7 @@ def test_ipv6_is_fenced_too_and_a_non_root_user_gets_the_helper(
     [built] = build_all(detect_engine(), [spec], log_dir=tmp_path / "logs")
     assert built.status != "failed", built.error
     helper = spec.tag
-    d = Docker.detect()
+    d = detect_engine()
     rid, run_id = f"fence-{uuid.uuid4().hex[:8]}", "run-1"
     labels = {"labctl.round": rid, "labctl.run": run_id}
     subnet = f"fd42:{uuid.uuid4().hex[:4]}:{uuid.uuid4().hex[:4]}::/64"
@@ -238,7 +244,7 @@ def test_ipv6_is_fenced_too_and_a_non_root_user_gets_the_helper(
 def test_clearing_rules_another_cleanup_already_removed(monkeypatch: pytest.MonkeyPatch) -> None:
     """`labctl down` lists a run's rules while the run's own cleanup deletes them: a rule gone between
     the listing and the delete is fine, and what is still there is deleted (CI's failure of stop 22)."""
-    fence = Fence(Netfilter(Docker.detect()), f"race-{uuid.uuid4().hex[:8]}", "run-1")
+    fence = Fence(Netfilter(detect_engine()), f"race-{uuid.uuid4().hex[:8]}", "run-1")
     plant = "".join(f"$ipt -w -I INPUT 1 -i {dev} -m comment --comment {fence.tag} -j DROP\n"
                     for dev in ("lcrace0", "lcrace1"))
     fence.nf(plant, "plant two rules")

@@ -201,12 +201,6 @@ def test_params_frozen_and_hashable() -> None:
 # ------------------------------------------------------------------ llama-server
 
 
-@pytest.fixture(scope="module")
-def llama_server() -> Path:
-    """The llama-server binary; built by scripts/build-llama-server.sh when missing (never a skip)."""
-    return llamaserver.find_binary(build=True)
-
-
 @pytest.mark.llama
 @pytest.mark.parametrize(
     "kwargs",

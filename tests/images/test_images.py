@@ -25,15 +25,12 @@ from typing import Any
 
 import httpx
 import pytest
-import typer
 from python_on_whales import DockerClient
 from python_on_whales.exceptions import DockerException
-from typer.testing import CliRunner
 
 from labctl.agents import Invocation, adapter, check_no_secrets
 from labctl.agents.base import AgentConfigError, wrapper_script
-from labctl.cli.build import build_command, images_command
-from labctl.engine.container import BuildRequest, CommandResult, DockerEngine, ImageInfo, PodmanEngine
+from labctl.engine.container import BuildRequest, CommandResult, Engine, ImageInfo, PodmanEngine
 from labctl.gguf.tiny import TinyModelParams, write_tiny_gguf
 from labctl.images.build import build_all, prune_build_stages, version_text
 from labctl.images.context import pin_dockerfile
@@ -66,6 +63,7 @@ from labctl.spec.load import LoadedLab, load_lab
 from labctl.spec.profiles import find_profile
 from labctl.treehash import tree_sha256
 from tests.conftest import BASE_IMAGE, ROOT, remove_labelled
+from tests.helpers import run_cli as cli
 
 SDIST_SHA = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"  # llama-cpp-python 0.3.36
 AGENT_SHA = "a35463c553ac825c7773b03cfa69cd44958e3af20155dcc5711fdf9e4c67cd54"  # mini-swe-agent 2.4.6 wheel
@@ -121,16 +119,6 @@ def hashes(loaded: LoadedLab, lock: Lock, settings: BuildSettings, profile: str 
            ) -> dict[str, str]:
     prof = find_profile(profile) if profile else None
     return {s.name: s.input_hash() for s in lab_images(loaded, lock, prof, settings)}
-
-
-def cli(*args: str | Path) -> tuple[int, str, str]:
-    app = typer.Typer()
-    app.command("build")(build_command)
-    app.command("images")(images_command)
-    result = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=True)
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.stdout, result.stderr
 
 
 class FakeEngine:
@@ -219,7 +207,7 @@ def test_lab_images_hashes_move_only_with_their_inputs(tmp_path: Path, monkeypat
     base = BuildSettings(cache=tmp_path / "cache")
     h0 = hashes(loaded, lock, base)
     assert list(h0) == ["llama-server", "task-smoke-hello", "agent-mini-swe-agent", "agent-oracle",
-                        "agent-nop", "labctl"]
+                        "agent-nop", "labctl", "egress-gateway"]
     transport = BuildSettings(namespace="other", ca_bundle=HOST_CA, pip_index_url="http://pypi.lan/simple",
                               mirrors={"docker.io/": "mirror.lan/"}, extra_labels={"k": "v"},
                               cache=tmp_path / "cache")
@@ -318,7 +306,7 @@ def test_pin_dockerfile_rewrites_external_images_only() -> None:
 
 def test_build_commands_and_gpu_options(monkeypatch: pytest.MonkeyPatch) -> None:
     req = BuildRequest(Path("/ctx"), Path("/df"), "ns/x:1", {"A": "1"}, {"l": "v"}, "server")
-    docker = DockerEngine(DockerClient(client_call=["docker"]))
+    docker = Engine(DockerClient(client_call=["docker"]))
     docker._builder = "classic"
     cmd, env = docker.build_command(req)
     assert Path(cmd[0]).name == "docker" and cmd[1] == "build" and env == {"DOCKER_BUILDKIT": "0"}
@@ -506,7 +494,7 @@ class Built:
     lock: Lock
     first: dict[str, Any]
     canary: str
-    engine: DockerEngine
+    engine: Engine
 
     def image(self, name: str) -> dict[str, Any]:
         return next(i for i in self.first["images"] if i["name"] == name)
@@ -522,7 +510,7 @@ def built_smoke(docker_engine: DockerClient, tmp_path_factory: pytest.TempPathFa
     lock = make_lock(loaded, base=docker_engine.image.inspect(BASE_IMAGE).id)
     write_lock(lock_path(lab), lock)
     namespace, canary = f"labctl-test-{suffix}", f"sk-canary-{uuid.uuid4().hex}"
-    engine = DockerEngine(docker_engine)
+    engine = Engine(docker_engine)
     args = ["build", str(lab), "--json"] + (["--ca-bundle", str(HOST_CA)] if HOST_CA.is_file() else [])
     result: Built | None = None
     try:
@@ -554,12 +542,13 @@ def _tail(path: str, lines: int = 40) -> str:
 @pytest.mark.docker
 def test_build_twice_second_run_is_all_cached(built_smoke: Built, monkeypatch: pytest.MonkeyPatch) -> None:
     first = built_smoke.first
-    assert [i["status"] for i in first["images"]] == ["built"] * 6, first
+    # llama-server, the task, mini-swe-agent, oracle, nop, labctl and the egress gateway (allowlist)
+    assert [i["status"] for i in first["images"]] == ["built"] * 7, first
     monkeypatch.setenv(NAMESPACE_ENV, built_smoke.namespace)
     code, stdout, _ = cli("build", built_smoke.lab, "--json")  # its speed: benchmarks/build_cached.py
     assert code == 0
     second = json.loads(stdout)["images"]
-    assert [i["status"] for i in second] == ["cached"] * 6
+    assert [i["status"] for i in second] == ["cached"] * 7
     assert [i["image_id"] for i in second] == [i["image_id"] for i in first["images"]]
     code, stdout, _ = cli("images", built_smoke.lab, "--json")
     listed = json.loads(stdout)["images"]
@@ -686,7 +675,7 @@ def test_cuda_13_refuses_pre_turing_arches() -> None:
 
 
 def test_failing_step_names_the_step_and_suggests_mirrors(tmp_path: Path) -> None:
-    from labctl.engine.container import failing_step
+    from labctl.engine.buildlog import failing_step
 
     log = tmp_path / "b.log"
     log.write_text("$ docker build …\nStep 1/3 : FROM debian:bookworm-slim\n ---> 897d745f49bb\n"
@@ -720,7 +709,7 @@ def test_a_failing_dockerfile_says_which_step_and_where_the_log_is(tmp_path: Pat
     (tmp_path / "Dockerfile").write_text("FROM debian:bookworm-slim\nRUN echo preparing\nRUN exit 3\n")
     log = tmp_path / "build.log"
     with open(log, "w") as f, pytest.raises(BuildFailed) as info:
-        DockerEngine().build(BuildRequest(tmp_path, tmp_path / "Dockerfile", "labctl-test/fails:1",
+        Engine().build(BuildRequest(tmp_path, tmp_path / "Dockerfile", "labctl-test/fails:1",
                                           {}, labctl_labels), f)
     assert "RUN exit 3" in str(info.value) and info.value.log == log
 

@@ -2,7 +2,7 @@
 when the lab maps its base to a local image: `labctl lock` pins the local image's id and records both
 names, `labctl round` builds from the mirror and the controls come out right (oracle Complete, nop
 Failed). Without the map, lock says which image, the map and the exact line to add. No registry is
-ever contacted: Docker Hub's endpoint is a closed loopback port."""
+ever contacted: Engine Hub's endpoint is a closed loopback port."""
 
 from __future__ import annotations
 

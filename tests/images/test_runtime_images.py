@@ -16,7 +16,8 @@ import pytest
 from python_on_whales import DockerClient
 
 from labctl.agents import adapter
-from labctl.engine.container import DockerEngine
+from labctl.agents.base import AGENTS_ROOT
+from labctl.engine.container import Engine
 from labctl.images.build import build_all, prune_build_stages
 from labctl.images.model import ImageSpec
 from labctl.images.specs import lab_images, settings_for
@@ -49,43 +50,57 @@ class RuntimeImage:
     runtime: str
     lock: Lock
     spec: ImageSpec
-    engine: DockerEngine
+    engine: Engine
+
+
+class RuntimeImages:
+    """Each runtime's image, built the first time a test asks for it (so `-k qwen-code` builds one
+    image, not six: an npm runtime's is ~1 GB and slow to build on a small machine)."""
+
+    def __init__(self, docker: DockerClient, tmp: pytest.TempPathFactory) -> None:
+        self.docker, self.tmp, self.engine = docker, tmp, Engine(docker)
+        self.built: dict[str, RuntimeImage] = {}
+        self.build_ids: list[str] = []
+
+    def __getitem__(self, runtime: str) -> RuntimeImage:
+        if runtime not in self.built:
+            self.built[runtime] = self._build(runtime, RUNTIMES[runtime])
+        return self.built[runtime]
+
+    def _build(self, runtime: str, version: str) -> RuntimeImage:
+        tmp = self.tmp.mktemp(f"rt-{runtime}")
+        lab = smoke_lab(tmp, name=f"rt-{runtime}", edit={
+            "runtime: mini-swe-agent\n  version: 2.4.6": f"runtime: {runtime}\n  version: {version}"})
+        loaded = load_lab(lab)
+        lock = make_lock(loaded, base=self.docker.image.inspect(BASE_IMAGE).id)
+        if runtime != "mini-swe-agent":  # mini-swe-agent: the tree recorded from PyPI (tests/pins),
+            # as the smoke lab's lock has it, so the image is the one the smoke round uses
+            lock = lock.model_copy(update={"agent": lock_runtime(runtime, version)})
+        settings = settings_for(loaded, ca_bundle=HOST_CA if HOST_CA.is_file() else None)
+        specs = {s.name: s for s in lab_images(loaded, lock, settings=settings)}
+        wanted = [specs["task-smoke-hello"], specs[f"agent-{runtime}"]]
+        results = build_all(self.engine, wanted, log_dir=tmp / "logs")
+        self.build_ids += [r.build_id for r in results if getattr(r, "build_id", None)]
+        failed = [r for r in results if r.status == "failed"]
+        assert not failed, [(r.name, r.log) for r in failed]
+        return RuntimeImage(runtime, lock, wanted[1], self.engine)
 
 
 @pytest.fixture(scope="session")
 def runtime_images(docker_engine: DockerClient, tmp_path_factory: pytest.TempPathFactory
-                   ) -> Iterator[dict[str, RuntimeImage]]:
+                   ) -> Iterator[RuntimeImages]:
     """Each runtime's image as `labctl build` names it (the shared namespace, like test_runner's
     images): one build per runtime per session, reused by the round tests that need the same image."""
-    engine = DockerEngine(docker_engine)
-    out: dict[str, RuntimeImage] = {}
-    build_ids: list[str] = []
+    images = RuntimeImages(docker_engine, tmp_path_factory)
     try:
-        for runtime, version in RUNTIMES.items():
-            tmp = tmp_path_factory.mktemp(f"rt-{runtime}")
-            lab = smoke_lab(tmp, name=f"rt-{runtime}", edit={
-                "runtime: mini-swe-agent\n  version: 2.4.6": f"runtime: {runtime}\n  version: {version}"})
-            loaded = load_lab(lab)
-            lock = make_lock(loaded, base=docker_engine.image.inspect(BASE_IMAGE).id)
-            if runtime != "mini-swe-agent":  # mini-swe-agent: the tree recorded from PyPI (tests/pins),
-                # as the smoke lab's lock has it, so the image is the one the smoke round uses
-                lock = lock.model_copy(update={"agent": lock_runtime(runtime, version)})
-            settings = settings_for(loaded, ca_bundle=HOST_CA if HOST_CA.is_file() else None)
-            specs = {s.name: s for s in lab_images(loaded, lock, settings=settings)}
-            wanted = [specs["task-smoke-hello"], specs[f"agent-{runtime}"]]
-            results = build_all(engine, wanted, log_dir=tmp / "logs")
-            build_ids += [r.build_id for r in results if getattr(r, "build_id", None)]
-            failed = [r for r in results if r.status == "failed"]
-            assert not failed, [(r.name, r.log) for r in failed]
-            out[runtime] = RuntimeImage(runtime, lock, wanted[1], engine)
-        yield out
+        yield images
     finally:
-        prune_build_stages(engine, build_ids)
+        prune_build_stages(images.engine, images.build_ids)
 
 
 @pytest.mark.docker
 @pytest.mark.parametrize("runtime", sorted(RUNTIMES))
-def test_runtime_image_runs_with_no_network(runtime_images: dict[str, RuntimeImage], runtime: str) -> None:
+def test_runtime_image_runs_with_no_network(runtime_images: RuntimeImages, runtime: str) -> None:
     """Baked, not fetched: the runtime answers its check command in a container without a network."""
     image = runtime_images[runtime]
     got = image.engine.run(image.spec.tag, adapter(runtime).check_command(), network="none")
@@ -97,9 +112,40 @@ def test_runtime_image_runs_with_no_network(runtime_images: dict[str, RuntimeIma
         assert node.stdout.strip() == f"v{NODE_VERSION}"
 
 
+UNEXECUTABLE_ELF = r"""
+for f in $(find "$1" -type f ! -name '*.so' ! -name '*.so.*' ! -name '*.node'); do
+  [ -x "$f" ] && continue
+  [ "$(head -c 4 "$f" | tail -c 3)" = ELF ] && echo "$f"
+done
+exit 0
+"""
+"""sh: the ELF programs under $1 that this user cannot execute (shared objects are loaded, not run)."""
+BUNDLED = {"qwen-code": ("node_modules/@qwen-code/qwen-code/vendor/ripgrep/x64-linux/rg", "ripgrep ")}
+"""Programs a runtime bundles and spawns itself, with the start of their `--version` line."""
+
+
 @pytest.mark.docker
 @pytest.mark.parametrize("runtime", sorted(RUNTIMES))
-def test_runtime_image_rebuild_is_a_no_op(runtime_images: dict[str, RuntimeImage], runtime: str,
+def test_runtime_binaries_run_as_the_agent_user(runtime_images: RuntimeImages, runtime: str) -> None:
+    """The runtime's command, every ELF program of its tree and the tools it bundles run as the agent
+    image's non-root user (qwen-code's packed `vendor/ripgrep/x64-linux/rg` was 0644: `rg EACCES`)."""
+    image = runtime_images[runtime]
+    run, tag = image.engine.run, image.spec.tag
+    assert run(tag, ["id", "-un"], network="none").stdout.strip() == "agent"  # the image's own user
+    got = run(tag, adapter(runtime).check_command(), user="agent", network="none")
+    assert got.returncode == 0, got.stderr[-2000:]
+    tree = f"{AGENTS_ROOT}/{runtime}"
+    denied = run(tag, ["sh", "-c", UNEXECUTABLE_ELF, "scan", tree], user="agent", network="none")
+    assert denied.returncode == 0 and denied.stdout.split() == [], denied.stdout[-2000:] + denied.stderr
+    if (bundled := BUNDLED.get(runtime)) is not None:
+        path, banner = bundled
+        tool = run(tag, [f"{tree}/{path}", "--version"], user="agent", network="none")
+        assert tool.returncode == 0 and tool.stdout.startswith(banner), (tool.stdout, tool.stderr)
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("runtime", sorted(RUNTIMES))
+def test_runtime_image_rebuild_is_a_no_op(runtime_images: RuntimeImages, runtime: str,
                                           tmp_path: Path) -> None:
     """Built once, the same locked runtime is the same image: a second build does nothing (how fast
     that is: benchmarks/build_cached.py)."""
@@ -109,7 +155,7 @@ def test_runtime_image_rebuild_is_a_no_op(runtime_images: dict[str, RuntimeImage
 
 
 @pytest.mark.docker
-def test_lock_records_the_whole_tree(runtime_images: dict[str, RuntimeImage]) -> None:
+def test_lock_records_the_whole_tree(runtime_images: RuntimeImages) -> None:
     mini = runtime_images["mini-swe-agent"].lock.agent
     assert mini is not None and mini.wheels is not None
     names = {w.name for w in mini.wheels}
@@ -124,7 +170,7 @@ def test_lock_records_the_whole_tree(runtime_images: dict[str, RuntimeImage]) ->
 
 
 @pytest.mark.docker
-def test_a_changed_hash_stops_the_build_on_the_host(runtime_images: dict[str, RuntimeImage],
+def test_a_changed_hash_stops_the_build_on_the_host(runtime_images: RuntimeImages,
                                                     tmp_path: Path) -> None:
     """A wheel whose bytes do not match the lock, or an npm tarball whose integrity does not, is never
     put into an image: the host refuses it before any build."""

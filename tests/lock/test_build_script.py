@@ -8,6 +8,7 @@ for minutes: what is tested is the script's own checks, which no real PyPI file 
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import os
@@ -48,14 +49,16 @@ def sdist_bytes(version: str = V, marker: str = "") -> bytes:
     files = {f"llama_cpp_python-{version}/vendor/llama.cpp/CMakeLists.txt": f"project(llama){marker}\n",
              f"llama_cpp_python-{version}/CHANGELOG.md":
                  f"## [{version}]\n\n- feat: Update llama.cpp to ggml-org/llama.cpp@0c1e57098\n"}
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
         for name, text in files.items():
             data = text.encode()
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
+    # mtime 0: gzip would stamp the current second into its header, and two calls a second apart
+    # would give two different "same" sdists.
+    return gzip.compress(raw.getvalue(), mtime=0)
 
 
 def run_script(tmp: Path, sdist: bytes, **env: str) -> subprocess.CompletedProcess[str]:

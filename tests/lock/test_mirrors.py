@@ -12,7 +12,8 @@ from labctl.images.model import ImageError, ImageSpec
 from labctl.images.specs import _Pinner
 from labctl.lock.lockfile import ImageLock, Lock, SourceLock, TaskLock
 from labctl.lock.mirrors import describe, fix_line, mirror_target, normal_key
-from labctl.lock.registry import RegistryError, apply_mirrors, parse_reference, resolve_image
+from labctl.lock.reference import RegistryError, parse_reference
+from labctl.lock.registry import apply_mirrors, resolve_image
 
 CLOSED = "http://127.0.0.1:9"
 """A loopback port nothing listens on: "cannot reach" at once, never the internet."""
@@ -112,7 +113,7 @@ def test_a_build_that_cannot_pull_its_base_names_image_map_and_fix(tmp_path: Pat
                                                                    labctl_labels) -> None:
     """A real build whose pinned base sits on a registry that does not answer (a closed loopback
     port): the failure names the image as written, the mirror, the map and the line to paste."""
-    from labctl.engine.container import DockerEngine
+    from labctl.engine.container import Engine
     from labctl.images.build import build_all
 
     mirrors = {"docker.io/": "127.0.0.1:9/"}
@@ -124,7 +125,7 @@ def test_a_build_that_cannot_pull_its_base_names_image_map_and_fix(tmp_path: Pat
                      context=ctx, labels=labctl_labels)
     base = _Pinner(_lock({"ubuntu:24.04": pinned}), mirrors)("ubuntu:24.04", spec)
     (tmp_path / "Dockerfile").write_text(f"FROM {base}\nRUN true\n")
-    [result] = build_all(DockerEngine(), [spec], log_dir=tmp_path / "logs")
+    [result] = build_all(Engine(), [spec], log_dir=tmp_path / "logs")
     assert result.status == "failed"
     said = result.error or ""
     assert "a base image could not be pulled" in said, said

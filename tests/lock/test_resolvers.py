@@ -19,14 +19,13 @@ from python_on_whales import DockerClient
 
 from labctl.lock.gitref import GitRefError, fetch_source, lock_path_source, resolve_git
 from labctl.lock.packages import PackageError, resolve_package, resolve_pypi
+from labctl.lock.reference import RegistryError, parse_reference
 from labctl.lock.registry import (
     DockerfileError,
-    RegistryError,
     apply_mirrors,
     dockerfile_bases,
     image_references,
     parse_challenge,
-    parse_reference,
     registry_digest,
     registry_endpoint,
     resolve_image,
@@ -329,7 +328,7 @@ def test_registry_digest_matches_docker_push(docker_engine: DockerClient, labctl
         digest = pushed.split("@", 1)[1]
         assert resolve_image(tag, docker=docker_engine).model_dump(exclude_none=True) == {"digest": digest,
                                                                           "source": "registry"}
-        # An air-gapped lab: Docker Hub names rewritten to the local mirror; docker.io is never asked.
+        # An air-gapped lab: Engine Hub names rewritten to the local mirror; docker.io is never asked.
         mirrors = {"docker.io/labctl-test/": f"{host}/labctl-test/"}
         hub = {"docker.io": f"http://127.0.0.1:{free_port()}"}
         assert resolve_image("labctl-test/base:1", mirrors=mirrors, endpoints=hub).digest == digest

@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from labctl.meter.state import MeterConfig, MeterState, Recorder
 from labctl.meter.transcript import call_signature, inject_user_text
 from labctl.spec.interventions import Interventions
 from tests.fake_upstream import FINGERPRINT, MODEL, FakeUpstream, Reply, serve_fake
+from tests.helpers import meter_records as records
 
 ROOT = Path(__file__).resolve().parents[2]
 ALIAS = "run-10"
@@ -60,16 +60,6 @@ def client() -> httpx.Client:
     return httpx.Client(timeout=20, trust_env=False)
 
 
-def records(tmp_path: Path, n: int, kind: str = "exchange") -> list[dict[str, Any]]:
-    """The transcript's records of `kind`, once at least n exchanges are written (the meter records
-    after the agent has its answer)."""
-    path = tmp_path / "transcript.jsonl"
-    deadline = time.monotonic() + 10
-    while True:
-        lines = [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
-        if sum(r["kind"] == "exchange" for r in lines) >= n or time.monotonic() > deadline:
-            return [r for r in lines if r["kind"] == kind]
-        time.sleep(0.01)
 
 
 def post(base: str, dialect: str, body: dict[str, Any]) -> httpx.Response:

@@ -13,12 +13,13 @@ from typing import Any
 import pytest
 
 from labctl.meter import blobs
+from labctl.meter.readback import transcript_records
 from labctl.meter.sserelay import StreamRelay, parse_events
 from labctl.meter.transcript import Reassembler, rewrite_identity
 from labctl.report.data import transcript_summary
 from labctl.round.verify import verify_round
-from labctl.run.parts import transcript_records
 from tests.fake_upstream import FINGERPRINT, MODEL, Reply, serve_fake
+from tests.helpers import meter_records as records
 from tests.meter.test_meter import (
     ALIAS,
     CALL,
@@ -32,7 +33,6 @@ from tests.meter.test_meter import (
     metered,
     neutral,
     post,
-    records,
     stream,
 )
 

@@ -7,7 +7,6 @@ llama.cpp timings, the run's state counts requests, tool calls and tokens, budge
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +20,7 @@ from labctl.meter.sse import SSESplitter, sse_fields
 from labctl.meter.sserelay import parse_events
 from labctl.meter.state import MeterConfig
 from labctl.meter.transcript import inject_user_text, reassembler
+from tests.helpers import meter_records as records
 from tests.scripted_model import MODEL, Plan, serve_scripted, shell_arguments, shell_tool, tool_schemas
 
 ALIAS = "run-7"
@@ -60,15 +60,6 @@ def answer(dialect: str, resp: httpx.Response, raw: bytes) -> dict[str, Any]:
     return {**asm.response(), "models": asm.upstream_models}
 
 
-def records(tmp_path: Path, n: int) -> list[dict[str, Any]]:
-    path = tmp_path / "transcript.jsonl"
-    deadline = time.monotonic() + 10
-    while True:
-        lines = [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
-        got = [r for r in lines if r["kind"] == "exchange"]
-        if len(got) >= n or time.monotonic() > deadline:
-            return got
-        time.sleep(0.02)
 
 
 def first_request(dialect: str, stream: bool, text: str = "Make hello.txt.") -> dict[str, Any]:

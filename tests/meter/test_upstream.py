@@ -164,21 +164,27 @@ def test_a_body_without_length_ends_with_the_connection() -> None:
 @pytest.mark.parametrize("length", [b"Content-Length: 10\r\n", b""], ids=["with length", "close-delimited"])
 def test_a_stall_past_the_read_timeout_is_a_timeout_error(length: bytes) -> None:
     """Never the part that came as if it were the whole body, whichever way the body is framed."""
+    release = asyncio.Event()  # the server stalls until the test has its answer
+
     async def answer(head: bytes, w: asyncio.StreamWriter) -> bool:
         w.write(b"HTTP/1.1 200 OK\r\n" + length + b"\r\n12345")
         await w.drain()
-        await asyncio.sleep(5)
+        await release.wait()
         return False
 
     async def main() -> None:
         async with Server(answer) as url:
             pool = Pool(url, read_timeout_s=0.3)
-            loop = asyncio.get_running_loop()
-            t0 = loop.time()
-            with pytest.raises(UpstreamTimeout) as caught:
+            async def call() -> None:
                 async with pool.request("POST", "/x", b"{}") as up:
                     await up.read()
-            assert isinstance(caught.value, TimeoutError) and loop.time() - t0 < 3
+
+            with pytest.raises(UpstreamTimeout) as caught:  # the guard's plain TimeoutError fails it
+                await asyncio.wait_for(call(), 60)
+            # The server still holds the connection open: the read timeout ended the wait, not the
+            # server's close.
+            assert isinstance(caught.value, TimeoutError) and not release.is_set()
+            release.set()
             await pool.close()
     run(main())
 
@@ -222,20 +228,31 @@ def test_nothing_listening_is_a_connect_error() -> None:
 def test_a_slow_reader_pauses_the_socket_instead_of_buffering_everything() -> None:
     size = 16 * HIGH_WATER
 
+    sent = 0
+
     async def answer(head: bytes, w: asyncio.StreamWriter) -> bool:
+        nonlocal sent
         w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
         for _ in range(size // 65536):
             w.write(b"x" * 65536)
             await w.drain()
+            sent += 65536
         return True
 
     async def main() -> None:
         async with Server(answer) as url:
             pool = Pool(url)
             async with pool.request("GET", "/big") as up:
-                await asyncio.sleep(0.5)  # the agent is slow
                 conn = up._conn
+                # The agent reads nothing: wait for the client's state to say "paused" (an event,
+                # not a sleep); the guard only keeps a client that never pauses from hanging.
+                guard = asyncio.get_running_loop().time() + 60
+                while not conn.paused and asyncio.get_running_loop().time() < guard:
+                    await asyncio.sleep(0.005)
                 assert conn.paused and conn.buffered < 4 * HIGH_WATER
+                # ...and the server is held back by it: not all of the body has left it (the
+                # kernel's socket buffers hold a few MiB at most, the body is 16 MiB).
+                assert sent < size
                 total = 0
                 async for chunk in up.iter_any():
                     total += len(chunk)

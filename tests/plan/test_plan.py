@@ -348,11 +348,6 @@ CASES = [(s, t, "on", 1) for s in SHAPES for t in ("f16", "q8_0", "q4_0")] + [
     ("gemma3-swa-every-3rd", "q8_0", "on", 2), ("llama-kv2-k64", "f16", "on", 3)]
 
 
-@pytest.fixture(scope="module")
-def llama_server() -> Path:
-    return ls.find_binary(build=True)
-
-
 @pytest.mark.llama
 @pytest.mark.parametrize(("shape", "cache", "fa", "n_seq"), CASES,
                          ids=[f"{s}-{t}-fa{f}-np{n}" for s, t, f, n in CASES])

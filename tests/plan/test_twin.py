@@ -45,6 +45,13 @@ def _locals(lab: Path) -> list[LocalContestant]:
 # ------------------------------------------------------------------ twins from metadata
 
 
+def test_the_architecture_checks_below_are_reached() -> None:
+    """The layout test's per-architecture checks sit under `if`: the twins lab must hold both
+    architectures, or those checks would pass by never running."""
+    archs = {c.model.declared.architecture for c in _locals(TWINS) if c.model.declared is not None}
+    assert {"qwen35moe", "gemma4"} <= archs, archs
+
+
 @pytest.mark.parametrize("c", _locals(TWINS), ids=lambda c: c.id)
 def test_declared_twin_has_the_declared_header_and_layout(tmp_path: Path, c: LocalContestant) -> None:
     d = c.model.declared
@@ -192,11 +199,6 @@ def test_memory_breakdown_table_is_parsed() -> None:
                                    "context": 13000, "compute": 1000, "unaccounted": 2771}
     assert got["Host"] == {"self": 1340, "model": 1200, "context": 0, "compute": 140}
     assert set(got) == {"CUDA0 (H200)", "Host", "CPU_REPACK"}
-
-
-@pytest.fixture(scope="module")
-def llama_server() -> Path:
-    return ls.find_binary(build=True)
 
 
 @pytest.mark.llama

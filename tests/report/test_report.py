@@ -18,32 +18,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import typer
-from typer.testing import CliRunner
 
-from labctl.cli.report import report_command
-from labctl.cli.round import verify_command
 from labctl.lock.lockfile import lock_path, read_lock, write_lock
+from labctl.round.grading import derive_outcome
 from labctl.round.layout import RunResult, read_sealed, run_dir, write_result
 from labctl.round.seal import load_envelope, seal_round, unseal_round
-from labctl.round.verify import derive_outcome
 from labctl.spec.lab import Lab
 from labctl.spec.located import load_yaml, validate
 from tests.conftest import in_ci
+from tests.helpers import run_cli as cli
 from tests.round.test_seal import CHECKS, LOCAL, NOP, ORACLE, ROOT, envelopes, make_lab  # noqa: F401
-
-app = typer.Typer()
-app.command("report")(report_command)
-app.command("verify")(verify_command)
 
 CHROMIUM = Path("/usr/bin/chromium")
 
 
-def cli(*args: str | Path) -> tuple[int, str, str]:
-    result = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=True)
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.stdout, result.stderr
+
+
+LIMITS = "LimitsExceeded — its step limit (agent.step_limit) was reached"
+"""mini-swe-agent's own word for its step limit, as its adapter tells it."""
 
 
 def play(contestant: str, repeat: int) -> tuple[tuple[str, ...], dict[str, Any], list[dict[str, Any]]]:
@@ -63,7 +55,7 @@ def play(contestant: str, repeat: int) -> tuple[tuple[str, ...], dict[str, Any],
     if contestant == NOP:
         return (), {"tool_calls": None, "total_tokens": 0, "commits_pushed": 0, "build": {"passed": False,
                     "attempt": None}, "screenshot": False, "wall_time_s": 1.0, "verifier_wall_s": 40.0,
-                    "interventions": {}}, []
+                    "interventions": {}, "ended": {"by": "agent", "exit_code": 0}}, []
     predicted = 20 if repeat == 1 else 30  # in 500 ms: 40 and 60 tokens/s
     records: list[dict[str, Any]] = [{
         "seq": i, "t_start": i, "t_end": i + 1, "latency_ms": 1000, "status": 200, "error": None,
@@ -78,8 +70,9 @@ def play(contestant: str, repeat: int) -> tuple[tuple[str, ...], dict[str, Any],
     total = 3 * (500 + 100 * repeat)
     return (), {"tool_calls": 0, "requests": 3, "messages": 5, "prompt_tokens": total - 300,
                 "completion_tokens": 300, "total_tokens": total, "commits_pushed": 0, "wall_time_s": 95.0,
-                "verifier_wall_s": 30.5, "interventions": {"keep-going": 1},
-                "flags": ["zero tool calls"]}, records
+                "verifier_wall_s": 30.5, "interventions": {"keep-going": 1}, "nudges": 1,
+                "flags": ["zero tool calls"],
+                "ended": {"by": "agent", "exit_code": 0, "cut_answers": 2, "detail": LIMITS}}, records
 
 
 def fake_runs(rd: Path) -> None:
@@ -168,9 +161,9 @@ def test_report_tables(one: Path) -> None:
     md = (one / "report.md").read_text()
     o, n, t = NAMES[ORACLE], NAMES[NOP], NAMES[LOCAL]
     assert table(md, "Results") == {
-        o: ["—", "0", "1", "pass (attempt 1)", "yes", "Complete"],
-        n: ["—", "0", "0", "fail", "no", "Failed"],
-        t: ["0", "1,800", "0", "—", "—", "Total failure"],
+        o: ["—", "0", "0", "1", "pass (attempt 1)", "yes", "—", "Complete"],
+        n: ["—", "0", "—", "0", "fail", "no", "—", "Failed"],
+        t: ["0", "1,800", "5", "0", "—", "—", "1", "Total failure"],
     }
     assert table(md, "Token efficiency") == {
         o: ["0", "Complete", "3/3", "0"], n: ["0", "Failed", "0/3", "—"],
@@ -194,9 +187,9 @@ def test_report_with_repeats(tmp_path: Path, envelopes: Path) -> None:  # noqa: 
     md = (rd / "report.md").read_text()
     o, t = NAMES[ORACLE], NAMES[LOCAL]
     results = table(md, "Results")
-    assert results[o] == ["—", "0", "0.5 (0–1)", "2/2 pass (attempt 1–2)", "2/2 yes",
+    assert results[o] == ["—", "0", "0", "0.5 (0–1)", "2/2 pass (attempt 1–2)", "2/2 yes", "—",
                           "1× Complete, 1× Partial"]
-    assert results[t] == ["0", "1,950 (1,800–2,100)", "0", "—", "—", "2× Total failure"]
+    assert results[t] == ["0", "1,950 (1,800–2,100)", "5", "0", "—", "—", "1", "2× Total failure"]
     assert table(md, "Speed")[t] == ["250.0", "50.0 (40.0–60.0)", "1m35s", "30s", "2m26s"]
     assert table(md, "Repeats") == {o: ["2", "1", "50%", "100%"], NAMES[NOP]: ["2", "0", "0%", "0%"],
                                     t: ["2", "0", "0%", "0%"]}
@@ -214,12 +207,13 @@ def test_published_figures_side_by_side(tmp_path: Path, envelopes: Path) -> None
     # built on the 1st try, a screenshot, Complete; Devstral (run-10) 0 tool calls, Total failure;
     # Qwen3-Coder (run-15) 60 tool calls, 1 commit, 3rd try, Partial.
     built = "pass (attempt 1) / pub pass (attempt 1)"
-    assert results[o] == ["— / pub 88", "0 / pub 19,237", "1 / pub 4", built, "yes / pub yes",
-                          "Complete / pub Complete"]
-    assert results[n] == ["— / pub 0", "0 / pub 14,447", "0 / pub 0", "fail", "no / pub no",
-                          "Failed / pub Total failure"]
-    assert results[t] == ["0 / pub 60", "1,800 / pub 2,059,519", "0 / pub 1", "— / pub pass (attempt 3)",
-                          "— / pub no", "Total failure / pub Partial"]
+    assert results[o] == ["— / pub 88", "0 / pub 19,237", "0 / pub 183", "1 / pub 4", built, "yes / pub yes",
+                          "— / pub 0", "Complete / pub Complete"]
+    assert results[n] == ["— / pub 0", "0 / pub 14,447", "— / pub 9", "0 / pub 0", "fail", "no / pub no",
+                          "— / pub 1", "Failed / pub Total failure"]
+    assert results[t] == ["0 / pub 60", "1,800 / pub 2,059,519", "5 / pub 127", "0 / pub 1",
+                          "— / pub pass (attempt 3)", "— / pub no", "1 / pub 0",
+                          "Total failure / pub Partial"]
     for title in ("Results", "Token efficiency", "The Numbers"):
         runs = table(md, title, run_column=True)
         for who, pub_run in ((o, "run-14"), (n, "run-10"), (t, "run-15")):
@@ -358,9 +352,13 @@ def test_report_says_why_each_run_ended(one: Path) -> None:
     assert "- Build: fails in the verifier" in nop and "- Time: agent 1s, verifier 40s, total 1m1s" in nop
     tiny = why.split("· Tiny llama (random weights) · Total failure\n", 1)[1].split("\n### ", 1)[0]
     assert "- Pathology flags: zero tool calls" in tiny and "- Interventions: keep-going ×1" in tiny
+    assert ("- Ended: the agent ended by itself: LimitsExceeded — its step limit (agent.step_limit) was "
+            "reached (exit 0); 2 answers cut at max_output") in tiny
+    assert "- Ended: the agent ended by itself (exit 0)" in nop
     oracle = why.split("· Reference solution · Complete\n", 1)[1].split("\n### ", 1)[0]
     assert "All 3 checks passed." in oracle and "| Check |" not in oracle
     assert "- Time: agent 5s, verifier —, total 25s" in oracle
+    assert "- Ended: not recorded (the round predates it)" in oracle  # its metrics.json has no `ended`
     assert cli("report", one, "--format", "json")[0] == 0
     data = json.loads((one / "report.json").read_text())
     failed = next(w for w in data["why"] if w["outcome"] == "Failed")

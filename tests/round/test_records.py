@@ -14,9 +14,9 @@ import pytest
 from labctl.report.data import RunData, _run_metrics
 from labctl.report.why import story
 from labctl.round.controls import _checks
+from labctl.round.grading import check_passed, derive_outcome, read_reward
 from labctl.round.layout import RunResult, run_dir
-from labctl.round.records import RunMetrics, check_passed, read_metrics, write_metrics
-from labctl.round.verify import derive_outcome, read_reward
+from labctl.round.records import RunMetrics, read_metrics, write_metrics
 from labctl.run.grade import _check, checks_summary
 from labctl.spec.task import OutcomeRules
 

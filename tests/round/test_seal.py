@@ -16,10 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import typer
-from typer.testing import CliRunner
 
-from labctl.cli.round import seal_command, unseal_command, verify_command
 from labctl.lock.lockfile import (
     FileLock,
     Lock,
@@ -31,6 +28,7 @@ from labctl.lock.lockfile import (
     write_lock,
 )
 from labctl.lock.resolve import require_lock, spec_sha256
+from labctl.round.grading import derive_outcome
 from labctl.round.layout import (
     RunResult,
     canonical,
@@ -40,9 +38,9 @@ from labctl.round.layout import (
     write_result,
 )
 from labctl.round.seal import ENVELOPES_ENV, envelope_path, load_envelope, seal_round
-from labctl.round.verify import derive_outcome
 from labctl.spec.load import load_lab
 from labctl.treehash import tree_sha256
+from tests.helpers import run_cli as cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,18 +48,6 @@ IDS = {"tiny-llama": "zqx-local-model", "oracle": "zqx-ref-solution", "nop": "zq
 """The smoke lab's contestants renamed to ids that cannot occur by accident in any other text."""
 LOCAL, ORACLE, NOP = IDS.values()
 
-app = typer.Typer()
-app.command("seal")(seal_command)
-app.command("unseal")(unseal_command)
-app.command("verify")(verify_command)
-
-
-def cli(*args: str | Path) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr) of the round commands, as the lead will register them."""
-    result = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=True)
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.stdout, result.stderr
 
 
 def make_lab(tmp: Path, **round_fields: str) -> Path:
@@ -100,7 +86,7 @@ no llama.cpp sdist), so deriving the real tags is left to test_images; test_runn
 def envelopes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     d = tmp_path / "private" / "envelopes"
     monkeypatch.setenv(ENVELOPES_ENV, str(d))
-    monkeypatch.setattr("labctl.cli.round.image_tags", lambda loaded, lock: dict(SEALED_IMAGES))
+    monkeypatch.setattr("labctl.cli.seal.image_tags", lambda loaded, lock: dict(SEALED_IMAGES))
     return d
 
 

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from labctl.round.grading import derive_outcome, read_reward
 from labctl.round.layout import OutcomeRules, read_result, read_sealed, read_unsealed, run_dir
 from labctl.round.seal import load_envelope
-from labctl.round.verify import derive_outcome, read_reward, verify_round
+from labctl.round.verify import verify_round
 from tests.round.test_seal import CHECKS, NOP, ORACLE, cli, envelopes, fake_runs, sealed_lab  # noqa: F401
 
 Problems = list[dict[str, str | None]]

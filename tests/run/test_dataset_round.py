@@ -46,11 +46,7 @@ def dataset_lock() -> None:
         "tasks": task_locks(loaded)}))
 
 
-def test_dataset_round_resumes_reports_and_excludes_the_broken_task(tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    import test_resume
-
-    monkeypatch.setattr(test_resume, "KILL_POINT_TIMEOUT_S", 900)  # a tiny-model run takes a while
+def test_dataset_round_resumes_reports_and_excludes_the_broken_task(tmp_path: Path) -> None:
     dataset_lock()
     fetched = labctl("fetch", DATASET, cwd=tmp_path)  # `labctl run` serves only what the store holds
     assert fetched.returncode == 0, fetched.stdout + fetched.stderr
@@ -64,7 +60,8 @@ def test_dataset_round_resumes_reports_and_excludes_the_broken_task(tmp_path: Pa
 
     # Kill -9 mid-dataset, after a few runs finished: those must never run again.
     proc = start_run(rd, DATASET, tmp_path)
-    kill_when(proc, lambda: sum(status(rd, r) in FINISHED for r in sealed.run_ids) >= 2, "2 runs finished")
+    kill_when(proc, lambda: sum(status(rd, r) in FINISHED for r in sealed.run_ids) >= 2, "2 runs finished",
+              timeout_s=900)  # a tiny-model run takes a while
     done_before = {r: tree_hashes(rd / "runs" / r) for r in sealed.run_ids if status(rd, r) in FINISHED}
     assert 2 <= len(done_before) < 15
     resumed = labctl("run", rd, "--lab", DATASET, cwd=tmp_path)

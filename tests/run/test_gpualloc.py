@@ -64,10 +64,11 @@ def test_device_flags_quote_the_list_for_docker() -> None:
 def test_gpus_needed_follow_the_plan() -> None:
     """The smoke lab's tiny model takes one GPU on a GPU profile; the controls none; a CPU profile
     gives nobody a GPU."""
-    from labctl.lock.resolve import require_lock
+    from tests.images.test_images import LOCAL_ID
+    from tests.run.test_runner import smoke_lock
 
     loaded = load_lab(ROOT / "labs" / "smoke.yaml")
-    lock = require_lock(loaded)
+    lock = smoke_lock(loaded, LOCAL_ID)  # made here, offline: no labs/smoke.lock needed
     assert set(gpus_needed(loaded, lock).values()) == {0}  # the lab's own cpu profile
     loaded = dataclasses.replace(loaded, profile=gpu_profile(4, "24GiB", "1GiB"))
     need = gpus_needed(loaded, lock)

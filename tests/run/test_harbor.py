@@ -23,8 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from labctl.engine.commands import Docker
-from labctl.round.verify import derive_outcome, named_checks
+from labctl.engine.container import detect_engine
+from labctl.round.grading import derive_outcome, named_checks
+from labctl.run.runner import down
 from tests.run.test_runner import ROOT, SMOKE, build, derived_lab, labctl, labelled_now, runner_env, seal
 
 __all__ = ["runner_env"]  # the module fixture of test_runner: envelopes, scratch, the smoke lock
@@ -98,7 +99,7 @@ def test_harbor_task_runs_unchanged(tmp_path: Path, task: str) -> None:
     check = cli("verify", rd, cwd=tmp_path)
     assert check.returncode == 0, check.stdout + check.stderr
     assert labelled_now(data["round"]) == NOTHING
-    assert Docker.detect().labelled_images({"labctl.round": data["round"]}) == []
+    assert detect_engine().labelled_images({"labctl.round": data["round"]}) == []
 
 
 @pytest.mark.docker
@@ -143,23 +144,26 @@ CLOUDY = ("  - id: cloudy\n    kind: cloud\n    provider: openai\n    model: gpt
 
 
 def running(round_id: str) -> list[str]:
-    return Docker.detect()("ps", "--filter", f"label=labctl.round={round_id}", "--filter", "status=running",
+    return detect_engine()("ps", "--filter", f"label=labctl.round={round_id}", "--filter", "status=running",
                            "--format", "{{.Names}}").stdout.split()
 
 
 @pytest.mark.docker
-def test_kill9_leaves_nothing_running_and_resume_finds_the_lab(tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_kill9_leaves_nothing_running_and_resume_finds_the_lab(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
     """`labctl run` killed with -9 while the agent and the meter run: both end by themselves (their
     first process carries the run's deadline). `labctl run rounds/<R>` from a directory with no lab in
     it resumes with the round's own lab.yaml and lab.lock; `--lab` naming another lab is refused."""
-    from labctl.run.session import DEADLINE_GRACE_S, METER_START_S
 
     lab = derived_lab(tmp_path, CLOUDY + "  - id: oracle\n    kind: oracle\n", wall="20s", solve=SLOW_SOLVE)
+    with lab.open("a") as f:  # no egress gateway: its deadline outlasts the verifier, minutes to wait here
+        f.write("network: {egress: none}\n")
     build(lab)
     monkeypatch.setenv("LABCTL_TEST_KEY", "sk-test-123")
     rd = seal(lab, tmp_path)
     round_id = rd.name
+    # A failed assertion below must not leave the killed round's containers behind for later tests.
+    request.addfinalizer(lambda: down(detect_engine(), round_id))
     proc = subprocess.Popen([sys.executable, "-m", "labctl", "run", str(rd), "--lab", str(lab)],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
@@ -168,10 +172,19 @@ def test_kill9_leaves_nothing_running_and_resume_finds_the_lab(tmp_path: Path,
         time.sleep(0.2)
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate()
-    # Nobody removes them now; each must stop by its own deadline (the meter's is the longest).
-    bound = time.monotonic() + METER_START_S + 20 + DEADLINE_GRACE_S + 30
-    while running(round_id) and time.monotonic() < bound:
-        time.sleep(1)
+    # Nobody removes them now; each must stop by its own deadline, which its first process carries
+    # (`timeout N …` or `sleep N`): `docker wait` returns when they have. The wait's own timeout is
+    # a hang guard, twice the longest deadline, not a timing.
+    left = running(round_id)
+    engine = detect_engine()
+    deadlines = []
+    for name in left:
+        first = json.loads(engine("inspect", "--format", "{{json .Config.Entrypoint}}", name).stdout)
+        args = json.loads(engine("inspect", "--format", "{{json .Config.Cmd}}", name).stdout)
+        assert first in (["timeout"], ["sleep"]) and args[0].isdigit(), (name, first, args)
+        deadlines.append(int(args[0]))
+    if left:
+        engine("wait", *left, check=False, timeout=2 * max(deadlines) + 60)
     assert running(round_id) == []
 
     elsewhere = tmp_path / "elsewhere"
@@ -185,7 +198,7 @@ def test_kill9_leaves_nothing_running_and_resume_finds_the_lab(tmp_path: Path,
     assert results["oracle"]["outcome"] == "Complete"
     assert results[None]["attempts"] == 2 and results[None]["status"] in ("errored", "killed")
     assert labelled_now(round_id) == NOTHING
-    assert Docker.detect().labelled_images({"labctl.round": round_id}) == []
+    assert detect_engine().labelled_images({"labctl.round": round_id}) == []
 
 
 @pytest.mark.docker

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from labctl.engine.commands import Docker
+from labctl.engine.container import detect_engine
 from labctl.round.layout import FINISHED, read_result, read_unsealed
 from labctl.round.seal import unseal_round
 from labctl.treehash import tree_sha256
+from tests.helpers import verify_passes as verify
 from tests.run.test_runner import build, derived_lab, labctl, labelled_now, runner_env, seal
 
 pytestmark = pytest.mark.docker
@@ -49,7 +50,7 @@ def repeated_lab(tmp: Path, sleep: int = 6, repeats: int = 2) -> Path:
 
 
 def agents(round_id: str) -> list[str]:
-    return Docker.detect()("ps", "-q", "--filter", f"label=labctl.round={round_id}",
+    return detect_engine()("ps", "-q", "--filter", f"label=labctl.round={round_id}",
                            "--filter", "label=labctl.role=agent", check=False).stdout.split()
 
 
@@ -84,12 +85,6 @@ def workers(rd: Path) -> list[int]:
 def outcomes(rd: Path) -> list[tuple[str, str, str | None]]:
     mapping = read_unsealed(rd).mapping
     return sorted((mapping[rid].contestant, (r := read_result(rd, rid)).status, r.outcome) for rid in mapping)
-
-
-def verify(rd: Path) -> None:
-    check = subprocess.run([sys.executable, "-m", "labctl", "verify", str(rd)], capture_output=True,
-                           text=True)
-    assert check.returncode == 0, check.stdout + check.stderr
 
 
 def test_parallel_round_overlaps_and_verifies(tmp_path: Path) -> None:

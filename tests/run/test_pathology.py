@@ -9,6 +9,7 @@ from typing import Any
 from labctl.meter.state import MeterState
 from labctl.round.records import BuildFigures
 from labctl.run.grade import run_metrics
+from labctl.run.parts import Workspace, pushed_commits
 from labctl.run.pathology import (
     actions,
     command_results,
@@ -157,13 +158,11 @@ def test_zero_tool_calls() -> None:
     assert actions({"content": "```python\nprint(1)\n```"}) == []
 
 
-def test_text_agent_actions_count_as_tool_calls(tmp_path: Path, monkeypatch: Any) -> None:
+def test_text_agent_actions_count_as_tool_calls(tmp_path: Path) -> None:
     """aider (and any agent that declares no tools) acts through fenced blocks the harness runs:
     they are its tool calls in metrics.json, so a run that did the task is not graded Total failure
     for "never acting". An agent that declared tools and only wrote a fenced block did not act."""
-    import labctl.run.grade as grade
-
-    monkeypatch.setattr(grade, "pushed_commits", lambda ws: 1)
+    ws = pushed(tmp_path, 1)
     text = text_transcript(["ls", "git push"], [0, 0])  # two commands, then the submit block
     assert text_actions(text) == 3
     tooled = [exchange(0, content=bash("rm -rf /"))]
@@ -172,7 +171,7 @@ def test_text_agent_actions_count_as_tool_calls(tmp_path: Path, monkeypatch: Any
     t = tmp_path / "transcript.jsonl"
     for recs, meter_calls, want in ((text, 0, 3), (tooled, 0, 0), (tool_transcript(["ls"], [0]), 1, 1)):
         t.write_text("".join(json.dumps(r) + "\n" for r in recs))
-        m = run_metrics(meter_state=_meter(meter_calls), transcript=t, ws=_Ws(tmp_path),  # type: ignore[arg-type]
+        m = run_metrics(meter_state=_meter(meter_calls), transcript=t, ws=ws,
                         reward=None, wall_s=1.0, needs_model=True, stopped_by=None)
         assert m.tool_calls == want
 
@@ -209,35 +208,48 @@ def _meter(tool_calls: int) -> MeterState:
     return MeterState(alias="run-1", dialect="openai", started_at=0.0, tool_calls=tool_calls)
 
 
-class _Ws:
-    def __init__(self, tmp: Path) -> None:
-        self.origin = tmp / "origin.git"
+def pushed(tmp: Path, n: int) -> Workspace:
+    """A real run workspace (clone + bare origin) with `n` commits pushed to the run's branch: what
+    the grader counts is what git says, not a stand-in."""
+    from tests.run.test_patterns import git, workspace  # it imports this module's helpers
+
+    ws = workspace(tmp)
+    for i in range(n):
+        (ws.clone / f"file-{i}.txt").write_text(f"{i}\n")
+        git(ws, "add", "-A")
+        git(ws, "commit", "-qm", f"commit {i}")
+    if n:
+        git(ws, "push", "-q", str(ws.origin), f"HEAD:refs/heads/{ws.branch}")
+    assert pushed_commits(ws) == n
+    return ws
 
 
-def test_metrics_carry_pathology(tmp_path: Path, monkeypatch: Any) -> None:
-    import labctl.run.grade as grade
-
-    monkeypatch.setattr(grade, "pushed_commits", lambda ws: 0)
+def test_metrics_carry_pathology(tmp_path: Path) -> None:
+    ws = pushed(tmp_path, 0)
     t = tmp_path / "transcript.jsonl"
     t.write_text("".join(json.dumps(r) + "\n" for r in text_transcript(["false"] * 3, [1] * 3)))
-    m = run_metrics(meter_state=_meter(3), transcript=t, ws=_Ws(tmp_path),  # type: ignore[arg-type]
+    m = run_metrics(meter_state=_meter(0), transcript=t, ws=ws,
                     reward=None, wall_s=1.0, needs_model=True, stopped_by=None)
-    assert m.pathology == {"longest_identical_tool_call_streak": 3, "repeated_assistant_text_streak": 1,
-                              "longest_failing_command_streak": 3, "zero_tool_calls": False,
-                              "context_overflow_rejections": 0}
-    assert m.flags is not None and len(m.flags) == 2
-    m = run_metrics(meter_state=None, transcript=t, ws=_Ws(tmp_path),  # type: ignore[arg-type]
+    assert m.pathology is not None and m.tool_calls == 4
+    old = ("longest_identical_tool_call_streak", "repeated_assistant_text_streak",
+           "longest_failing_command_streak", "zero_tool_calls", "context_overflow_rejections")
+    old_keys = {k: m.pathology[k] for k in old}
+    assert old_keys == {"longest_identical_tool_call_streak": 3, "repeated_assistant_text_streak": 1,
+                        "longest_failing_command_streak": 3, "zero_tool_calls": False,
+                        "context_overflow_rejections": 0}
+    assert m.pathology["repeated_failure"]["count"] == 3
+    assert m.pathology["thresholds"]["repeated_failure"] == 3
+    assert m.flags is not None and len(m.flags) == 3  # identical call, failing streak, same error
+    m = run_metrics(meter_state=None, transcript=t, ws=ws,
                     reward=None, wall_s=1.0, needs_model=False, stopped_by=None)
     assert m.pathology is None and m.flags is None and m.tool_calls is None  # oracle and nop: no fiction
     assert {"pathology", "flags", "tool_calls"}.isdisjoint(m.model_dump(exclude_unset=True))
 
 
-def test_build_attempts_and_screenshot_from_checks(tmp_path: Path, monkeypatch: Any) -> None:
+def test_build_attempts_and_screenshot_from_checks(tmp_path: Path) -> None:
     """The report's Build column: the verifier's build check, and which of the agent's own builds
     first passed (tool calls and text bash alike); Screenshot: the verifier's check."""
-    import labctl.run.grade as grade
-
-    monkeypatch.setattr(grade, "pushed_commits", lambda ws: 2)
+    ws = pushed(tmp_path, 2)
     columns = read_task(Path(__file__).resolve().parents[2] / "tasks" / "tag-manager").report_columns()
     assert columns == {"build_check": "build", "screenshot_check": "screenshot",
                        "build_command": r"\b(npm run build|npx next build|next build)\b"}
@@ -249,12 +261,12 @@ def test_build_attempts_and_screenshot_from_checks(tmp_path: Path, monkeypatch: 
     t = tmp_path / "transcript.jsonl"
     t.write_text("".join(json.dumps(r) + "\n" for r in tool_transcript(cmds, codes)))
     reward = {"reward": 0, "checks": {"build": True, "screenshot": False}}
-    m = run_metrics(meter_state=_meter(5), transcript=t, ws=_Ws(tmp_path),  # type: ignore[arg-type]
+    m = run_metrics(meter_state=_meter(5), transcript=t, ws=ws,
                     reward=reward, wall_s=1.0, needs_model=True, stopped_by=None, columns=columns)
     assert m.build == BuildFigures(passed=True, agent_runs=2, attempt=2) and m.screenshot is False
-    m = run_metrics(meter_state=None, transcript=t, ws=_Ws(tmp_path),  # type: ignore[arg-type]
+    m = run_metrics(meter_state=None, transcript=t, ws=ws,
                     reward=reward, wall_s=1.0, needs_model=False, stopped_by=None, columns=columns)
     assert m.build == BuildFigures(passed=True) and m.screenshot is False  # the oracle: checks only
-    m = run_metrics(meter_state=None, transcript=t, ws=_Ws(tmp_path),  # type: ignore[arg-type]
+    m = run_metrics(meter_state=None, transcript=t, ws=ws,
                     reward=reward, wall_s=1.0, needs_model=False, stopped_by=None)
     assert m.build is None and m.screenshot is None  # a task without [labctl.report]

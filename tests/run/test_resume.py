@@ -23,11 +23,12 @@ from pathlib import Path
 
 import pytest
 
-from labctl.engine.commands import Docker
+from labctl.engine.container import detect_engine
 from labctl.lock.lockfile import lock_path, read_lock, write_lock
 from labctl.round.layout import FINISHED, read_result, result_path
 from labctl.round.seal import unseal_round
 from labctl.treehash import tree_sha256
+from tests.helpers import verify_passes as verify
 from tests.run.test_runner import ROOT, build, derived_lab, labctl, labelled_now, runner_env, seal
 
 pytestmark = pytest.mark.docker
@@ -69,9 +70,11 @@ def start_run(rd: Path, lab: Path, tmp: Path) -> subprocess.Popen[str]:
                             cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def kill_when(proc: subprocess.Popen[str], ready: Callable[[], bool], what: str) -> None:
-    """SIGKILL `proc` as soon as `ready()` holds (it must, before the run ends on its own)."""
-    deadline = time.monotonic() + KILL_POINT_TIMEOUT_S
+def kill_when(proc: subprocess.Popen[str], ready: Callable[[], bool], what: str,
+              timeout_s: float = KILL_POINT_TIMEOUT_S) -> None:
+    """SIGKILL `proc` as soon as `ready()` holds (it must, before the run ends on its own, and
+    within `timeout_s`: a guard against a hang, not a timing)."""
+    deadline = time.monotonic() + timeout_s
     while not ready():
         if proc.poll() is not None or time.monotonic() > deadline:
             out, errs = proc.communicate()
@@ -83,7 +86,7 @@ def kill_when(proc: subprocess.Popen[str], ready: Callable[[], bool], what: str)
 
 
 def containers(round_id: str, run_id: str) -> list[str]:
-    return Docker.detect().labelled({"labctl.round": round_id, "labctl.run": run_id})["containers"]
+    return detect_engine().labelled({"labctl.round": round_id, "labctl.run": run_id})["containers"]
 
 
 def status(rd: Path, run_id: str) -> str | None:
@@ -99,12 +102,6 @@ def resume(rd: Path, lab: Path, tmp: Path) -> float:
     assert done.returncode == 0, done.stdout + done.stderr
     assert labelled_now(rd.name) == NOTHING
     return time.monotonic() - t0
-
-
-def verify(rd: Path) -> None:
-    check = subprocess.run([sys.executable, "-m", "labctl", "verify", str(rd)], capture_output=True,
-                           text=True)
-    assert check.returncode == 0, check.stdout + check.stderr
 
 
 def unseal_and_verify(rd: Path) -> None:

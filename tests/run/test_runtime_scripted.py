@@ -5,6 +5,8 @@ the contestant names its own `agent:` (the harness as a variable), so each runti
 thing that changes between these rounds. The model finds the runtime's shell tool by name, runs the
 smoke task's commands through it, then answers with its final text: Complete proves the runtime's
 image, its configuration (no prompt left unanswered, the meter its only endpoint) and its wire.
+Its first command scans the agent's container for the API key (environments, argument lists,
+files), from inside, through the runtime under test.
 
 """
 
@@ -37,6 +39,29 @@ WIRES = {"claude-code": ("anthropic", "/v1/messages"), "codex": ("openai", "/v1/
 aider declares no tools: the scripted model answers it with the command in a fenced bash block,
 which aider (diff edit format) proposes as a shell command and runs on the yes its adapter answers."""
 VERSIONS = RUNTIMES
+ENDED = {"claude-code": "completed", "codex": "turn completed", "opencode": "step finished: stop",
+         "qwen-code": None, "aider": None}
+"""How each runtime says it finished (its adapter's `ending`); qwen-code and aider say nothing beyond
+their answer and exit 0."""
+
+
+KEY_SHAPE = "'sk-scripted-[0-9a-f]*'"
+KEY_SCAN = (
+    "echo environment entries read: $(cat /proc/[0-9]*/environ 2>/dev/null | tr '\\0' '\\n' | grep -c =);"
+    f" grep -aho {KEY_SHAPE} /proc/[0-9]*/environ /proc/[0-9]*/cmdline 2>/dev/null;"
+    f" timeout 60 grep -rhoas --devices=skip -e {KEY_SHAPE} \"$HOME\" /tmp /var/tmp /etc /run \"$PWD\";"
+    " echo key scan $((6 * 7))")  # prints "key scan 42", which the command's own text does not hold
+"""Run first in the agent's first command, by its own runtime: every environment and argument list it can
+read (the runtime's process among them) and the files a harness could have written a key into,
+searched for anything shaped like the key; what it finds goes back into the conversation the model
+is sent (or aider's log), where the test looks for the key itself. Its output is short, so no
+runtime's output limit cuts it."""
+WORKSPACE_SCAN = (
+    "echo environment entries read: $(env | grep -c =);"
+    f" env | grep -ao {KEY_SHAPE}; grep -rhoas -e {KEY_SHAPE} .; echo key scan $((6 * 7))")
+"""opencode refuses any command naming a directory outside the workspace ("permission requested:
+external_directory (/proc/*); auto-rejecting"): for it, the environment its shell inherited from the
+runtime, and the workspace."""
 
 
 def scripted_lab(tmp: Path, runtime: str, steps: int | None = None) -> Path:
@@ -60,7 +85,10 @@ def test_scripted_model_round_is_complete(runtime: str, tmp_path: Path, monkeypa
     key = f"sk-scripted-{uuid.uuid4().hex}"
     monkeypatch.setenv(scripted_round.KEY_ENV, key)
     image = scripted_round.labctl_image(lab)
-    with scripted_round.scripted_upstream(image, tmp_path / "model", labctl_labels) as model:
+    first, *rest = Plan().commands  # in the first command: aider runs only its first answer's commands
+    scan = WORKSPACE_SCAN if runtime == "opencode" else KEY_SCAN
+    plan = Plan(commands=[f"{scan}; {first}", *rest])
+    with scripted_round.scripted_upstream(image, tmp_path / "model", labctl_labels, plan=plan) as model:
         args = ["round", str(lab), "--rounds-dir", str(tmp_path / "rounds"), "--json"]
         done = CliRunner().invoke(app, args)
         received, logs = model.received(), model.logs()
@@ -69,6 +97,12 @@ def test_scripted_model_round_is_complete(runtime: str, tmp_path: Path, monkeypa
     [row] = report["runs"]
     run = Path(report["round_dir"]) / "runs" / row["run"]
     agent_log = (run / "agent.log").read_text(errors="replace")
+    # Key absence in the agent's container, seen from inside by its own runtime: the scan's output
+    # came back to the model (aider, whose one answer is its last, prints it to its log instead),
+    # its positive control that the environments were readable, and holds no key.
+    seen = json.dumps([r["body"] for r in received]) + agent_log
+    assert "key scan 42" in seen and re.search(r"environment entries read: [1-9]", seen), seen[-3000:]
+    assert key not in seen
     assert (row["status"], row["outcome"]) == ("done", "Complete"), (row, agent_log[-3000:])
     assert "githubusercontent" not in agent_log  # no call home tried (aider's price list: its metadata file)
     wire = WIRES[runtime][1]
@@ -78,6 +112,16 @@ def test_scripted_model_round_is_complete(runtime: str, tmp_path: Path, monkeypa
     assert exchanges and all(r["status"] == 200 for r in exchanges)
     assert sum((r.get("usage") or {}).get("total_tokens", 0) for r in exchanges) > 0
     assert key not in (run / "transcript.jsonl").read_text() + agent_log  # the key stays in the meter
+    assert "EACCES" not in agent_log  # its bundled tools run (qwen-code's rg was packed 0644)
+    metrics = json.loads((run / "metrics.json").read_text())
+    ended = metrics["ended"]
+    if runtime == "qwen-code" and ended["by"] == "signal":
+        # qwen-code 0.24.4's node reaches the smoke task's 1 GiB (memory_mb) as its session ends and
+        # the kernel kills it (dmesg: "Memory cgroup out of memory: Killed process … (MainThread)"),
+        # after its answer and the push: the record says so instead of "ended by itself".
+        assert (ended["exit_code"], ended["detail"].split(":")[0]) == (137, "SIGKILL"), ended
+    else:
+        assert ended == {"by": "agent", "detail": ENDED[runtime], "exit_code": 0, "cut_answers": 0}, ended
     assert labelled_now(report["round"]) == {"containers": [], "networks": [], "volumes": []}
 
 
@@ -103,5 +147,5 @@ def test_request_budget_stops_a_runtime_without_a_turn_limit(tmp_path: Path, mon
     metrics = json.loads((run / "metrics.json").read_text())
     assert (result["status"], result["reason"]) == ("killed", "stopped by request_budget budget"), result
     assert metrics["stopped_by"] == "request_budget" and metrics["requests"] >= 3
+    assert metrics["ended"]["by"] == "budget" and metrics["ended"]["detail"] == "request_budget"
     assert len([r for r in received if r["path"] == "/v1/responses"]) == 3  # the rest never left the meter
-    assert metrics["wall_time_s"] < 120

@@ -58,6 +58,9 @@ def test_round_with_the_scripted_model_is_complete(tmp_path: Path, monkeypatch: 
     assert (metrics["requests"], metrics["tool_calls"]) == (2, 2), metrics
     assert metrics["total_tokens"] == sum(r["usage"]["total_tokens"] for r in exchanges) > 0
     assert row["tool_calls"] == 2 and row["total_tokens"] == metrics["total_tokens"]
+    # how the session ended, in mini-swe-agent's own word (its trajectory), as the report tells it
+    assert metrics["ended"] == {"by": "agent", "detail": "Submitted — submitted its work", "exit_code": 0,
+                                "cut_answers": 0}, metrics
     seen = (run / "transcript.jsonl").read_text() + agent_log
     assert key not in seen and MODEL not in seen
     assert labelled_now(report["round"]) == {"containers": [], "networks": [], "volumes": []}

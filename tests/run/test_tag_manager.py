@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from labctl.engine.commands import Docker, run_labels
+from labctl.engine.container import detect_engine
+from labctl.engine.names import run_labels
 from labctl.images.specs import lab_images, settings_for
 from labctl.lock.lockfile import TaskLock, lock_path, read_lock, write_lock
 from labctl.lock.resolve import LockError, require_lock, spec_sha256
@@ -154,7 +155,7 @@ def test_published_results_table_reproduced(task_image: str, tmp_path: Path, end
     ending.leave(ws)
     round_id = f"table-{uuid.uuid4().hex[:8]}"  # unique: an interrupted session's container may linger
     run_dir = tmp_path / "runs" / ending.run
-    docker = Docker.detect()
+    docker = detect_engine()
     try:
         # The task image stands in for the committed agent container: a repository task's verifier
         # gets the workspace and origin mounted, as in a run.

@@ -57,7 +57,7 @@ def test_one_model_under_two_harnesses(tmp_path: Path) -> None:
     lock = lock.model_copy(update={"agents": {"claude-code": npm_pin("2.1.332")}})
     names = [s.name for s in lab_images(loaded, lock, settings=BuildSettings(cache=tmp_path / "cache"))]
     assert names == ["llama-server", "task-smoke-hello", "agent-claude-code", "agent-mini-swe-agent",
-                     "agent-oracle", "agent-nop", "labctl"]
+                     "agent-oracle", "agent-nop", "labctl", "egress-gateway"]
 
 
 def test_a_contestants_agent_is_part_of_the_spec_hash_only_when_used(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from labctl.round.verify import derive_outcome
+from labctl.round.grading import derive_outcome
 from labctl.run.parts import resource_flags
 from labctl.spec.task import TaskError, read_task
 
