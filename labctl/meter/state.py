@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from labctl.errors import LabctlError
 from labctl.meter import blobs
+from labctl.meter.names import replace_names
 from labctl.meter.transcript import Dialect
 from labctl.spec.interventions import Interventions
 
@@ -298,10 +299,7 @@ class Recorder:
             line = line.replace(s, "[REDACTED]")
         for old, new in self.hidden.items():
             line = line.replace(old, new)
-        for name in frozenset(self.names) if names is None else names:
-            if name and name != self.alias:
-                line = line.replace(name, self.alias)
-        return line
+        return replace_names(line, frozenset(self.names) if names is None else names, self.alias)
 
     def write(self, record: dict[str, Any]) -> None:
         """Queue a record; the caller must not change it afterwards."""

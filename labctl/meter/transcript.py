@@ -18,6 +18,7 @@ from typing import Any, Literal
 import orjson
 
 from labctl.meter import actions, wire_responses
+from labctl.meter.names import replace_names_bytes
 from labctl.meter.reassembly import Collected, partial_usage
 from labctl.meter.sse import sse_event
 
@@ -295,13 +296,10 @@ _FINGERPRINT_FIELD = re.compile(rb'"system_fingerprint"\s*:\s*(?:"(?:[^"\\]|\\.)
 
 def scrub_bytes(data: bytes, alias: str, names: set[str]) -> bytes:
     """Best effort for bodies that are not JSON (or not parseable): same rewrite, by pattern, plus
-    every known upstream model name replaced by the alias."""
+    every known upstream model name replaced by the alias (as a whole word)."""
     data = _MODEL_FIELD.sub(b'"model":' + json.dumps(alias).encode(), data)
     data = _FINGERPRINT_FIELD.sub(b"", data)
-    for name in names:
-        if name:
-            data = data.replace(name.encode(), alias.encode())
-    return data
+    return replace_names_bytes(data, frozenset(names), alias)
 
 
 _DROP_UP = {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "accept-encoding",

@@ -25,7 +25,9 @@ import math
 import os
 import re
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -113,20 +115,51 @@ def lookup(runtime: str, version: str, model_sha256: str | None = None) -> First
     return KNOWN.get((runtime, version))
 
 
-def harvest(run_dir: Path, runtime: str, version: str, model_sha256: str) -> FirstPrompt | None:
-    """Record the first request of one finished run from its transcript: the prompt tokens llama-server
-    counted (`usage.prompt_tokens`, or the count in its overflow refusal) and the request's bytes.
-    Called at unseal, never after a run: a record appearing right after run-3 would tell an operator
-    watching the cache which model run-3 was."""
-    path = run_dir / "transcript.jsonl"
-    first = None
-    with contextlib.suppress(OSError):
-        for line in path.read_text(errors="replace").splitlines():
-            with contextlib.suppress(ValueError):
-                rec = json.loads(line)
-                if isinstance(rec, dict) and rec.get("kind", "exchange") == "exchange" and "request" in rec:
-                    first = rec
-                    break
+def opens_a_conversation(request: object) -> bool:
+    """The request holds no turn of the model yet: no assistant message and no tool call or tool
+    result, in any of the wires the meter forwards (chat completions' and Messages' `messages`,
+    Responses' `input` items). Such a request is a runtime's first prompt (or a side request beside
+    it, like opencode's session title)."""
+    if not isinstance(request, dict):
+        return False
+    items = request.get("messages", request.get("input"))
+    if isinstance(items, str):  # Responses' plain-text input
+        return True
+    if not isinstance(items, list):
+        return False
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        if item.get("role") in ("assistant", "tool") or item.get("type") in _MODEL_TURN_ITEMS:
+            return False
+        content = item.get("content")
+        if isinstance(content, list) and any(isinstance(b, dict) and b.get("type") == "tool_result"
+                                             for b in content):
+            return False
+    return True
+
+
+_MODEL_TURN_ITEMS = ("function_call", "function_call_output", "custom_tool_call", "custom_tool_call_output",
+                     "reasoning")
+"""Responses input items that only follow a turn of the model."""
+
+
+def first_prompt(records: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
+    """The run's first prompt: the largest request (by bytes) in which the model had no turn yet.
+    The largest, not the first: a runtime may send a small side request beside its first prompt,
+    in either order (opencode's session title)."""
+    opening = [r for r in records if r.get("kind", "exchange") == "exchange"
+               and opens_a_conversation(r.get("request"))]
+    return max(opening, key=lambda r: r.get("request_bytes") or 0, default=None)
+
+
+def harvest(records: Iterable[dict[str, Any]], runtime: str, version: str, model_sha256: str
+            ) -> FirstPrompt | None:
+    """Record the first prompt of one finished run from its transcript's records (request bodies
+    resolved): the prompt tokens llama-server counted (`usage.prompt_tokens`, or the count in its
+    overflow refusal) and the request's bytes. Called at unseal, never after a run: a record
+    appearing right after run-3 would tell an operator watching the cache which model run-3 was."""
+    first = first_prompt(records)
     if first is None:
         return None
     err = first.get("error")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from labctl.errors import LabctlError
 from labctl.lock.lockfile import Lock
+from labctl.meter.readback import transcript_records
 from labctl.plan.firstprompt import harvest
 from labctl.round.layout import read_unsealed, run_dir
 from labctl.round.opened import read_round_lab, read_round_lock
@@ -27,8 +28,8 @@ def harvest_first_prompts(round_dir: Path, lab: Lab | None = None, lock: Lock | 
         for rid, slot in unsealed.mapping.items():
             c, model = by_id.get(slot.contestant), lock.models.get(slot.contestant)
             agent = lab.agent_for(c) if c else None
-            if agent and model and harvest(run_dir(round_dir, rid), agent.runtime, agent.version,
-                                           model.files[0].sha256):
+            records = transcript_records(run_dir(round_dir, rid) / "transcript.jsonl")
+            if agent and model and harvest(records, agent.runtime, agent.version, model.files[0].sha256):
                 n += 1
     return n
 

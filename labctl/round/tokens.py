@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 
 from labctl.engine.container import Engine
 from labctl.meter.state import MeterState
@@ -63,20 +64,37 @@ only between batches (`-b`, 2048 tokens): one batch of a long prompt took 33 s o
 2-core CI (SmolLM2-135M, qwen-code's 9.3k-token first prompt, cut by the wall time mid-prompt), so
 15 s read the counters before the release. The wait only runs while a request is in flight."""
 
+POLL_S = 2.5
+"""Between two reads of /metrics while a request is in flight: well over llama.cpp's
+`HTTP_POLLING_SECONDS` (1 s). Why it matters: a handler waiting for its answer checks whether its
+client left only when a whole second passes with no result for *anyone*
+(`server_response::recv_with_timeout` restarts its 1 s wait on every result it is woken by), and
+each /metrics read is a task whose result wakes it. Read faster than once a second, the counters
+themselves kept the server from ever noticing the meter had hung up: it went on generating a cut
+answer to its end (minutes), and the run's figures came out `busy` (CI, twice)."""
+
+
+def settle(read: Callable[[], ServerCounters | None], settle_s: float = SETTLE_S, poll_s: float = POLL_S
+           ) -> ServerCounters | None:
+    """`read()` until no request is in flight, it cannot say (None), or `settle_s` passed."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        counters = read()
+        if counters is None or not counters.busy or time.monotonic() > deadline:
+            return counters
+        time.sleep(poll_s)
+
 
 def server_counters(docker: Engine, container: str, port: int, settle_s: float = SETTLE_S
                     ) -> ServerCounters | None:
     """The counters of the llama-server in `container` (read from inside it, as its health check
     is: the host cannot reach a run's fenced network), once no request is in flight or `settle_s`
     passed; None when it cannot say (stopped, crashed, no --metrics)."""
-    deadline = time.monotonic() + settle_s
-    while True:
+    def read() -> ServerCounters | None:
         done = docker("exec", container, "curl", "-fsS", "-m", "5", f"http://127.0.0.1:{port}/metrics",
                       check=False)
-        counters = parse_metrics(done.stdout) if done.returncode == 0 else None
-        if counters is None or not counters.busy or time.monotonic() > deadline:
-            return counters
-        time.sleep(0.3)
+        return parse_metrics(done.stdout) if done.returncode == 0 else None
+    return settle(read, settle_s)
 
 
 def reconcile(m: RunMetrics, server: ServerCounters | None, state: MeterState | None) -> RunMetrics:
@@ -102,4 +120,4 @@ def reconcile(m: RunMetrics, server: ServerCounters | None, state: MeterState | 
     return m
 
 
-__all__ = ["ServerCounters", "parse_metrics", "reconcile", "server_counters"]
+__all__ = ["POLL_S", "ServerCounters", "parse_metrics", "reconcile", "server_counters", "settle"]

@@ -17,6 +17,7 @@ from typing import Any
 
 from labctl.engine.container import Engine
 from labctl.meter.readback import transcript_records
+from labctl.plan.firstprompt import opens_a_conversation
 from labctl.plan.planner import ContestantPlan
 from labctl.run.pathology import exchanges, is_context_overflow
 
@@ -62,15 +63,21 @@ def served_mismatch(plan: ContestantPlan, props_text: str) -> str | None:
 
 
 def first_request_overflow(run_dir: Path) -> str | None:
-    """The result reason when the run's first model request was refused for its length (llama.cpp's 400
-    "exceeds the available context size"): the runtime's own first prompt plus max_output does not fit
-    the planned context, so the model never had a turn — the run is errored (configuration), not graded
-    as the model's Total failure. None otherwise (an overflow later in a run is the agent's doing)."""
+    """The result reason when a prompt in which the model had no turn yet was refused for its length
+    (llama.cpp's 400 "exceeds the available context size"): the runtime's own first prompt plus
+    max_output does not fit the planned context, so the model never had a turn — the run is errored
+    (configuration), not graded as the model's Total failure. Any such prompt counts, not only the
+    run's first record: a runtime may send a small side request beside its first prompt (opencode
+    asks for a session title), in either order. None otherwise (an overflow later in a conversation
+    is the agent's doing)."""
     transcript = run_dir / "transcript.jsonl"
-    first = next(iter(exchanges(transcript_records(transcript))), None) if transcript.is_file() else None
-    if first is None or not is_context_overflow(first):
+    if not transcript.is_file():
         return None
-    err = first.get("error")
+    refused = next((r for r in exchanges(transcript_records(transcript))
+                    if is_context_overflow(r) and opens_a_conversation(r.get("request"))), None)
+    if refused is None:
+        return None
+    err = refused.get("error")
     text = err if isinstance(err, str) else json.dumps(err, ensure_ascii=False)
     return (f"configuration: context overflow on the first request (the runtime's first prompt does not fit "
             f"the planned context; see `labctl plan`): {text[:300]}")

@@ -234,6 +234,21 @@ def test_transcript_redacts_secrets_and_model_names(tmp_path: Path) -> None:
     assert line["error"]["body"] == f"bad key [REDACTED] for {ALIAS}"
 
 
+
+def test_model_names_are_replaced_as_whole_words_only(tmp_path: Path) -> None:
+    """An upstream named `m` (or `llama`) must not turn every "m" of the transcript into the alias;
+    the longest of two overlapping names wins; bodies that are not JSON follow the same rule."""
+    from labctl.meter.transcript import scrub_bytes
+    t = Recorder(tmp_path / "t.jsonl", tmp_path / "status.json", ALIAS)
+    t.names.update({"m", "llama", "tiny-llama"})
+    t.write({"kind": "x", "text": "model m said: tiny-llama, llama; llamas and ollama stay"})
+    t.close()
+    line = json.loads((tmp_path / "t.jsonl").read_text())
+    assert line["text"] == f"model m said: {ALIAS}, {ALIAS}; llamas and ollama stay"
+    body = scrub_bytes(b"error: model tiny-llama (llama.cpp) is busy; m", ALIAS, {"m", "tiny-llama", "llama"})
+    assert body == f"error: model {ALIAS} ({ALIAS}.cpp) is busy; m".encode()
+
+
 # ------------------------------------------------------------------ budget
 
 

@@ -206,6 +206,7 @@ def test_a_first_request_refused_for_its_length_is_a_configuration_error(
     llama.cpp counted is recorded for the plan's fit warning."""
     import httpx
 
+    from labctl.meter.readback import transcript_records
     from labctl.meter.server import meter_in_thread
     from labctl.meter.state import MeterConfig
     from labctl.plan.firstprompt import harvest, lookup
@@ -217,28 +218,35 @@ def test_a_first_request_refused_for_its_length_is_a_configuration_error(
     argv = ls.server_argv(llama_server, model, ls.ServerSettings(context=256, max_output=8), alias="m")
     small = {"role": "user", "content": "Say hello."}
     big = {"role": "user", "content": "hello world " * 400}
+    reply = {"role": "assistant", "content": "Hello."}
+    # "beside": a small side request first (opencode asks for a session title), then the runtime's
+    # first prompt; "later": the long prompt comes after the model's own turn
+    cases = (("first", [[big], [small]]), ("beside", [[small], [big]]),
+             ("later", [[small], [small, reply, big]]))
     with ls.serve(argv, tmp_path / "server.log") as base:
-        for name, turns in (("first", [big, small]), ("later", [small, big])):
+        for name, conversations in cases:
             run = tmp_path / name
             run.mkdir()
             config = MeterConfig(upstream=base, dialect="openai", transcript=run / "transcript.jsonl",
                                  alias="run-1")
             with meter_in_thread(config) as meter, httpx.Client(timeout=60, trust_env=False) as c:
                 got = [c.post(meter.url + "/v1/chat/completions", json={
-                    "model": "run-1", "max_tokens": 8, "messages": [m]}).status_code for m in turns]
+                    "model": "run-1", "max_tokens": 8, "messages": m}).status_code for m in conversations]
             assert sorted(got) == [200, 400]
             reason = first_request_overflow(run)
+            if name == "later":  # an overflow later in a conversation is the agent's doing: graded as usual
+                assert reason is None
+                continue
+            assert reason and reason.startswith("configuration: context overflow on the first request"), name
+            assert "exceeds the available context size" in reason
             if name == "first":
-                assert reason and reason.startswith("configuration: context overflow on the first request")
-                assert "exceeds the available context size" in reason
                 # at unseal, the size llama.cpp counted in its refusal is kept for the plan's warning
-                assert harvest(run, "mini-swe-agent", "0.0-test", "a" * 64)
+                records = transcript_records(run / "transcript.jsonl")
+                assert harvest(records, "mini-swe-agent", "0.0-test", "a" * 64)
                 fp = lookup("mini-swe-agent", "0.0-test", "a" * 64)
                 assert fp and fp.prompt_tokens and fp.prompt_tokens > 256 and fp.request_bytes
                 other = lookup("mini-swe-agent", "0.0-test", "b" * 64)  # another model: bytes / 4
                 assert other and other.prompt_tokens is None and other.tokens() == -(-fp.request_bytes // 4)
-            else:  # an overflow later in a run is the agent's doing: graded as usual
-                assert reason is None
 
 
 @pytest.mark.llama
@@ -254,3 +262,43 @@ def test_the_planned_slot_context_is_what_llama_server_serves(tmp_path: Path, ll
         status, props = ls.http_json("GET", url + "/props")
     assert status == 200 and props["default_generation_settings"]["n_ctx"] == row.slot_context
     assert served_mismatch(row, json.dumps(props)) is None
+
+
+def _user(content: object) -> dict[str, object]:
+    return {"role": "user", "content": content}
+
+
+@pytest.mark.parametrize(("request_body", "opens"), [
+    ({"messages": [{"role": "system", "content": "s"}, _user("u")]}, True),
+    ({"messages": [_user("u"), {"role": "assistant", "content": "a"}, _user("u2")]}, False),
+    ({"messages": [_user("u"), {"role": "tool", "content": "out"}]}, False),
+    # Anthropic Messages: a tool result sits in a user message's content blocks
+    ({"messages": [_user([{"type": "tool_result", "tool_use_id": "t", "content": "x"}])]}, False),
+    ({"messages": [_user([{"type": "text", "text": "hi"}])]}, True),
+    # Responses: `input` as text, as messages, or with the model's own items
+    ({"input": "hi"}, True),
+    ({"input": [{"type": "message", **_user([{"type": "input_text", "text": "hi"}])}]}, True),
+    ({"input": [{"type": "message", **_user("hi")},
+                {"type": "function_call", "call_id": "c", "name": "sh", "arguments": "{}"}]}, False),
+    ({"input": [{"type": "function_call_output", "call_id": "c", "output": "x"}]}, False),
+    ({"$blob": "0" * 64, "bytes": 10}, False),  # an unresolved blob says nothing
+    (None, False),
+])
+def test_a_request_opens_a_conversation_only_before_the_models_first_turn(request_body: object,
+                                                                          opens: bool) -> None:
+    from labctl.plan.firstprompt import opens_a_conversation
+    assert opens_a_conversation(request_body) is opens
+
+
+def test_the_first_prompt_is_the_largest_opening_request_not_the_first_record() -> None:
+    """opencode asks for a session title beside its first prompt, in either order: the title's small
+    request must not stand for the runtime's first prompt."""
+    from labctl.plan.firstprompt import first_prompt
+    title = {"kind": "exchange", "request_bytes": 900, "request": {"messages": [_user("t")]}}
+    agent = {"kind": "exchange", "request_bytes": 90_000,
+             "request": {"messages": [{"role": "system", "content": "s"}, _user("task")]}}
+    later = {"kind": "exchange", "request_bytes": 200_000, "request": {"messages": [
+        _user("task"), {"role": "assistant", "content": "a"}, _user("x")]}}
+    assert first_prompt([title, agent, later]) is agent
+    assert first_prompt([agent, title, later]) is agent
+    assert first_prompt([later, {"kind": "status"}]) is None
