@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import html
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,17 @@ class ContestantStats(BaseModel):
     """All tokens this contestant spent on the counted tasks / tasks-runs resolved."""
     wall_s_per_resolved: float | None
     """All agent wall time on the counted tasks / runs resolved."""
+
+
+@dataclass(frozen=True)
+class Section:
+    """A section another module adds to the report (the paired comparison, `labctl.report.compare_text`):
+    its Markdown and HTML, placed before the grid, and its data under `key` in the JSON."""
+
+    markdown: str
+    html: str
+    data: dict[str, Any]
+    key: str = "comparison"
 
 
 class DatasetReport(BaseModel):
@@ -189,7 +201,7 @@ def _exclusion_lines(rep: DatasetReport) -> list[str]:
     return [f"{t}: controls failed — {'; '.join(why)}" for t, why in sorted(rep.excluded.items())]
 
 
-def render_markdown(rep: DatasetReport) -> str:
+def render_markdown(rep: DatasetReport, extra: Section | None = None) -> str:
     names = {s.id: s.name for s in rep.contestants}
     counted = len(rep.tasks) - len(rep.excluded)
     out = [f"# {rep.title}", "",
@@ -203,8 +215,10 @@ def render_markdown(rep: DatasetReport) -> str:
                 "Their controls failed, so the task (or the harness) is broken: they count for no one.", ""]
         out += [f"- **{line.split(':', 1)[0]}**:{line.split(':', 1)[1]}" for line in _exclusion_lines(rep)]
     head, rows = rate_rows(rep)
-    out += ["", f"## Resolution rate over {counted} tasks", "", _md_table(head, rows)]
-    out += ["", "## Task × contestant", "", _md_table(
+    out += ["", f"## Resolution rate over {counted} tasks", "", md_table(head, rows)]
+    if extra is not None:
+        out += ["", extra.markdown]
+    out += ["", "## Task × contestant", "", md_table(
         ["Task", *[names[c] for c in names]],
         [[f"~~{r.task}~~ (excluded)" if r.excluded else r.task,
           *[" ".join(f"[{_cell_text(c)}]({c.link})" for c in r.cells[cid]) or DASH for cid in names]]
@@ -212,14 +226,14 @@ def render_markdown(rep: DatasetReport) -> str:
     return "\n".join(out) + "\n"
 
 
-def _md_table(head: list[str], rows: list[list[str]]) -> str:
+def md_table(head: list[str], rows: list[list[str]]) -> str:
     def line(cells: list[str]) -> str:
         return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
     return "\n".join([line(head), "|" + "---|" * len(head), *map(line, rows)])
 
 
-def render_html(rep: DatasetReport) -> str:
+def render_html(rep: DatasetReport, extra: Section | None = None) -> str:
     names = {s.id: s.name for s in rep.contestants}
     esc = html.escape
 
@@ -236,7 +250,7 @@ def render_html(rep: DatasetReport) -> str:
         items = "".join(f"<li>{esc(line)}</li>" for line in _exclusion_lines(rep))
         parts.append(f'<h2 id="excluded">Excluded tasks</h2><ul>{items}</ul>')
     parts += ["<h2>Resolution rate</h2>", table(head, [[esc(c) for c in r] for r in rows]),
-              "<h2>Task × contestant</h2>",
+              *([extra.html] if extra is not None else []), "<h2>Task × contestant</h2>",
               table(["Task", *names.values()],
                     [[esc(r.task) + (" <em>(excluded)</em>" if r.excluded else ""),
                       *[" ".join(f'<a href="{esc(c.link)}">{esc(_cell_text(c))}</a>' for c in r.cells[cid])
@@ -245,20 +259,23 @@ def render_html(rep: DatasetReport) -> str:
             "</title></head>\n<body>\n" + "\n".join(parts) + "\n</body></html>\n")
 
 
-def render_json(rep: DatasetReport) -> dict[str, Any]:
+def render_json(rep: DatasetReport, extra: Section | None = None) -> dict[str, Any]:
     data = rep.model_dump(mode="json")
+    if extra is not None:
+        data[extra.key] = extra.data
     data["contestants"] = [{**s, "pass_at_k": {str(k): v for k, v in s["pass_at_k"].items()}}
                            for s in data["contestants"]]
     return data
 
 
-def render(rep: DatasetReport, fmt: str) -> str:
+def render(rep: DatasetReport, fmt: str, extra: Section | None = None) -> str:
     if fmt == "md":
-        return render_markdown(rep)
+        return render_markdown(rep, extra)
     if fmt == "html":
-        return render_html(rep)
-    return json.dumps(render_json(rep), indent=2, sort_keys=True) + "\n"
+        return render_html(rep, extra)
+    return json.dumps(render_json(rep, extra), indent=2, sort_keys=True) + "\n"
 
 
-__all__ = ["Cell", "ContestantStats", "DatasetReport", "TaskRow", "is_dataset_round", "load_dataset_report",
-           "rate_rows", "render", "render_html", "render_json", "render_markdown"]
+__all__ = ["Cell", "ContestantStats", "DatasetReport", "Section", "TaskRow", "is_dataset_round",
+           "load_dataset_report", "md_table", "rate_rows", "render", "render_html", "render_json",
+           "render_markdown"]

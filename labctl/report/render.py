@@ -148,11 +148,15 @@ def write_report(round_dir: Path, fmt: Format = "md") -> list[Path]:
 
 def _write_report(round_dir: Path, fmt: Format) -> list[Path]:
     from labctl.report.charts import render_chart  # matplotlib is slow to import; only the report needs it
+    from labctl.report.compare import report_comparison
+    from labctl.report.compare_text import section
     from labctl.report.dataset import is_dataset_round, load_dataset_report, render
 
-    if is_dataset_round(round_dir):  # contestants × tasks: rates, intervals, the grid (no chart)
+    if is_dataset_round(round_dir):  # contestants × tasks: rates, intervals, pairs, the grid (no chart)
         target = round_dir / f"report.{fmt}"
-        text = with_controls(render(load_dataset_report(round_dir), fmt), fmt, round_dir)
+        ds = load_dataset_report(round_dir)
+        compared = report_comparison(ds)  # two contestants or more (controls aside)
+        text = with_controls(render(ds, fmt, section(compared) if compared else None), fmt, round_dir)
         tmp = target.with_name(target.name + ".tmp")
         tmp.write_text(text, encoding="utf-8")
         tmp.replace(target)
