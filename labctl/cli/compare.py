@@ -15,8 +15,9 @@ import typer
 
 from labctl.cli.console import JsonOpt, fail
 
-FirstArg = Annotated[Path, typer.Argument(help="An unsealed dataset round, e.g. rounds/<round-id>.")]
-SecondArg = Annotated[Path | None, typer.Argument(
+FirstArg = Annotated[Path, typer.Argument(metavar="ROUND",
+                                          help="An unsealed dataset round, e.g. rounds/<round-id>.")]
+SecondArg = Annotated[Path | None, typer.Argument(metavar="ROUND2",
     help="A second unsealed round of the same lab: compare each contestant round 1 vs round 2.")]
 
 
