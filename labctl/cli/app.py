@@ -146,6 +146,7 @@ def profiles(
 from labctl.cli.build import build_command, images_command  # noqa: E402
 from labctl.cli.bundle import bundle_command, unbundle_command  # noqa: E402
 from labctl.cli.compare import compare_command  # noqa: E402
+from labctl.cli.export import export_command  # noqa: E402
 from labctl.cli.lock import lock_command  # noqa: E402
 from labctl.cli.meter import meter_command  # noqa: E402
 from labctl.cli.model import model_app  # noqa: E402
@@ -168,6 +169,7 @@ app.command("unseal")(unseal_command)
 app.command("verify")(verify_command)
 app.command("report")(report_command)
 app.command("compare")(compare_command)
+app.command("export")(export_command)
 app.command("round")(round_command)
 app.command("down")(down_command)
 app.command("bundle")(bundle_command)
