@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from labctl.report.data import DASH, Format, ReportError, RoundReport, load_report
+from labctl.report.runpage import PAGE, write_run_pages
 from labctl.report.tables import tables
 from labctl.report.why import RunStory, plural, stories
 from labctl.round.controls import with_controls
-from labctl.round.layout import write_manifest
+from labctl.round.layout import RUNS_DIR, write_manifest
 
 WHY = "Why each run ended as it did"
 
@@ -78,8 +79,14 @@ def _code(text: str) -> str:
     return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
 
 
-def render_html(rep: RoundReport, png: bytes | None) -> str:
-    """A self-contained page: inline CSS, the chart inlined as base64, no script, no fetch."""
+def _page_link(run_id: str) -> str:
+    """Where a run's page lies, relative to report.html (`labctl.report.runpage`)."""
+    return f"{RUNS_DIR}/{html.escape(run_id)}/{PAGE}"
+
+
+def render_html(rep: RoundReport, png: bytes | None, pages: frozenset[str] = frozenset()) -> str:
+    """A self-contained page: inline CSS, the chart inlined as base64, no script, no fetch. The run
+    ids in `pages` link to their run pages (the Runs table's Run cell, each run's "why")."""
     e = html.escape
     title, intro = _intro(rep)
     body = [f"<h1>{e(title)}</h1>", *[f"<p>{_code(line)}</p>" for line in intro]]
@@ -89,17 +96,24 @@ def render_html(rep: RoundReport, png: bytes | None) -> str:
     for t in tables(rep):
         slug = t.title.lower().replace(" ", "-")
         head = "".join(f"<th>{e(h)}</th>" for h in t.headers)
-        rows = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in t.rows)
+        rows = "".join("<tr>" + "".join(_cell(c, slug == "runs" and i == 0 and c in pages)
+                                        for i, c in enumerate(row)) + "</tr>" for row in t.rows)
         note = f'<p class="note">{_code(t.note)}</p>' if t.note else ""
         body.append(f'<h2>{e(t.title)}</h2><table id="{slug}"><thead><tr>{head}</tr></thead>'
                     f"<tbody>{rows}</tbody></table>{note}")
-    body.append(f'<section id="why"><h2>{e(WHY)}</h2>' + "".join(_html_story(s) for s in stories(rep))
+    body.append(f'<section id="why"><h2>{e(WHY)}</h2>' + "".join(_html_story(s, s.run_id in pages)
+                                                                  for s in stories(rep))
                 + "</section>")
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>'
             f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
 
 
-def _html_story(s: RunStory) -> str:
+def _cell(text: str, linked: bool) -> str:
+    e = html.escape
+    return f'<td><a href="{_page_link(text)}">{e(text)}</a></td>' if linked else f"<td>{e(text)}</td>"
+
+
+def _html_story(s: RunStory, linked: bool = False) -> str:
     e = html.escape
     graded = s.outcome in ("Complete", "Partial", "Failed", "Total failure")
     cls = s.outcome.replace(" ", "-") if graded else ""
@@ -110,6 +124,8 @@ def _html_story(s: RunStory) -> str:
         out.append('<table class="failed-checks"><thead><tr><th>Check</th><th>Why it failed</th></tr></thead>'
                    f"<tbody>{rows}</tbody></table>")
     items = "".join(f"<li><b>{e(label)}:</b> {e(text)}</li>" for label, text in s.lines)
+    if linked:
+        items += f'<li><a href="{_page_link(s.run_id)}">The conversation, step by step</a></li>'
     out.append(f"<ul>{items}</ul>")
     return "".join(out) + "</article>"
 
@@ -137,8 +153,10 @@ def render_json(rep: RoundReport) -> dict[str, Any]:
 
 
 def write_report(round_dir: Path, fmt: Format = "md") -> list[Path]:
-    """Write report.<fmt> and report.png into the round, then rewrite the manifest (the round
-    gained files; `labctl verify` lists any file the manifest does not). Returns what was written.
+    """Write report.<fmt> and report.png into the round, and each run's page (runs/<id>/transcript.html,
+    `labctl.report.runpage`), then rewrite the manifest (the round gained files; `labctl verify` lists
+    any file the manifest does not). Returns the report and the chart written (the run pages lie in
+    their runs' directories).
     A file-system failure is a ReportError ("cannot write the report: …")."""
     try:
         return _write_report(round_dir, fmt)
@@ -160,9 +178,15 @@ def _write_report(round_dir: Path, fmt: Format) -> list[Path]:
         tmp = target.with_name(target.name + ".tmp")
         tmp.write_text(text, encoding="utf-8")
         tmp.replace(target)
+        names = {c.run: s.name for s in ds.contestants for row in ds.grid
+                 for c in row.cells.get(s.id, [])}
+        write_run_pages(round_dir, names, report_link=_back(fmt), manifest=False)
         write_manifest(round_dir)
         return [target]
     rep = load_report(round_dir)
+    who = {r.run_id: cd.name + (f" · {cd.agent}" if cd.agent != DASH else "")
+           for cd in rep.contestants for r in cd.runs}
+    pages = write_run_pages(round_dir, who, report_link=_back(fmt), manifest=False)
     png = render_chart(rep)
     chart = round_dir / "report.png"
     chart.write_bytes(png)
@@ -170,7 +194,7 @@ def _write_report(round_dir: Path, fmt: Format) -> list[Path]:
     if fmt == "md":
         text = render_markdown(rep)
     elif fmt == "html":
-        text = render_html(rep, png)
+        text = render_html(rep, png, frozenset(p.parent.name for p in pages))
     else:
         text = json.dumps(render_json(rep), indent=2, sort_keys=True) + "\n"
     text = with_controls(text, fmt, round_dir)  # a failed control goes first on the page
@@ -179,6 +203,11 @@ def _write_report(round_dir: Path, fmt: Format) -> list[Path]:
     tmp.replace(target)
     write_manifest(round_dir)
     return [target, chart]
+
+
+def _back(fmt: Format) -> str:
+    """A run page's link back to the report, from runs/<id>/."""
+    return f"../../report.{fmt}"
 
 
 __all__ = ["render_html", "render_json", "render_markdown", "write_report"]
