@@ -157,6 +157,7 @@ from labctl.cli.run import down_command, run_command  # noqa: E402
 from labctl.cli.seal import seal_command, unseal_command, verify_command  # noqa: E402
 from labctl.cli.store import fetch_command, store_app  # noqa: E402
 from labctl.cli.task import task_app  # noqa: E402
+from labctl.cli.watch import nudge_command, stop_command, watch_command  # noqa: E402
 
 app.command("lock")(lock_command)
 app.command("fetch")(fetch_command)
@@ -165,6 +166,9 @@ app.command("build")(build_command)
 app.command("images")(images_command)
 app.command("seal")(seal_command)
 app.command("run")(run_command)
+app.command("watch")(watch_command)
+app.command("nudge")(nudge_command)
+app.command("stop")(stop_command)
 app.command("unseal")(unseal_command)
 app.command("verify")(verify_command)
 app.command("report")(report_command)

@@ -92,6 +92,9 @@ def meter_command(
     blob_bytes: Annotated[int, typer.Option(
         help="Request bodies larger than this are kept as transcript.blobs/<sha256> (-1: never).")]
     = 1 << 20,
+    control: Annotated[Path | None, typer.Option(
+        help="Directory polled for the operator's `labctl nudge` / `labctl stop` (no network route).")]
+    = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the listening line and final state as JSON.")]
     = False,
 ) -> None:
@@ -101,7 +104,7 @@ def meter_command(
                            api_key_env=api_key_env, token_budget=token_budget, request_budget=request_budget,
                            max_output=max_output, alias=alias, upstream_model=upstream_model,
                            interventions=interventions, status=status, max_request_bytes=max_request_bytes,
-                           blob_bytes=blob_bytes)
+                           blob_bytes=blob_bytes, control=control)
     except (LabctlError, ValidationError) as e:  # ValidationError: MeterConfig's or the interventions'
         raise fail(str(e).splitlines()[0] if not isinstance(e, ValidationError) else _first(e), as_json,
                    code=EXIT_SPEC) from None
@@ -133,7 +136,8 @@ def meter_command(
 def meter_config(*, upstream: str, dialect: Literal["openai", "anthropic"], transcript: Path, listen: str,
                  api_key_env: str | None, token_budget: int | None, request_budget: int | None,
                  max_output: int | None, alias: str, upstream_model: str | None, interventions: Path | None,
-                 status: Path | None, max_request_bytes: int, blob_bytes: int) -> MeterConfig:
+                 status: Path | None, max_request_bytes: int, blob_bytes: int,
+                 control: Path | None = None) -> MeterConfig:
     """The config `labctl meter`'s options describe (the inverse of `MeterConfig.to_argv`)."""
     from labctl.meter.state import MeterConfig  # aiohttp only when a meter really starts
 
@@ -142,7 +146,8 @@ def meter_config(*, upstream: str, dialect: Literal["openai", "anthropic"], tran
                        alias=alias, upstream_model=upstream_model, api_key_env=api_key_env,
                        token_budget=token_budget, request_budget=request_budget, max_output=max_output,
                        interventions=load_interventions(interventions), status_path=status,
-                       max_request_bytes=max_request_bytes, blob_bytes=None if blob_bytes < 0 else blob_bytes)
+                       max_request_bytes=max_request_bytes, blob_bytes=None if blob_bytes < 0 else blob_bytes,
+                       control_dir=control)
 
 
 def _first(e: ValidationError) -> str:

@@ -10,10 +10,9 @@ blob beside it: labctl/meter/blobs.py), answers 413 itself above `max_request_by
 `MeterState` (in memory, as `status.json`, at `GET /_labctl/status`) that a runner in another
 process or container polls to stop or mark the run.
 
-`Meter` is the proxy's logic (routing, one model call from gate to record); serving it (the
-listening socket, its event loop, `start_meter`, `meter_in_thread`, `MeterHandle`) is in
-labctl/meter/server.py. Wire formats live in labctl/meter/transcript.py; config, state, the file
-writer and interventions in labctl/meter/state.py.
+`Meter` is the proxy's logic (routing, one model call from gate to record); serving it is in
+labctl/meter/server.py, wire formats in labctl/meter/transcript.py, config, state and the file writer in
+labctl/meter/state.py, the operator's channel (a directory, never a route) in labctl/meter/control.py.
 """
 
 from __future__ import annotations
@@ -28,6 +27,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from labctl.meter.control import ControlReader
 from labctl.meter.limits import clamps, forwarded_bytes
 from labctl.meter.policy import InterventionPolicy
 from labctl.meter.sserelay import StreamRelay
@@ -73,7 +73,6 @@ Rec = dict[str, Any]
 
 class Meter:
     """One proxy: config, state, transcript, the upstream connection pool and the handler."""
-
     def __init__(self, cfg: MeterConfig) -> None:
         self.cfg = cfg
         self.key: str | None = None
@@ -99,10 +98,14 @@ class Meter:
         self.seq = 0
         self.status = StatusPublisher(self.state, self.recorder)
         self.publish = self.status.publish
+        self.control = ControlReader(cfg.control_dir, self.state, self.recorder.write, self.publish) \
+            if cfg.control_dir else None  # the operator's: labctl/meter/control.py
         self.publish(now=True)
 
     async def open(self) -> None:
         self.loop = self.status.loop = asyncio.get_running_loop()
+        if self.control is not None:
+            self.control.start(self.loop)
         # its own lean client (labctl/meter/upstream.py): aiohttp's cost half of what the meter adds
         self.pool = Pool(self.cfg.upstream, connect_timeout_s=self.cfg.connect_timeout_s,
                          read_timeout_s=self.cfg.read_timeout_s, keepalive_s=self.cfg.keepalive_s, limit=64)
@@ -137,8 +140,7 @@ class Meter:
 
     @staticmethod
     async def send(request: web.Request, resp: web.StreamResponse) -> web.StreamResponse:
-        """Deliver the whole response now, so the bookkeeping after it (transcript, status file)
-        does not add to the agent's latency."""
+        """Deliver the whole response now: the bookkeeping after it is not on the agent's clock."""
         await resp.prepare(request)
         await resp.write_eof()
         return resp
@@ -222,18 +224,17 @@ class Meter:
                    now: float) -> web.StreamResponse | None:
         """Earlier stops (budget, interventions) and this request's interventions, before forwarding."""
         st = self.state
+        if self.control is not None:
+            self.control.poll()
         if st.stopped:
-            why = ("the token budget is spent" if st.stopped_reason == "token_budget"
-                   else "the request budget is spent" if st.stopped_reason == "request_budget"
-                   else f"the run was stopped ({st.stopped_reason})")
-            kind = "budget_exceeded" if st.budget_exceeded else "run_stopped"
-            msg = f"labctl meter: {why}; no more model calls"
-            return await self.refuse(request, rec, dialect, 429, msg, kind)
+            return await self.refuse(request, rec, dialect, 429, *st.refusal())
         stop = self.policy.apply(now, st, rec, dialect, body, self.recorder.write)
         if stop is not None:
             msg = f"labctl meter: the run was stopped by intervention {stop.name!r}"
             msg += f": {stop.message}" if stop.message else ""
             return await self.refuse(request, rec, dialect, 429, msg, "run_stopped")
+        if self.control is not None:
+            self.control.inject(rec, dialect, body)
         return None
 
     async def refuse(self, request: web.Request, rec: Rec, dialect: Dialect, status: int, message: str,

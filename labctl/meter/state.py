@@ -75,6 +75,10 @@ class MeterConfig(BaseModel):
     blob_bytes: int | None = Field(default=1 << 20, ge=0)
     """Request bodies larger than this go to `transcript.blobs/<sha256>`, referenced from their
     record (labctl/meter/blobs.py); None keeps every body inline."""
+    control_dir: Path | None = None
+    """The operator's control channel, a directory on the host polled for `labctl nudge` / `labctl stop`
+    (labctl/meter/control.py); None: no operator interventions. Never an HTTP route: the agent reaches
+    the meter's port, never this directory."""
 
     def status_file(self) -> Path:
         return self.status_path or self.transcript.with_name("status.json")
@@ -97,7 +101,7 @@ class MeterConfig(BaseModel):
             ("--max-output", self.max_output), ("--token-budget", self.token_budget),
             ("--request-budget", self.request_budget),
             ("--interventions", interventions_file if self.interventions != Interventions() else None),
-            ("--status", self.status_path)]
+            ("--status", self.status_path), ("--control", self.control_dir)]
         argv += [f for flag, v in optional if v is not None for f in (flag, str(v))]
         if self.max_request_bytes != MeterConfig.model_fields["max_request_bytes"].default:
             argv += ["--max-request-bytes", str(self.max_request_bytes)]
@@ -159,13 +163,17 @@ class MeterState(BaseModel):
     stopped: bool = False
     """The run should stop: the runner stops the agent when it reads this."""
     stopped_reason: str | None = None
-    """`token_budget` or `intervention:<name>`."""
+    """`token_budget`, `request_budget`, `intervention:<name>` or `operator`."""
     nudges: int = 0
     """Nudges injected into requests."""
     stops: int = 0
     """Stop interventions that fired."""
     interventions: dict[str, int] = {}
     """Firings per intervention name."""
+    operator_nudges: int = 0
+    """Nudges the operator sent (`labctl nudge`), taken from the control channel."""
+    operator_stops: int = 0
+    """Stops the operator sent (`labctl stop`); the run's `stopped_reason` is then `operator`."""
     last_request_time: float | None = None
     """When the latest model call arrived (Unix time)."""
     last_response_time: float | None = None
@@ -198,6 +206,14 @@ class MeterState(BaseModel):
     def stop(self, reason: str) -> None:
         if not self.stopped:
             self.stopped, self.stopped_reason = True, reason
+
+    def refusal(self) -> tuple[str, str]:
+        """(message, error kind) for a model call after the run stopped."""
+        why = ("the token budget is spent" if self.stopped_reason == "token_budget"
+               else "the request budget is spent" if self.stopped_reason == "request_budget"
+               else f"the run was stopped ({self.stopped_reason})")
+        return (f"labctl meter: {why}; no more model calls",
+                "budget_exceeded" if self.budget_exceeded else "run_stopped")
 
     def add_error(self, message: str) -> None:
         self.errors += 1

@@ -74,6 +74,10 @@ class ReportMetrics(RunMetrics):
     """The run's whole time, result.json's started → ended (setup, agent, verifier)."""
     verifier_tail: str | None = None
     """The verifier's last words (`labctl.round.layout.verifier_tail`), when it named no checks."""
+    operator_nudges: int | None = None
+    """The operator's nudges (`labctl nudge`): the transcript's `operator` records."""
+    operator_stops: int | None = None
+    """The operator's stops (`labctl stop`), 0 or 1."""
 
 
 @dataclass
@@ -163,6 +167,8 @@ def transcript_summary(path: Path) -> dict[str, Any]:
     out["messages"] = messages
     out["interventions"] = dict(Counter(str(r.get("name") or "(unnamed)") for r in records
                                         if r.get("kind") == "intervention"))
+    ops = [r.get("action") for r in records if r.get("kind") == "operator"]
+    out["operator_nudges"], out["operator_stops"] = ops.count("nudge"), ops.count("stop")
     return out | speeds(exchanges)._asdict()
 
 

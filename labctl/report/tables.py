@@ -73,8 +73,19 @@ def _nudges(cd: ContestantData) -> str:
     """The nudges the meter injected (the lab's declared `interventions:`), `+ stop` where a declared
     stop ended the session: the publication's notation for a human's nudges and "stop" (`2 + stop`,
     `stop`); with repeats `mean (min–max)` and the runs stopped, `+ 1/3 stop`."""
-    cell = _stat(cd.values("nudges"), _int)
     stops = sum(1 for r in cd.runs if (r.metrics.stopped_by or "").startswith("intervention:"))
+    return _with_stops(cd, _stat(cd.values("nudges"), _int), stops)
+
+
+def _human(cd: ContestantData) -> str:
+    """The operator's own interventions (`labctl nudge`, `labctl stop`: the transcript's `operator`
+    records, which verify holds against operator.jsonl), in the publication's notation: what its
+    "Nudges" column counted, a human's help."""
+    stops = sum(1 for r in cd.runs if r.metrics.operator_stops)
+    return _with_stops(cd, _stat(cd.values("operator_nudges"), _int), stops)
+
+
+def _with_stops(cd: ContestantData, cell: str, stops: int) -> str:
     if not stops:
         return cell
     if len(cd.runs) > 1:
@@ -161,8 +172,9 @@ def tables(rep: RoundReport) -> list[Table]:
         messages = pub(_stat(cd.values("messages"), _int), p.messages)
         nudges = pub(_stat(cd.values("interventions_fired"), _int), pub_nudges(p))
         wall = pub(_stat(cd.values("wall_time_s"), _wall), p.wall_time, _wall)
-        nudged = pub(_nudges(cd), pub_nudges(p))
-        results.append([cd.name, run, tool_calls, tokens, messages, commits, build, shot, nudged, outcome])
+        human = pub(_human(cd), pub_nudges(p))
+        results.append([cd.name, run, tool_calls, tokens, messages, commits, build, shot, _nudges(cd), human,
+                        outcome])
         efficiency.append([cd.name, run, tokens, outcome, _checks(cd), _tokens_per_check(cd)])
         numbers.append([cd.name, run, pub(cd.type, p.type), pub(cd.params, p.parameters), tokens, tool_calls,
                         messages, commits, build, shot, nudges, wall,
@@ -183,11 +195,12 @@ def tables(rep: RoundReport) -> list[Table]:
     cut = f" {PARTIAL_NOTE}" if any(_partial(cd) for cd in rep.contestants) else ""
     out = [
         Table("Results", ["Model", "Run", "Tool calls", "Total tokens", "Messages", "Commits", "Build",
-                          "Screenshot", "Nudges", "Outcome"], results,
+                          "Screenshot", "Nudges", "Human nudges", "Outcome"], results,
               ("Messages: the conversation's length at its last request. Nudges: the lab's declared "
-               "nudges the meter injected, `+ stop` where a declared stop ended the session; no human "
-               "intervened in these runs, while the published figure counts a human's nudges and "
-               "\"stop\"." + pub_note + rep_note + cut).strip()),
+               "nudges the meter injected, `+ stop` where a declared stop ended the session. Human nudges: "
+               "the operator's own (`labctl nudge`, `+ stop` for `labctl stop`), as recorded in the "
+               "transcripts and operator.jsonl; the published figure counts a human's nudges and "
+               "\"stop\" the same way." + pub_note + rep_note + cut).strip()),
         Table("Token efficiency",
               ["Model", "Run", "Total tokens", "Outcome", "Checks passed", "Tokens / passed check"],
               efficiency,

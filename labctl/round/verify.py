@@ -45,6 +45,7 @@ from labctl.round.layout import (
     run_dir,
 )
 from labctl.round.opened import read_round_lab, read_round_lock
+from labctl.round.operator import operator_problems
 from labctl.round.records import read_metrics
 from labctl.spec.lab import Outcome
 from labctl.spec.located import SpecError
@@ -90,6 +91,8 @@ def verify_round(round_dir: Path, digest: str | None = None) -> Verification:
     _check_manifest(v, digest)
     _check_blobs(v)
     _check_egress(v)
+    for rel, what, run in operator_problems(round_dir):  # a human's help, neither hidden nor invented
+        v.add(rel, what, run)
     try:
         sealed = read_sealed(round_dir)
     except (OSError, ValueError) as e:

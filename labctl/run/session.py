@@ -33,10 +33,12 @@ from labctl.engine.spec import ContainerSpec, Limits, Mount
 from labctl.engine.timings import span, timed
 from labctl.lock.fetch import model_files
 from labctl.lock.hub import HubError
+from labctl.meter.control import CONTROL_DIR
 from labctl.meter.state import MeterConfig, read_status
 from labctl.plan.llamaserver import classify_failure, server_argv
 from labctl.round import tokens
 from labctl.round.layout import RunResult, run_dir
+from labctl.round.operator import clear_live, write_live
 from labctl.round.records import write_metrics
 from labctl.round.seal import run_label
 from labctl.run.context import RoundContext, signals_deferred
@@ -225,6 +227,8 @@ class RunSession:
         mdir = self.work / "meter"
         mdir.mkdir()
         mdir.chmod(0o777)  # the meter runs as the labctl image's own user
+        (mdir / CONTROL_DIR).mkdir()  # the operator's channel, never a route: labctl/meter/control.py
+        (mdir / CONTROL_DIR).chmod(0o777)
         lab = self.ctx.loaded.lab
         rules = lab.interventions if lab.interventions is not None and lab.interventions.rules else None
         held = meter.pop("max_output")  # a limit of 0 or none: requests as they are
@@ -234,7 +238,8 @@ class RunSession:
             "transcript": "/meter/transcript.jsonl", "alias": self.run_id, **meter,
             "max_output": int(held) if isinstance(held, int | float) and held > 0 else None,
             "token_budget": int(lab.budgets.tokens) if lab.budgets.tokens else None,
-            "request_budget": steps or None, **({"interventions": rules} if rules else {})})
+            "request_budget": steps or None, **({"interventions": rules} if rules else {}),
+            "control_dir": f"/meter/{CONTROL_DIR}" if lab.interventions.operator else None})
         if rules:
             (mdir / "interventions.json").write_text(rules.model_dump_json(exclude_none=True))
         name = self.names["meter"]
@@ -254,6 +259,7 @@ class RunSession:
             if not self.docker.wait_ready(name, ["python3", "-c", probe], METER_START_S):
                 logs = self.docker("logs", name, check=False)
                 raise RunError(f"meter did not start: {(logs.stderr or logs.stdout).strip()[-300:]}")
+        write_live(self.dir, mdir)  # `labctl watch`, `nudge` and `stop` find the live files by it
 
     def _dialect(self) -> str:
         return self.plan.dialect
@@ -375,7 +381,8 @@ class RunSession:
         elif reward is None:
             result.status, result.reason = "errored", note or "the verifier wrote no reward"
         elif self.stopped_by:
-            result.status, result.reason = "killed", f"stopped by {self.stopped_by} budget"
+            by = "the operator" if self.stopped_by == "operator" else f"{self.stopped_by} budget"
+            result.status, result.reason = "killed", f"stopped by {by}"
         else:
             result.status = "done"
         return result
@@ -386,6 +393,7 @@ class RunSession:
         with signals_deferred():
             self.egress.collect(self.dir, self.say)  # what went out, also for an errored run
             self.docker.remove_labelled(self.labels)
+            clear_live(self.dir)
             shutil.rmtree(self.work, ignore_errors=True)
             self.fence.clear()
 

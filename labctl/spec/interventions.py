@@ -58,3 +58,9 @@ class Interventions(Spec):
     max_nudges: int | None = Field(default=None, ge=0)
     """Most nudges of all kinds in one run."""
     rules: list[Intervention] = []
+    operator: bool = True
+    """Whether the operator may intervene in a run by hand (`labctl nudge`, `labctl stop`). Every such
+    intervention is recorded in the run's transcript and the round's operator.jsonl, and the report
+    counts it (Human nudges); `false` makes a round where nobody could have helped any contestant."""
+    max_operator: int | None = Field(default=None, ge=0)
+    """Most operator interventions (nudges and stops together) in one run; None: no cap."""

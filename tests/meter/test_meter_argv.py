@@ -51,7 +51,7 @@ def test_a_cloud_runs_meter_round_trips() -> None:
 def test_every_option_round_trips(tmp_path: Path) -> None:
     cfg = MeterConfig(upstream="http://u", dialect="openai", host="::1", port=0,
                       transcript=tmp_path / "t.jsonl", status_path=tmp_path / "s.json",
-                      max_request_bytes=4096, blob_bytes=None)
+                      max_request_bytes=4096, blob_bytes=None, control_dir=tmp_path / "control")
     assert parsed(cfg.to_argv()) == cfg
     assert parsed(cfg.model_copy(update={"blob_bytes": 0}).to_argv()).blob_bytes == 0
 

@@ -161,9 +161,9 @@ def test_report_tables(one: Path) -> None:
     md = (one / "report.md").read_text()
     o, n, t = NAMES[ORACLE], NAMES[NOP], NAMES[LOCAL]
     assert table(md, "Results") == {
-        o: ["—", "0", "0", "1", "pass (attempt 1)", "yes", "—", "Complete"],
-        n: ["—", "0", "—", "0", "fail", "no", "—", "Failed"],
-        t: ["0", "1,800", "5", "0", "—", "—", "1", "Total failure"],
+        o: ["—", "0", "0", "1", "pass (attempt 1)", "yes", "—", "—", "Complete"],
+        n: ["—", "0", "—", "0", "fail", "no", "—", "—", "Failed"],
+        t: ["0", "1,800", "5", "0", "—", "—", "1", "0", "Total failure"],
     }
     assert table(md, "Token efficiency") == {
         o: ["0", "Complete", "3/3", "0"], n: ["0", "Failed", "0/3", "—"],
@@ -187,9 +187,10 @@ def test_report_with_repeats(tmp_path: Path, envelopes: Path) -> None:  # noqa: 
     md = (rd / "report.md").read_text()
     o, t = NAMES[ORACLE], NAMES[LOCAL]
     results = table(md, "Results")
-    assert results[o] == ["—", "0", "0", "0.5 (0–1)", "2/2 pass (attempt 1–2)", "2/2 yes", "—",
+    assert results[o] == ["—", "0", "0", "0.5 (0–1)", "2/2 pass (attempt 1–2)", "2/2 yes", "—", "—",
                           "1× Complete, 1× Partial"]
-    assert results[t] == ["0", "1,950 (1,800–2,100)", "5", "0", "—", "—", "1", "2× Total failure"]
+    assert results[t] == ["0", "1,950 (1,800–2,100)", "5", "0", "—", "—", "1", "0",
+                          "2× Total failure"]
     assert table(md, "Speed")[t] == ["250.0", "50.0 (40.0–60.0)", "1m35s", "30s", "2m26s"]
     assert table(md, "Repeats") == {o: ["2", "1", "50%", "100%"], NAMES[NOP]: ["2", "0", "0%", "0%"],
                                     t: ["2", "0", "0%", "0%"]}
@@ -208,11 +209,11 @@ def test_published_figures_side_by_side(tmp_path: Path, envelopes: Path) -> None
     # Qwen3-Coder (run-15) 60 tool calls, 1 commit, 3rd try, Partial.
     built = "pass (attempt 1) / pub pass (attempt 1)"
     assert results[o] == ["— / pub 88", "0 / pub 19,237", "0 / pub 183", "1 / pub 4", built, "yes / pub yes",
-                          "— / pub 0", "Complete / pub Complete"]
+                          "—", "— / pub 0", "Complete / pub Complete"]
     assert results[n] == ["— / pub 0", "0 / pub 14,447", "— / pub 9", "0 / pub 0", "fail", "no / pub no",
-                          "— / pub 1", "Failed / pub Total failure"]
+                          "—", "— / pub 1", "Failed / pub Total failure"]
     assert results[t] == ["0 / pub 60", "1,800 / pub 2,059,519", "5 / pub 127", "0 / pub 1",
-                          "— / pub pass (attempt 3)", "— / pub no", "1 / pub 0",
+                          "— / pub pass (attempt 3)", "— / pub no", "1", "0 / pub 0",
                           "Total failure / pub Partial"]
     for title in ("Results", "Token efficiency", "The Numbers"):
         runs = table(md, title, run_column=True)
@@ -435,3 +436,21 @@ def test_token_gap_line_reproduces_the_headline_from_measured_data() -> None:
     # No cloud contestant (or no cloud Complete): no line rather than a made-up ratio.
     assert token_gap_line(replace(rep, contestants=[c for c in rep.contestants
                                                     if c.contestant.kind == "local"])) is None
+
+
+def test_human_nudges_column_counts_the_operator(tmp_path: Path, envelopes: Path) -> None:  # noqa: F811
+    """The operator's records in a run's transcript read as the publication wrote a human's help:
+    `2 + stop`; the declared Nudges beside them are unchanged."""
+    rd = make_round(tmp_path)
+    rid = next(r for r, s in load_envelope(rd.name).mapping.items() if s.contestant == LOCAL)
+    ops = [{"kind": "operator", "source": "operator", "seq": i, "action": a,
+            "text": "psst" if a == "nudge" else "", "t": 10.0 + i}
+           for i, a in ((1, "nudge"), (2, "nudge"), (3, "stop"))]
+    with (run_dir(rd, rid) / "transcript.jsonl").open("a") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in ops))
+    assert cli("report", rd)[0] == 0
+    md = (rd / "report.md").read_text()
+    header = md.split("## Results\n\n", 1)[1].splitlines()[0]
+    assert "| Nudges | Human nudges | Outcome |" in header
+    assert table(md, "Results")[NAMES[LOCAL]][-3:] == ["1", "2 + stop", "Total failure"]
+    assert table(md, "Results")[NAMES[ORACLE]][-3:-1] == ["—", "—"]
