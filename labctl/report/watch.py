@@ -113,6 +113,15 @@ def _cell(v: Any, fmt: str = "{}") -> str:
     return "—" if v is None else fmt.format(v)
 
 
+def _elapsed(s: float | None) -> str:
+    """`42s`, `3m05s`, `1h02m`."""
+    if s is None:
+        return "—"
+    m, sec = divmod(int(s), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{sec:02d}s" if m else f"{sec}s"
+
+
 def render(snap: dict[str, Any]) -> Group:
     """The rich screen: a table of runs, then each live run's latest answer lines."""
     counts = "  ".join(f"{k}: {n}" for k, n in sorted(snap["counts"].items()))
@@ -120,7 +129,7 @@ def render(snap: dict[str, Any]) -> Group:
     for h in ("Run", "Status", "Elapsed", "Tokens", "tok/s", "Calls", "Last command", "Flags"):
         t.add_column(h, overflow="fold")
     for r in snap["runs"]:
-        t.add_row(r["run_id"], r["status"], _cell(r["elapsed_s"], "{:.0f}s"), _cell(r["tokens"]),
+        t.add_row(r["run_id"], r["status"], _elapsed(r["elapsed_s"]), _cell(r["tokens"]),
                   _cell(r["tokens_per_s"]), _cell(r["tool_calls"]), (r["last_command"] or "—")[:60],
                   ", ".join(r["flags"]) or "—")
     parts: list[Table | Text] = [t]
