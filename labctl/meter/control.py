@@ -8,9 +8,10 @@ takes each file by renaming it to `<seq>.taken`. The agent container mounts no p
 directory and the meter serves no route that reads or writes it, so the agent cannot reach the channel
 by construction, whatever it sends.
 
-The rename settles the race between a meter that takes a command and an operator who gives up waiting:
-whoever renames or removes `<seq>.json` first wins (`send` tells which), so an operator log entry is
-written exactly when the meter took the command and its transcript records it.
+The rename settles the race between a meter that takes a command and an operator who gives up
+waiting: whoever renames or removes `<seq>.json` first wins (`send` tells which), so an operator log
+entry is written exactly when the meter took the command and its transcript records it. A number is
+reserved first, `<seq>.seq` created exclusively, so two operators at once never share one.
 """
 
 from __future__ import annotations
@@ -68,7 +69,14 @@ def send(meter_dir: Path, kind: OperatorKind, text: str = "", timeout_s: float =
     d = meter_dir / CONTROL_DIR
     if not d.is_dir():  # (the run's session made it beside status.json when it started the meter)
         raise ControlError(f"{d} does not exist: the run's meter has no control channel (not running?)")
-    cmd = Command(_next_seq(d), kind, text, time.time())
+    while True:  # a number reserved by an exclusive create: two operators at once never share one
+        seq = _next_seq(d)
+        try:
+            os.close(os.open(d / f"{seq}.seq", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            break
+        except FileExistsError:
+            continue
+    cmd = Command(seq, kind, text, time.time())
     final = d / f"{cmd.seq}.json"
     tmp = d / f".{cmd.seq}.{os.getpid()}.tmp"
     tmp.write_text(json.dumps({"seq": cmd.seq, "kind": kind, "text": text, "time": cmd.time}))

@@ -96,7 +96,11 @@ def _intervention(rec: Mapping[str, Any]) -> str:
     action = str(rec.get("action") or "intervention")
     detail = rec.get("detail")
     extra = f" — {json.dumps(detail, ensure_ascii=False)}" if detail else ""
-    msg = f"<br>injected: <q>{_e(rec['message'])}</q>" if rec.get("message") else ""
+    text = rec.get("text") if rec.get("source") == "operator" else rec.get("message")
+    msg = f"<br>injected: <q>{_e(str(text))}</q>" if text else ""
+    if rec.get("source") == "operator":  # a human's, not a declared rule's (labctl nudge / stop)
+        seq = _e(str(rec.get("seq")))
+        return f'<div class="iv {_e(action)}"><b>{_e(action)}</b> by the operator (#{seq}){msg}</div>'
     name = rec.get("name") or "(unnamed)"
     return (f'<div class="iv {_e(action)}"><b>{_e(action)}</b> <code>{_e(name)}</code>'
             f" fired on this request{_e(extra)}{msg}</div>")

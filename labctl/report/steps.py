@@ -129,9 +129,14 @@ def steps(records: Sequence[Record]) -> list[Step]:
             latency_ms=float(lat) if isinstance(lat, int | float) else None,
             status=r.get("status"), error=_error(r)))
     by_seq = {s.seq: s for s in out if s.seq is not None}
+    # an operator's nudge (`labctl nudge`) went into the request naming it `operator:<seq>`
+    by_name = {name: st for st, r in zip(out, exchanges, strict=True)
+               for name in (r.get("interventions") or [])}
     for rec in records:
-        seq = rec.get("seq")
-        if rec.get("kind") == "intervention" and type(seq) is int and (s := by_seq.get(seq)) is not None:
+        seq, kind = rec.get("seq"), rec.get("kind")
+        s = (by_seq.get(seq) if kind == "intervention" and type(seq) is int
+             else by_name.get(f"operator:{seq}") if kind == "operator" else None)
+        if s is not None:
             s.interventions.append(rec)
     return out
 
@@ -140,7 +145,7 @@ def orphan_interventions(records: Sequence[Record], st: Sequence[Step]) -> list[
     """Interventions whose request is not in the transcript (a record cut by a kill): shown after
     the last step rather than lost."""
     placed = {id(i) for s in st for i in s.interventions}
-    return [r for r in records if r.get("kind") == "intervention" and id(r) not in placed]
+    return [r for r in records if r.get("kind") in ("intervention", "operator") and id(r) not in placed]
 
 
 def first_prompt(records: Sequence[Record]) -> str:

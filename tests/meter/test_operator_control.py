@@ -71,7 +71,7 @@ def test_a_command_no_meter_takes_is_withdrawn(tmp_path: Path) -> None:
     _control(tmp_path)
     with pytest.raises(control.ControlError, match="did not take"):
         control.send(tmp_path, "nudge", NUDGE, timeout_s=0.3)
-    assert list((tmp_path / "control").iterdir()) == []  # a meter started later never sees it
+    assert [p.name for p in (tmp_path / "control").iterdir()] == ["1.seq"]  # a later meter never sees it
     with pytest.raises(control.ControlError, match="no control channel"):
         control.send(tmp_path / "elsewhere", "stop")
 
@@ -82,7 +82,7 @@ def test_without_a_control_dir_the_meter_takes_nothing(tmp_path: Path) -> None:
         with pytest.raises(control.ControlError):
             control.send(tmp_path, "stop", timeout_s=0.6)
         assert not meter.state.stopped
-    assert list(d.iterdir()) == []
+    assert [p.name for p in d.iterdir()] == ["1.seq"]
 
 
 def test_operator_counts_read_the_transcript(tmp_path: Path) -> None:
@@ -91,3 +91,15 @@ def test_operator_counts_read_the_transcript(tmp_path: Path) -> None:
     recs = [control.Command(i, k, "t", 1.0).record() for i, k in ((1, "nudge"), (2, "nudge"), (3, "stop"))]
     (run / "transcript.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     assert operator_counts(tmp_path, "run-01") == (2, 1)
+
+
+def test_operators_at_once_get_distinct_numbers(tmp_path: Path) -> None:
+    """Commands sent side by side are each taken once, under numbers of their own."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with serve_fake() as fake, metered(tmp_path, fake, control_dir=_control(tmp_path)) as meter:
+        with ThreadPoolExecutor(4) as pool:
+            cmds = list(pool.map(lambda i: control.send(tmp_path, "nudge", f"n{i}"), range(6)))
+        assert sorted(c.seq for c in cmds) == [1, 2, 3, 4, 5, 6] and meter.state.operator_nudges == 6
+        assert post(meter.url, "openai", chat_body("openai")).status_code == 200
+        assert all(f"n{i}" in _user_texts(fake.received[-1].body) for i in range(6))

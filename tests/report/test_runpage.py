@@ -225,3 +225,23 @@ def test_a_run_page_renders_in_chromium(unsealed: tuple[Path, Path], tmp_path: P
     colours = np.unique(pixels.reshape(-1, pixels.shape[-1]), axis=0)
     assert len(colours) > 10  # text, the step borders, the nudge's box: not a blank page
     assert pixels[..., :3].min() < 0.3  # dark text on the light page
+
+
+def test_operator_interventions_show_at_their_request_and_a_stop_after_the_last() -> None:
+    """A nudge sits at the step whose request it went into (`operator:<seq>`), a stop (in no request)
+    after the last step; both read as the operator's, never as a declared rule."""
+    from labctl.report.runpage import _intervention
+    from labctl.report.steps import orphan_interventions, steps
+
+    ex = [{"kind": "exchange", "seq": i, "request": {"messages": [{"role": "user", "content": "go"}]},
+           "response": {"content": "ok", "tool_calls": []}, "interventions": iv}
+          for i, iv in ((1, None), (2, ["operator:1"]))]
+    nudge = {"kind": "operator", "source": "operator", "seq": 1, "action": "nudge", "text": "<look>",
+             "t": 1.0}
+    stop = {"kind": "operator", "source": "operator", "seq": 2, "action": "stop", "text": "", "t": 2.0}
+    records = [ex[0], nudge, ex[1], stop]
+    st = steps(records)
+    assert [s.interventions for s in st] == [[], [nudge]]
+    assert orphan_interventions(records, st) == [stop]
+    html = _intervention(nudge)
+    assert "by the operator (#1)" in html and "&lt;look&gt;" in html and "fired on this request" not in html
