@@ -31,8 +31,8 @@ from labctl.lock.lockfile import (
 )
 from labctl.spec.dataset import dataset_label
 from labctl.spec.lab import AgentRuntime, CloudContestant, Lab, LocalContestant
-from labctl.spec.price import Price
 from labctl.spec.load import LoadedLab
+from labctl.spec.price import Price
 from labctl.treehash import tree_sha256
 
 if TYPE_CHECKING:

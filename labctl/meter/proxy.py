@@ -1,14 +1,13 @@
 """The metering proxy between an agent and its model: the agent's only way out of its container.
 
 Why it exists: a blind, comparable round needs every model call recorded the same way (usage,
-llama.cpp `timings`, tool calls), budgets enforced outside the agent, real API keys kept out of
-the task container, and nothing that names the model reaching the agent. So the agent gets a base
-URL and a dummy key; this proxy swaps in the real key, rewrites the model's name to a neutral
-alias, streams bytes straight through (byte edits on the way, parsing once the agent has its
-answer: labctl/meter/sserelay.py), appends one transcript record per request (a large request body as a
-blob beside it: labctl/meter/blobs.py), answers 413 itself above `max_request_bytes`, and publishes a
-`MeterState` (in memory, as `status.json`, at `GET /_labctl/status`) that a runner in another
-process or container polls to stop or mark the run.
+its cost at a declared price, llama.cpp `timings`, tool calls), budgets enforced outside the agent,
+real API keys kept out of the task container, and nothing that names the model reaching the agent.
+So the agent gets a base URL and a dummy key; this proxy swaps in the real key, rewrites the model's
+name to a neutral alias, streams bytes straight through (byte edits on the way, parsing once the
+agent has its answer: labctl/meter/sserelay.py), appends one transcript record per request (a large
+body as a blob: labctl/meter/blobs.py), answers 413 itself above `max_request_bytes`, and publishes
+a `MeterState` (in memory, as `status.json`, at `GET /_labctl/status`) that a runner polls.
 
 `Meter` is the proxy's logic (routing, one model call from gate to record); serving it (the
 listening socket, its event loop, `start_meter`, `meter_in_thread`, `MeterHandle`) is in
@@ -28,6 +27,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from labctl.meter.cost import exchange_cost
 from labctl.meter.limits import clamps, forwarded_bytes
 from labctl.meter.policy import InterventionPolicy
 from labctl.meter.sserelay import StreamRelay
@@ -83,7 +83,8 @@ class Meter:
                 raise MeterConfigError(f"environment variable {cfg.api_key_env} (the API key) is not set")
         self.state = MeterState(alias=cfg.alias, dialect=cfg.dialect, started_at=time.time(),
                                 token_budget=cfg.token_budget, request_budget=cfg.request_budget,
-                                max_output=cfg.max_output)
+                                max_output=cfg.max_output, cost_budget=cfg.cost_budget,
+                                cost_usd=0.0 if cfg.price else None)
         self.recorder = Recorder(cfg.transcript, cfg.status_file(), cfg.alias,
                                  secrets=[self.key] if self.key else [], blob_bytes=cfg.blob_bytes)
         self.names = self.recorder.names  # upstream model names seen: redacted wherever they appear
@@ -223,9 +224,7 @@ class Meter:
         """Earlier stops (budget, interventions) and this request's interventions, before forwarding."""
         st = self.state
         if st.stopped:
-            why = ("the token budget is spent" if st.stopped_reason == "token_budget"
-                   else "the request budget is spent" if st.stopped_reason == "request_budget"
-                   else f"the run was stopped ({st.stopped_reason})")
+            why = st.why_stopped()
             kind = "budget_exceeded" if st.budget_exceeded else "run_stopped"
             msg = f"labctl meter: {why}; no more model calls"
             return await self.refuse(request, rec, dialect, 429, msg, kind)
@@ -391,7 +390,8 @@ class Meter:
             rec["usage"] = usage
             rec["timings"] = asm.timings
             self.policy.observe(response, rec["request"])
-            st.add_usage(usage, len(response["tool_calls"]))
+            rec["cost_usd"] = cost = exchange_cost(rec["dialect"], usage, self.cfg.price)
+            st.add_usage(usage, len(response["tool_calls"]), cost)
             if asm.error is not None and rec["error"] is None:
                 self.mark_error(rec, "upstream_error_event", "the upstream sent an error event",
                                 event=asm.error)

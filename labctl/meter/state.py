@@ -22,9 +22,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from labctl.errors import LabctlError
 from labctl.meter import blobs
+from labctl.meter.cost import add_cost
 from labctl.meter.names import replace_names
 from labctl.meter.transcript import Dialect
 from labctl.spec.interventions import Interventions
+from labctl.spec.price import Price
 
 
 class MeterConfigError(LabctlError, ValueError):
@@ -61,6 +63,10 @@ class MeterConfig(BaseModel):
     """Model calls forwarded across the run; the call that reaches it completes, later ones are
     refused with 429 and the run is stopped (`request_budget`). The backstop for runtimes with no
     turn limit of their own."""
+    price: Price | None = None
+    """The contestant's declared price: every exchange's `cost_usd` (labctl/meter/cost.py)."""
+    cost_budget: float | None = Field(default=None, gt=0)
+    """USD across the run (needs `price`); the call that crosses it completes, the next is refused."""
     interventions: Interventions = Interventions()
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 900.0
@@ -95,7 +101,8 @@ class MeterConfig(BaseModel):
         optional: list[tuple[str, object]] = [
             ("--api-key-env", self.api_key_env), ("--upstream-model", self.upstream_model),
             ("--max-output", self.max_output), ("--token-budget", self.token_budget),
-            ("--request-budget", self.request_budget),
+            ("--request-budget", self.request_budget), ("--cost-budget", self.cost_budget),
+            ("--price", self.price.model_dump_json() if self.price else None),
             ("--interventions", interventions_file if self.interventions != Interventions() else None),
             ("--status", self.status_path)]
         argv += [f for flag, v in optional if v is not None for f in (flag, str(v))]
@@ -138,6 +145,10 @@ class MeterState(BaseModel):
     """`MeterConfig.token_budget`: prompt + completion tokens allowed; None for no budget."""
     request_budget: int | None = None
     """`MeterConfig.request_budget`: model calls the meter forwards; None for no budget."""
+    cost_usd: float | None = None
+    """USD spent, the sum of the exchanges' `cost_usd`; None when unpriced (never a 0 for a local model)."""
+    cost_budget: float | None = None
+    """`MeterConfig.cost_budget`: USD allowed; None for no budget."""
     max_output: int | None = None
     """`MeterConfig.max_output`: the most output tokens any request was allowed."""
     clamped: int = 0
@@ -148,8 +159,8 @@ class MeterState(BaseModel):
     """Forwarded calls whose closing usage never came (cut by the agent's end, a stop, a dropped
     stream): their tokens above are what the stream carried, a lower bound."""
     budget_exceeded: bool = False
-    """A budget is spent (total_tokens >= token_budget, forwarded >= request_budget): later calls
-    are refused."""
+    """A budget is spent (total_tokens >= token_budget, forwarded >= request_budget, cost_usd >=
+    cost_budget): later calls are refused."""
     errors: int = 0
     """Upstream failures: 5xx, bad key/URL, unreachable, dropped streams."""
     errored: bool = False
@@ -159,7 +170,7 @@ class MeterState(BaseModel):
     stopped: bool = False
     """The run should stop: the runner stops the agent when it reads this."""
     stopped_reason: str | None = None
-    """`token_budget` or `intervention:<name>`."""
+    """`token_budget`, `request_budget`, `cost_budget` or `intervention:<name>`."""
     nudges: int = 0
     """Nudges injected into requests."""
     stops: int = 0
@@ -173,9 +184,11 @@ class MeterState(BaseModel):
     updated_at: float = 0.0
     """When this state was last published (Unix time)."""
 
-    def add_usage(self, usage: dict[str, Any] | None, tool_calls: int) -> None:
-        """Count one answer; the call that crosses the budget completes, the next is refused."""
+    def add_usage(self, usage: dict[str, Any] | None, tool_calls: int, cost: float | None = None) -> None:
+        """Count one answer (`cost`: its USD, None unpriced); the call that crosses a budget completes,
+        the next is refused."""
         self.tool_calls += tool_calls
+        self.cost_usd = add_cost(self.cost_usd, cost)
         if usage:
             self.partial_exchanges += bool(usage.get("partial"))
             self.prompt_tokens += usage["prompt_tokens"]
@@ -184,9 +197,10 @@ class MeterState(BaseModel):
             self.total_tokens += usage["total_tokens"]
         spent = self.token_budget is not None and self.total_tokens >= self.token_budget
         calls = self.request_budget is not None and self.forwarded >= self.request_budget
-        if (spent or calls) and not self.budget_exceeded:
+        paid = self.cost_budget is not None and (self.cost_usd or 0.0) >= self.cost_budget
+        if (spent or calls or paid) and not self.budget_exceeded:
             self.budget_exceeded = True
-            self.stop("token_budget" if spent else "request_budget")
+            self.stop("token_budget" if spent else "cost_budget" if paid else "request_budget")
 
     def count_clamps(self, edits: list[dict[str, Any]]) -> None:
         """One call held to max_output (labctl/meter/limits.py `clamps`)."""
@@ -194,6 +208,12 @@ class MeterState(BaseModel):
             self.clamped += 1
         else:
             self.limit_added += 1
+
+    def why_stopped(self) -> str:
+        """The stop in words, for the refusal of every later call."""
+        reason = str(self.stopped_reason)
+        return (f"the {reason.split('_')[0]} budget is spent" if reason.endswith("_budget")
+                else f"the run was stopped ({reason})")
 
     def stop(self, reason: str) -> None:
         if not self.stopped:

@@ -27,7 +27,7 @@ CUT = frozenset({"length", "max_tokens"})
 """finish_reason of an answer cut at its output limit: chat completions' `length`, Anthropic's
 `max_tokens` (stop_reason); the meter writes a Responses answer incomplete at max_output_tokens as
 `length` (`labctl.meter.wire_responses.finish_reason`)."""
-BUDGETS = frozenset({"token_budget", "request_budget"})
+BUDGETS = frozenset({"token_budget", "request_budget", "cost_budget"})
 OOM_HINT = "the kernel's OOM killer sends it at the task's memory limit (task.toml memory_mb)"
 """Said with a SIGKILL labctl did not send: the usual sender (qwen-code 0.24.4 is killed so at the
 smoke task's 1 GiB as its session ends), though the record cannot prove it."""

@@ -24,8 +24,8 @@ CLOUD = """  - id: claude
 
 @pytest.fixture
 def priced(lab: Path) -> Path:  # noqa: F811
-    text = lab.read_text()
-    lab.write_text(text.replace("  - {id: oracle, kind: oracle}\n", CLOUD + "  - {id: oracle, kind: oracle}\n"))
+    oracle = "  - {id: oracle, kind: oracle}\n"
+    lab.write_text(lab.read_text().replace(oracle, CLOUD + oracle))
     return lab
 
 
