@@ -133,6 +133,9 @@ class RunMetrics(BaseModel):
     """Prompt tokens served from the upstream's cache."""
     total_tokens: int | None = None
     """Prompt + completion tokens over the run."""
+    cost_usd: float | None = None
+    """USD at the contestant's declared price (the meter's running total, each exchange priced from its
+    wire's own usage fields); None when not priced (local models, unpriced cloud ones), never 0."""
     tokens_source: Literal["meter", "server"] | None = None
     """Where the token figures come from: `meter` (the upstream's usage, as the meter recorded it) or
     `server` (reconciled with llama-server's own counters: `labctl.round.tokens.reconcile`)."""
