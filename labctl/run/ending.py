@@ -59,9 +59,9 @@ def session_ending(*, stopped_by: str | None, exit_code: int | None, own: str | 
                    records: Sequence[dict[str, Any]], meter_state: MeterState | None,
                    needs_model: bool) -> Ending:
     """The ending of one session. `stopped_by` is what labctl stopped it for (`RunSession.stopped_by`:
-    `wall_time`, `token_budget`, `request_budget`, `intervention:<name>`, `upstream_error`, or the
-    meter's other reasons), `own` the runtime's own line (its adapter's `ending`), `records` the
-    meter's transcript."""
+    `wall_time`, `token_budget`, `request_budget`, `cost_budget`, `intervention:<name>`,
+    `upstream_error`, or the meter's other reasons), `own` the runtime's own line (its adapter's
+    `ending`), `records` the meter's transcript."""
     cut = cut_answers(records) if needs_model else None
 
     def ended(by: EndedBy, detail: str | None) -> Ending:
