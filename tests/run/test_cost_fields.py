@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from labctl.meter.state import MeterConfig
+from labctl.meter.state import MeterConfig, MeterState
+from labctl.run.grade import run_metrics
 from labctl.run.runplan import cost_fields
 from labctl.spec.lab import CloudContestant
 from labctl.spec.load import load_lab
@@ -35,3 +36,15 @@ def test_an_unpriced_contestant_gets_no_cost_fields(tmp_path: Path) -> None:
     lab = load_lab(lab_copy(tmp_path, LAB.replace("budgets:\n", "budgets:\n  cost: 2.5\n", 1))).lab
     c = next(c for c in lab.contestants if isinstance(c, CloudContestant))
     assert c.price is None and cost_fields(lab, c) == {}
+
+
+def test_metrics_carry_the_meters_cost(tmp_path: Path) -> None:
+    """metrics.json's cost_usd is the meter's running total; an unpriced meter's None stays None."""
+    t = tmp_path / "transcript.jsonl"
+    t.write_text("")
+    for cost in (0.4213, None):
+        state = MeterState(alias="run-1", dialect="anthropic", started_at=0.0, cost_usd=cost)
+        m = run_metrics(meter_state=state, transcript=t, ws=None, reward=None, wall_s=1.0,
+                        needs_model=True, stopped_by=None)
+        assert m.cost_usd == cost
+        assert ("cost_usd" in m.model_dump(exclude_none=True)) is (cost is not None)
