@@ -1,8 +1,9 @@
 """A loopback stand-in for a model server that speaks the real wire formats.
 
-OpenAI chat completions (`POST /v1/chat/completions`) and Anthropic messages (`POST /v1/messages`),
-each as one JSON body or as SSE with the real event names and shapes: OpenAI chunks with
-`delta.tool_calls[i].function.arguments` fragments, the `stream_options.include_usage` chunk
+OpenAI chat completions (`POST /v1/chat/completions`), Anthropic messages (`POST /v1/messages`)
+and a text-only OpenAI Responses API (`POST /v1/responses`), each as one JSON body or as SSE
+with the real event names and shapes: OpenAI chunks with `delta.tool_calls[i].function.arguments`
+fragments, the `stream_options.include_usage` chunk
 (`choices: []`) and llama.cpp's `timings`; Anthropic's message_start / content_block_start /
 ping / content_block_delta (text_delta, input_json_delta) / content_block_stop / message_delta /
 message_stop. It names its model, fingerprint and engine everywhere a real server does (body,
@@ -44,6 +45,8 @@ class Reply:
     tool_calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     reasoning: str | None = None
     cached_tokens: int = 3
+    cache_write_tokens: int = 0
+    """Anthropic's `cache_creation_input_tokens` (the other wires bill no cache write)."""
 
     def finish(self, dialect: str) -> str:
         if dialect == "openai":
@@ -64,7 +67,7 @@ def pieces(text: str, size: int = 4) -> list[str]:
 
 
 def prompt_tokens(body: dict[str, Any]) -> int:
-    return 10 + len(json.dumps(body.get("messages", []))) // 4
+    return 10 + len(json.dumps(body.get("messages", body.get("input", [])))) // 4
 
 
 def _stable(name: str, args: dict[str, Any]) -> str:
@@ -101,6 +104,7 @@ class FakeUpstream:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/v1/messages", self.messages)
+        app.router.add_post("/v1/responses", self.responses)
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/health", self.health)
         app.router.add_get("/props", self.props)
@@ -142,7 +146,8 @@ class FakeUpstream:
         limit = body.get("max_tokens")
         if isinstance(limit, int) and len(pieces(reply.text)) > limit:
             reply = Reply(text="".join(pieces(reply.text)[:limit]), tool_calls=reply.tool_calls,
-                          reasoning=reply.reasoning, cached_tokens=reply.cached_tokens)
+                          reasoning=reply.reasoning, cached_tokens=reply.cached_tokens,
+                          cache_write_tokens=reply.cache_write_tokens)
         return reply
 
     def usage_numbers(self, body: dict[str, Any], reply: Reply) -> tuple[int, int, int]:
@@ -243,7 +248,8 @@ class FakeUpstream:
             blocks.append({"type": "text", "text": reply.text})
         blocks += [{"type": "tool_use", "id": f"toolu_{i}_{_stable(name, args)}", "name": name, "input": args}
                    for i, (name, args) in enumerate(reply.tool_calls)]
-        usage = {"input_tokens": p - k, "cache_creation_input_tokens": 0, "cache_read_input_tokens": k,
+        w = reply.cache_write_tokens
+        usage = {"input_tokens": p - k - w, "cache_creation_input_tokens": w, "cache_read_input_tokens": k,
                  "output_tokens": c}
         message = {"id": ident, "type": "message", "role": "assistant", "model": self.model,
                    "content": blocks, "stop_reason": reply.finish("anthropic"), "stop_sequence": None,
@@ -275,6 +281,35 @@ class FakeUpstream:
                             "usage": {"output_tokens": c}}, "message_delta"))
         events.append(_sse({"type": "message_stop"}, "message_stop"))
         return await self.stream(request, "anthropic", events)
+
+    # ------------------------------------------------------------------ OpenAI Responses
+    async def responses(self, request: web.Request) -> web.StreamResponse:
+        """Text answers only (tool calls: tests/scripted_model.py); usage as the API puts it, the
+        cached tokens inside `input_tokens` (`input_tokens_details.cached_tokens`)."""
+        body, failed = await self._receive(request, "openai")
+        if failed is not None:
+            return failed
+        reply = self.next_reply(body)
+        p, c, k = self.usage_numbers(body, reply)
+        usage = {"input_tokens": p, "input_tokens_details": {"cached_tokens": k}, "output_tokens": c,
+                 "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": p + c}
+        message = {"type": "message", "id": f"msg_fake{self.n:04d}", "status": "completed",
+                   "role": "assistant",
+                   "content": [{"type": "output_text", "text": reply.text, "annotations": []}]}
+        done = {"id": f"resp_fake{self.n:04d}", "object": "response", "created_at": 1700000000,
+                "status": "completed", "model": self.model, "output": [message], "usage": usage,
+                "error": None, "incomplete_details": None}
+        if not body.get("stream"):
+            return web.json_response(done, headers=self.headers("openai"))
+        pending = {**done, "status": "in_progress", "output": [], "usage": None}
+        events = [_sse({"type": "response.created", "sequence_number": 0, "response": pending},
+                       "response.created")]
+        events += [_sse({"type": "response.output_text.delta", "sequence_number": i, "item_id": message["id"],
+                         "output_index": 0, "content_index": 0, "delta": x}, "response.output_text.delta")
+                   for i, x in enumerate(pieces(reply.text), 1)]
+        events.append(_sse({"type": "response.completed", "sequence_number": len(events), "response": done},
+                           "response.completed"))
+        return await self.stream(request, "openai", events)
 
     # ------------------------------------------------------------------ introspection
     async def models(self, request: web.Request) -> web.Response:

@@ -76,6 +76,11 @@ def meter_command(
     token_budget: Annotated[int | None, typer.Option(help="Total tokens before calls are refused.")] = None,
     request_budget: Annotated[int | None, typer.Option(
         help="Model calls forwarded before later ones are refused (runtimes without a turn limit).")] = None,
+    cost_budget: Annotated[float | None, typer.Option(
+        help="USD (from --price) before later calls are refused.")] = None,
+    price: Annotated[str | None, typer.Option(
+        help="The declared price as JSON (input, output, cache_read, cache_write per M tokens, as_of, "
+             "source): every exchange's cost_usd.")] = None,
     max_output: Annotated[int | None, typer.Option(
         help="Most output tokens per call: every request's output limit is clamped to it (set if absent).",
         min=1)] = None,
@@ -104,7 +109,7 @@ def meter_command(
                            api_key_env=api_key_env, token_budget=token_budget, request_budget=request_budget,
                            max_output=max_output, alias=alias, upstream_model=upstream_model,
                            interventions=interventions, status=status, max_request_bytes=max_request_bytes,
-                           blob_bytes=blob_bytes, control=control)
+                           blob_bytes=blob_bytes, control=control, cost_budget=cost_budget, price=price)
     except (LabctlError, ValidationError) as e:  # ValidationError: MeterConfig's or the interventions'
         raise fail(str(e).splitlines()[0] if not isinstance(e, ValidationError) else _first(e), as_json,
                    code=EXIT_SPEC) from None
@@ -137,9 +142,11 @@ def meter_config(*, upstream: str, dialect: Literal["openai", "anthropic"], tran
                  api_key_env: str | None, token_budget: int | None, request_budget: int | None,
                  max_output: int | None, alias: str, upstream_model: str | None, interventions: Path | None,
                  status: Path | None, max_request_bytes: int, blob_bytes: int,
-                 control: Path | None = None) -> MeterConfig:
+                 control: Path | None = None, cost_budget: float | None = None, price: str | None = None
+                 ) -> MeterConfig:
     """The config `labctl meter`'s options describe (the inverse of `MeterConfig.to_argv`)."""
     from labctl.meter.state import MeterConfig  # aiohttp only when a meter really starts
+    from labctl.spec.price import Price
 
     host, port = parse_listen(listen)
     return MeterConfig(upstream=upstream, dialect=dialect, transcript=transcript, host=host, port=port,
@@ -147,7 +154,8 @@ def meter_config(*, upstream: str, dialect: Literal["openai", "anthropic"], tran
                        token_budget=token_budget, request_budget=request_budget, max_output=max_output,
                        interventions=load_interventions(interventions), status_path=status,
                        max_request_bytes=max_request_bytes, blob_bytes=None if blob_bytes < 0 else blob_bytes,
-                       control_dir=control)
+                       control_dir=control, cost_budget=cost_budget,
+                       price=Price.model_validate_json(price) if price else None)
 
 
 def _first(e: ValidationError) -> str:

@@ -30,5 +30,8 @@ def lock_entries(lock: Lock) -> dict[str, str]:
             tree = f" +{len(a.npm_packages) - 1} npm packages, node {a.node.version}"
         head = f"{a.name}=={a.version} {a.filename or ''} {a.sha256 or a.integrity or ''}".strip()
         rows[entry] = head + tree
+    for cid, p in (lock.prices or {}).items():
+        rows[f"prices.{cid}"] = (f"${p.input:g} in, ${p.output:g} out, ${p.cache_read:g} cache read, "
+                                 f"${p.cache_write:g} cache write per M tokens, as of {p.as_of}")
     rows["task"] = f"{lock.task.path} tree sha256:{lock.task.tree_sha256[:16]}…"
     return rows

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from labctl.errors import LabctlError
 from labctl.gguf.meta import GGUFMeta
+from labctl.spec.price import Price
 
 LOCK_VERSION: Final = 1
 SHA256 = r"^[0-9a-f]{64}$"
@@ -177,6 +178,10 @@ class Lock(Locked):
     tasks: dict[str, TaskLock] | None = None
     """A dataset's tasks: name → its own pin, so `labctl lock --check` names the task that changed.
     None (left out of the file) for a one-task lab."""
+    prices: dict[str, Price] | None = None
+    """Cloud contestant id → its declared price (`contestants[].price`), as lab.yaml states it: a
+    price is an input of every cost figure, so a changed one is drift. None when no contestant is
+    priced (left out of the file, so older locks read the same)."""
 
     def text(self) -> str:
         return json.dumps(self.model_dump(mode="json", exclude_none=True), indent=2, sort_keys=True) + "\n"

@@ -30,8 +30,9 @@ from labctl.lock.lockfile import (
     read_lock,
 )
 from labctl.spec.dataset import dataset_label
-from labctl.spec.lab import AgentRuntime, LocalContestant
+from labctl.spec.lab import AgentRuntime, CloudContestant, Lab, LocalContestant
 from labctl.spec.load import LoadedLab
+from labctl.spec.price import Price
 from labctl.treehash import tree_sha256
 
 if TYPE_CHECKING:
@@ -63,11 +64,18 @@ def spec_sha256(loaded: LoadedLab) -> str:
         "task": str(lab.task.path) if not lab.task.is_dataset else lab.task.model_dump(mode="json",
                                                                                           exclude_none=True),
     }
+    if prices := declared_prices(lab):  # only when declared, so the locks of unpriced labs keep their hash
+        pinned["prices"] = {cid: p.model_dump(mode="json") for cid, p in prices.items()}
     own = contestant_agents(loaded)
     if own:  # only when used, so the locks of labs without them keep their hash
         pinned["agents"] = {name: a.model_dump(mode="json", include={"runtime", "version"})
                             for name, a in sorted(own.items())}
     return hashlib.sha256(json.dumps(pinned, sort_keys=True).encode()).hexdigest()
+
+
+def declared_prices(lab: Lab) -> dict[str, Price]:
+    """The cloud contestants' declared prices, by contestant id (unpriced ones left out)."""
+    return {c.id: c.price for c in lab.contestants if isinstance(c, CloudContestant) and c.price}
 
 
 def contestant_agents(loaded: LoadedLab) -> dict[str, AgentRuntime]:
@@ -130,7 +138,8 @@ def resolve(loaded: LoadedLab, store: Store, report: Report = _noop) -> Lock:
     if problems or source is None or task is None:
         raise LockError(problems)
     return Lock(lab=lab.lab.name, spec_sha256=spec_sha256(loaded), llama_cpp=source, images=images,
-                models=models, agent=agent, agents=agents or None, task=task, tasks=task_locks(loaded))
+                models=models, agent=agent, agents=agents or None, task=task, tasks=task_locks(loaded),
+                prices=declared_prices(lab) or None)
 
 
 def _pin_runtime(runtime: str, version: str) -> PackageLock:
@@ -324,6 +333,8 @@ def verify_offline(loaded: LoadedLab, lock: Lock, store: Store) -> OfflineResult
             new = lock_model(c, base_dir=loaded.base_dir, store=store)
             bad = [f.name for f, g in zip(old.files, new.files, strict=False) if f.sha256 != g.sha256]
             check(entry, not bad and len(old.files) == len(new.files), f"sha256 changed for {', '.join(bad)}")
+    for cid, price in sorted(declared_prices(loaded.lab).items()):
+        check(f"prices.{cid}", (lock.prices or {}).get(cid) == price, "declared price changed")
     (r.unchecked if lock.agent else r.verified).append("agent")
     r.unchecked += [f"agents.{name}" for name in sorted(lock.agents or {})]
     return r
@@ -345,4 +356,4 @@ def require_lock(loaded: LoadedLab) -> Lock:
 
 
 __all__ = ["LockError", "OfflineResult", "carry_build_facts", "drift", "lock_path", "require_lock", "resolve",
-           "spec_sha256", "verify_offline"]
+           "declared_prices", "spec_sha256", "verify_offline"]

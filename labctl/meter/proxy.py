@@ -1,18 +1,15 @@
 """The metering proxy between an agent and its model: the agent's only way out of its container.
 
 Why it exists: a blind, comparable round needs every model call recorded the same way (usage,
-llama.cpp `timings`, tool calls), budgets enforced outside the agent, real API keys kept out of
-the task container, and nothing that names the model reaching the agent. So the agent gets a base
-URL and a dummy key; this proxy swaps in the real key, rewrites the model's name to a neutral
-alias, streams bytes straight through (byte edits on the way, parsing once the agent has its
-answer: labctl/meter/sserelay.py), appends one transcript record per request (a large request body as a
-blob beside it: labctl/meter/blobs.py), answers 413 itself above `max_request_bytes`, and publishes a
-`MeterState` (in memory, as `status.json`, at `GET /_labctl/status`) that a runner in another
-process or container polls to stop or mark the run.
-
-`Meter` is the proxy's logic (routing, one model call from gate to record); serving it is in
-labctl/meter/server.py, wire formats in labctl/meter/transcript.py, config, state and the file writer in
-labctl/meter/state.py, the operator's channel (a directory, never a route) in labctl/meter/control.py.
+its cost at a declared price, llama.cpp `timings`, tool calls), budgets enforced outside the agent,
+real API keys kept out of the task container, and nothing that names the model reaching the agent.
+So the agent gets a base URL and a dummy key; this proxy swaps in the real key, rewrites the model's
+name to a neutral alias, streams bytes straight through (edits on the way, parsing afterwards:
+sserelay.py), appends one transcript record per request (large bodies as blobs: blobs.py), answers
+413 itself above `max_request_bytes`, and publishes a `MeterState` (status.json, `GET /_labctl/status`).
+`Meter` is the logic (routing, one model call from gate to record); serving it: server.py; wire
+formats: transcript.py; config and state: state.py; files: recorder.py; the operator's channel (a
+directory, never a route): control.py — all in labctl/meter/.
 """
 
 from __future__ import annotations
@@ -28,10 +25,12 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from labctl.meter.control import ControlReader
+from labctl.meter.cost import exchange_cost
 from labctl.meter.limits import clamps, forwarded_bytes
 from labctl.meter.policy import InterventionPolicy
+from labctl.meter.recorder import Recorder, StatusPublisher
 from labctl.meter.sserelay import StreamRelay
-from labctl.meter.state import MeterConfig, MeterConfigError, MeterState, Recorder, StatusPublisher
+from labctl.meter.state import MeterConfig, MeterConfigError, MeterState
 from labctl.meter.transcript import (
     AnyReassembler,
     Dialect,
@@ -80,9 +79,7 @@ class Meter:
             self.key = os.environ.get(cfg.api_key_env)
             if not self.key:
                 raise MeterConfigError(f"environment variable {cfg.api_key_env} (the API key) is not set")
-        self.state = MeterState(alias=cfg.alias, dialect=cfg.dialect, started_at=time.time(),
-                                token_budget=cfg.token_budget, request_budget=cfg.request_budget,
-                                max_output=cfg.max_output)
+        self.state = MeterState.starting(cfg)
         self.recorder = Recorder(cfg.transcript, cfg.status_file(), cfg.alias,
                                  secrets=[self.key] if self.key else [], blob_bytes=cfg.blob_bytes)
         self.names = self.recorder.names  # upstream model names seen: redacted wherever they appear
@@ -392,7 +389,8 @@ class Meter:
             rec["usage"] = usage
             rec["timings"] = asm.timings
             self.policy.observe(response, rec["request"])
-            st.add_usage(usage, len(response["tool_calls"]))
+            rec["cost_usd"] = cost = exchange_cost(rec["dialect"], usage, self.cfg.price)
+            st.add_usage(usage, len(response["tool_calls"]), cost)
             if asm.error is not None and rec["error"] is None:
                 self.mark_error(rec, "upstream_error_event", "the upstream sent an error event",
                                 event=asm.error)

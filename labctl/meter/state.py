@@ -1,6 +1,5 @@
-"""What a meter is told (`MeterConfig`) and what it keeps (`MeterState`, the transcript and status
-files, written by `Recorder` and paced by `StatusPublisher`); when it intervenes is
-labctl/meter/policy.py.
+"""What a meter is told (`MeterConfig`) and what it keeps (`MeterState`; the transcript and status
+files are written by labctl/meter/recorder.py); when it intervenes is labctl/meter/policy.py.
 
 Why apart from the proxy: a runner in another process reads `MeterState` from status.json and
 builds `MeterConfig` from the lab without the HTTP machinery; the policy is pure decisions over
@@ -9,11 +8,6 @@ time and model answers, tested without a network; and the files are written off 
 
 from __future__ import annotations
 
-import asyncio
-import json
-import os
-import queue
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -21,10 +15,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from labctl.errors import LabctlError
-from labctl.meter import blobs
-from labctl.meter.names import replace_names
+from labctl.meter.cost import add_cost
 from labctl.meter.transcript import Dialect
 from labctl.spec.interventions import Interventions
+from labctl.spec.price import Price
 
 
 class MeterConfigError(LabctlError, ValueError):
@@ -61,6 +55,10 @@ class MeterConfig(BaseModel):
     """Model calls forwarded across the run; the call that reaches it completes, later ones are
     refused with 429 and the run is stopped (`request_budget`). The backstop for runtimes with no
     turn limit of their own."""
+    price: Price | None = None
+    """The contestant's declared price: every exchange's `cost_usd` (labctl/meter/cost.py)."""
+    cost_budget: float | None = Field(default=None, gt=0)
+    """USD across the run (needs `price`); the call that crosses it completes, the next is refused."""
     interventions: Interventions = Interventions()
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 900.0
@@ -99,7 +97,8 @@ class MeterConfig(BaseModel):
         optional: list[tuple[str, object]] = [
             ("--api-key-env", self.api_key_env), ("--upstream-model", self.upstream_model),
             ("--max-output", self.max_output), ("--token-budget", self.token_budget),
-            ("--request-budget", self.request_budget),
+            ("--request-budget", self.request_budget), ("--cost-budget", self.cost_budget),
+            ("--price", self.price.model_dump_json() if self.price else None),
             ("--interventions", interventions_file if self.interventions != Interventions() else None),
             ("--status", self.status_path), ("--control", self.control_dir)]
         argv += [f for flag, v in optional if v is not None for f in (flag, str(v))]
@@ -142,6 +141,10 @@ class MeterState(BaseModel):
     """`MeterConfig.token_budget`: prompt + completion tokens allowed; None for no budget."""
     request_budget: int | None = None
     """`MeterConfig.request_budget`: model calls the meter forwards; None for no budget."""
+    cost_usd: float | None = None
+    """USD spent, the sum of the exchanges' `cost_usd`; None when unpriced (never a 0 for a local model)."""
+    cost_budget: float | None = None
+    """`MeterConfig.cost_budget`: USD allowed; None for no budget."""
     max_output: int | None = None
     """`MeterConfig.max_output`: the most output tokens any request was allowed."""
     clamped: int = 0
@@ -152,8 +155,8 @@ class MeterState(BaseModel):
     """Forwarded calls whose closing usage never came (cut by the agent's end, a stop, a dropped
     stream): their tokens above are what the stream carried, a lower bound."""
     budget_exceeded: bool = False
-    """A budget is spent (total_tokens >= token_budget, forwarded >= request_budget): later calls
-    are refused."""
+    """A budget is spent (total_tokens >= token_budget, forwarded >= request_budget, cost_usd >=
+    cost_budget): later calls are refused."""
     errors: int = 0
     """Upstream failures: 5xx, bad key/URL, unreachable, dropped streams."""
     errored: bool = False
@@ -163,7 +166,7 @@ class MeterState(BaseModel):
     stopped: bool = False
     """The run should stop: the runner stops the agent when it reads this."""
     stopped_reason: str | None = None
-    """`token_budget`, `request_budget`, `intervention:<name>` or `operator`."""
+    """`token_budget`, `request_budget`, `cost_budget`, `intervention:<name>` or `operator`."""
     nudges: int = 0
     """Nudges injected into requests."""
     stops: int = 0
@@ -181,9 +184,11 @@ class MeterState(BaseModel):
     updated_at: float = 0.0
     """When this state was last published (Unix time)."""
 
-    def add_usage(self, usage: dict[str, Any] | None, tool_calls: int) -> None:
-        """Count one answer; the call that crosses the budget completes, the next is refused."""
+    def add_usage(self, usage: dict[str, Any] | None, tool_calls: int, cost: float | None = None) -> None:
+        """Count one answer (`cost`: its USD, None unpriced); the call that crosses a budget completes,
+        the next is refused."""
         self.tool_calls += tool_calls
+        self.cost_usd = add_cost(self.cost_usd, cost)
         if usage:
             self.partial_exchanges += bool(usage.get("partial"))
             self.prompt_tokens += usage["prompt_tokens"]
@@ -192,9 +197,10 @@ class MeterState(BaseModel):
             self.total_tokens += usage["total_tokens"]
         spent = self.token_budget is not None and self.total_tokens >= self.token_budget
         calls = self.request_budget is not None and self.forwarded >= self.request_budget
-        if (spent or calls) and not self.budget_exceeded:
+        paid = self.cost_budget is not None and (self.cost_usd or 0.0) >= self.cost_budget
+        if (spent or calls or paid) and not self.budget_exceeded:
             self.budget_exceeded = True
-            self.stop("token_budget" if spent else "request_budget")
+            self.stop("token_budget" if spent else "cost_budget" if paid else "request_budget")
 
     def count_clamps(self, edits: list[dict[str, Any]]) -> None:
         """One call held to max_output (labctl/meter/limits.py `clamps`)."""
@@ -203,16 +209,27 @@ class MeterState(BaseModel):
         else:
             self.limit_added += 1
 
+    @classmethod
+    def starting(cls, cfg: MeterConfig) -> MeterState:
+        """A new meter's state: its limits from `cfg`, nothing spent (a cost only where priced)."""
+        return cls(alias=cfg.alias, dialect=cfg.dialect, started_at=time.time(),
+                   token_budget=cfg.token_budget, request_budget=cfg.request_budget,
+                   max_output=cfg.max_output, cost_budget=cfg.cost_budget,
+                   cost_usd=0.0 if cfg.price else None)
+
+    def why_stopped(self) -> str:
+        """The stop in words, for the refusal of every later call."""
+        reason = str(self.stopped_reason)
+        return (f"the {reason.split('_')[0]} budget is spent" if reason.endswith("_budget")
+                else f"the run was stopped ({reason})")
+
     def stop(self, reason: str) -> None:
         if not self.stopped:
             self.stopped, self.stopped_reason = True, reason
 
     def refusal(self) -> tuple[str, str]:
         """(message, error kind) for a model call after the run stopped."""
-        why = ("the token budget is spent" if self.stopped_reason == "token_budget"
-               else "the request budget is spent" if self.stopped_reason == "request_budget"
-               else f"the run was stopped ({self.stopped_reason})")
-        return (f"labctl meter: {why}; no more model calls",
+        return (f"labctl meter: {self.why_stopped()}; no more model calls",
                 "budget_exceeded" if self.budget_exceeded else "run_stopped")
 
     def add_error(self, message: str) -> None:
@@ -229,164 +246,3 @@ def read_status(path: Path) -> MeterState | None:
         return MeterState.model_validate_json(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-
-
-STATUS_INTERVAL_S = 0.1
-"""Longest delay of status.json behind the live state (a stop or an error is written at once)."""
-
-
-class StatusPublisher:
-    """Hands the live state to the recorder for status.json: at once when it changes what a runner
-    acts on (stopped, errored), otherwise at most every STATUS_INTERVAL_S. Why: replacing the file
-    on every call cost more CPU than the call itself, and the runner polls at 0.25 s."""
-
-    def __init__(self, state: MeterState, recorder: Recorder) -> None:
-        self.state, self.recorder = state, recorder
-        self.loop: asyncio.AbstractEventLoop | None = None
-        """The meter's loop, once it runs: the deferred publish is a timer on it."""
-        self._timer: asyncio.TimerHandle | None = None
-        self._published = (False, False)
-
-    def publish(self, now: bool = False) -> None:
-        st = self.state
-        if self.recorder.failed and not st.errored:
-            st.errored, st.last_error = True, self.recorder.failed
-        if not now and (st.stopped, st.errored) == self._published:
-            if self._timer is None and self.loop is not None:
-                self._timer = self.loop.call_later(STATUS_INTERVAL_S, self.publish, True)
-            if self._timer is not None:
-                return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        st.updated_at = time.time()
-        self._published = (st.stopped, st.errored)
-        self.recorder.publish(st)
-
-    def flush(self) -> None:
-        """Publish a state still waiting for its turn (drain, shutdown)."""
-        if self._timer is not None:
-            self.publish(now=True)
-
-
-BATCH_S = 0.05
-"""How long the recorder lets records gather before writing them. Why: waking the writer thread for
-each record made it take the GIL (and a CPU) right when the agent's next call arrived; profiled,
-that cost the event loop more than the call itself on a busy 2-core machine."""
-
-
-class Recorder:
-    """Writes transcript.jsonl (append-only, one record per line, flushed when the queue empties) and
-    status.json (replaced atomically, so a poller never reads half a file) on its own thread.
-
-    Why a thread: replacing a file costs 0.2–1 ms on ext4 (the rename forces a data flush) and a
-    long conversation's record takes as long to serialise; on the event loop that would be added
-    to the agent's next call. It writes in batches (`BATCH_S`), and status writes coalesce: only
-    the newest state is written.
-    Every line passes through `redact`: secrets (the real API key) become `[REDACTED]` and upstream
-    model names become the alias, in whatever field they hid.
-    """
-
-    def __init__(self, path: Path, status_path: Path, alias: str, secrets: list[str] | None = None,
-                 blob_bytes: int | None = None) -> None:
-        self.path, self.status_path, self.alias = Path(path), Path(status_path), alias
-        self.blob_bytes = blob_bytes
-        """A record's `request` whose body (`request_bytes`) is larger goes to a blob."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.status_path.parent.mkdir(parents=True, exist_ok=True)
-        self.secrets = [s for s in (secrets or []) if s]
-        self.hidden: dict[str, str] = {}
-        """Other text to replace (the upstream's URL and host, which name a provider)."""
-        self.names: set[str] = set()
-        """Upstream model names seen so far (the meter adds to it)."""
-        self.failed: str | None = None
-        self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
-        self._q: queue.Queue[tuple[str, Any] | None] = queue.Queue()
-        self._status: tuple[str, frozenset[str]] = ("{}", frozenset())
-        self._status_queued = False
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="labctl-meter-recorder", daemon=True)
-        self._thread.start()
-
-    def redact(self, line: str, names: frozenset[str] | None = None) -> str:
-        """`names`: a snapshot taken on the loop thread (the live set may grow meanwhile)."""
-        for s in self.secrets:
-            line = line.replace(s, "[REDACTED]")
-        for old, new in self.hidden.items():
-            line = line.replace(old, new)
-        return replace_names(line, frozenset(self.names) if names is None else names, self.alias)
-
-    def write(self, record: dict[str, Any]) -> None:
-        """Queue a record; the caller must not change it afterwards."""
-        self._put(("record", (record, frozenset(self.names))))
-
-    def publish(self, state: MeterState) -> None:
-        with self._lock:
-            self._status = (state.model_dump_json(indent=1), frozenset(self.names))
-            if self._status_queued:
-                return
-            self._status_queued = True
-        self._put(("status", None))
-
-    def _put(self, item: tuple[str, Any] | None) -> None:
-        self._q.put(item)
-        if not self._wake.is_set():  # the batch's first item wakes the thread; the rest just queue
-            self._wake.set()
-
-    def drain(self) -> None:
-        """Wait until everything queued is on disk."""
-        self._q.join()
-
-    def close(self) -> None:
-        self._put(None)
-        self._thread.join(60)
-        self._f.close()
-
-    def _blob(self, record: dict[str, Any], names: frozenset[str]) -> dict[str, Any]:
-        """A request body over `blob_bytes` written as a blob, its record holding the reference."""
-        size = record.get("request_bytes")
-        if self.blob_bytes is None or not isinstance(size, int) or size <= self.blob_bytes \
-                or record.get("request") is None:
-            return record
-        text = self.redact(json.dumps(record["request"], ensure_ascii=False, default=str), names)
-        return {**record, "request": blobs.store(blobs.blob_dir(self.path), text.encode())}
-
-    def _run(self) -> None:
-        while True:
-            self._wake.wait()
-            time.sleep(BATCH_S)  # let the batch gather (the GIL is free meanwhile)
-            self._wake.clear()
-            if not self._write_batch():
-                return
-
-    def _write_batch(self) -> bool:
-        """Everything queued so far; False once the closing None was reached."""
-        while True:
-            try:
-                item = self._q.get_nowait()
-            except queue.Empty:
-                return True
-            if item is None:
-                self._q.task_done()
-                return False
-            try:
-                kind, payload = item
-                if kind == "record":
-                    record, names = payload
-                    record = self._blob(record, names)
-                    line = json.dumps(record, ensure_ascii=False, default=str)
-                    self._f.write(self.redact(line, names) + "\n")
-                    if self._q.empty():  # a burst of records: one write, once the burst is queued out
-                        self._f.flush()
-                else:
-                    self._f.flush()  # the records a state counts are on disk before it
-                    with self._lock:
-                        text, self._status_queued = self._status, False
-                    tmp = self.status_path.with_name(f".{self.status_path.name}.{os.getpid()}.tmp")
-                    tmp.write_text(self.redact(*text))
-                    os.replace(tmp, self.status_path)
-            except Exception as e:  # noqa: BLE001 - a full disk must not kill the proxy; the state says so
-                self.failed = f"recording failed: {type(e).__name__}: {e}"
-            finally:
-                self._q.task_done()

@@ -46,7 +46,7 @@ def new_record(seq: int, t_start: float, dialect: Dialect, path: str) -> dict[st
     return {"kind": "exchange", "seq": seq, "t_start": t_start, "t_end": None, "latency_ms": None,
             "ttfb_ms": None, "dialect": dialect, "path": path, "stream": False, "request": None,
             "request_bytes": None, "response": None, "usage": None, "timings": None, "status": None,
-            "error": None, "forwarded": False, "interventions": None, "clamped": None}
+            "error": None, "forwarded": False, "interventions": None, "clamped": None, "cost_usd": None}
 
 
 def normalize_usage(dialect: Dialect, usage: dict[str, Any] | None) -> dict[str, Any] | None:

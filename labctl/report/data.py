@@ -165,6 +165,8 @@ def transcript_summary(path: Path) -> dict[str, Any]:
         msgs = request_turns(rec.get("request") or {})
         messages = len(msgs) if isinstance(msgs, list) else messages
     out["messages"] = messages
+    if priced := [float(c) for rec in exchanges if (c := rec.get("cost_usd")) is not None]:
+        out["cost_usd"] = sum(priced)  # the meter's figure, when metrics.json lacks it
     out["interventions"] = dict(Counter(str(r.get("name") or "(unnamed)") for r in records
                                         if r.get("kind") == "intervention"))
     ops = [r.get("action") for r in records if r.get("kind") == "operator"]

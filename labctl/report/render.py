@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from labctl.report.cost import cost_json
 from labctl.report.data import DASH, Format, ReportError, RoundReport, load_report
 from labctl.report.runpage import PAGE, write_run_pages
 from labctl.report.tables import tables
@@ -142,9 +143,11 @@ def render_json(rep: RoundReport) -> dict[str, Any]:
             "published": cd.published.model_dump(mode="json", exclude_none=True) if cd.published else None,
             "runs": [{"run_id": r.run_id, "repeat": r.repeat, "status": r.result.status,
                       "outcome": r.result.outcome, "attempts": r.result.attempts,
+                      "cost_usd": r.metrics.cost_usd,
                       "metrics": r.metrics.model_dump(mode="json", exclude_none=True)}
                      for r in cd.runs],
         } for cd in rep.contestants],
+        "cost": cost_json(rep),
         "tables": [{"title": t.title, "headers": t.headers, "rows": t.rows} for t in tables(rep)],
         "why": [{"run_id": s.run_id, "contestant": s.contestant, "outcome": s.outcome,
                  "failed_checks": [{"check": c, "note": n} for c, n in s.failed],

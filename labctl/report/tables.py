@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from labctl.report.cost import cost_table
 from labctl.report.data import DASH, OUTCOME_RANK, ContestantData, RoundReport
 from labctl.report.egress import egress_table
 from labctl.report.published import pub, pub_build, pub_nudges, run_cell, token_gap_line
@@ -217,6 +218,8 @@ def tables(rep: RoundReport) -> list[Table]:
               "Agent time: the agent's session; verifier time: the task's tests; total: the whole run "
               "(setup, agent, collection, verifier)."),
     ]
+    if (cost := cost_table(rep)) is not None:
+        out.append(Table(*cost))
     if rep.repeats > 1:
         out.append(Table("Repeats", ["Model", "Runs", "Complete", "pass@1", f"pass@{rep.repeats}"], repeats,
                          "pass@k: chance that at least one of k runs drawn from these reaches Complete."))

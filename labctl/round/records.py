@@ -87,7 +87,7 @@ class Ending(BaseModel):
     """What ended it (`EndedBy`)."""
     detail: str | None = None
     """The runtime's own word (mini-swe-agent's `Submitted`, qwen-code's `[API Error: 400 …]`) or the
-    stopping rule (`token_budget`, the intervention's name, the upstream's error), one line."""
+    stopping rule (`token_budget`, `cost_budget`, the intervention's name, the upstream's error), one line."""
     exit_code: int | None = None
     """The agent command's exit status (None when it never ran)."""
     cut_answers: int | None = None
@@ -112,8 +112,8 @@ class RunMetrics(BaseModel):
     checks_total: int | None = None
     """Named checks in reward.json; None when it names none."""
     stopped_by: str | None = None
-    """What ended the agent early: `wall_time`, `upstream_error`, `token_budget`,
-    `intervention:<name>`, `meter`; None when the agent ended by itself."""
+    """What ended the agent early: `wall_time`, `upstream_error`, `token_budget`, `request_budget`,
+    `cost_budget`, `intervention:<name>`, `meter`; None when the agent ended by itself."""
     screenshot: bool | None = None
     """The verifier's screenshot check (tasks whose `[labctl.report]` names one)."""
     build: BuildFigures | None = None
@@ -133,6 +133,9 @@ class RunMetrics(BaseModel):
     """Prompt tokens served from the upstream's cache."""
     total_tokens: int | None = None
     """Prompt + completion tokens over the run."""
+    cost_usd: float | None = None
+    """USD at the contestant's declared price (the meter's running total, each exchange priced from its
+    wire's own usage fields); None when not priced (local models, unpriced cloud ones), never 0."""
     tokens_source: Literal["meter", "server"] | None = None
     """Where the token figures come from: `meter` (the upstream's usage, as the meter recorded it) or
     `server` (reconciled with llama-server's own counters: `labctl.round.tokens.reconcile`)."""

@@ -15,7 +15,7 @@ from pathlib import Path
 from labctl.meter.state import read_status
 
 POLL_S = 0.25
-BUDGETS = ("token_budget", "request_budget")
+BUDGETS = ("token_budget", "request_budget", "cost_budget")
 
 
 @dataclass

@@ -27,7 +27,7 @@ CUT = frozenset({"length", "max_tokens"})
 """finish_reason of an answer cut at its output limit: chat completions' `length`, Anthropic's
 `max_tokens` (stop_reason); the meter writes a Responses answer incomplete at max_output_tokens as
 `length` (`labctl.meter.wire_responses.finish_reason`)."""
-BUDGETS = frozenset({"token_budget", "request_budget"})
+BUDGETS = frozenset({"token_budget", "request_budget", "cost_budget"})
 OOM_HINT = "the kernel's OOM killer sends it at the task's memory limit (task.toml memory_mb)"
 """Said with a SIGKILL labctl did not send: the usual sender (qwen-code 0.24.4 is killed so at the
 smoke task's 1 GiB as its session ends), though the record cannot prove it."""
@@ -59,9 +59,9 @@ def session_ending(*, stopped_by: str | None, exit_code: int | None, own: str | 
                    records: Sequence[dict[str, Any]], meter_state: MeterState | None,
                    needs_model: bool) -> Ending:
     """The ending of one session. `stopped_by` is what labctl stopped it for (`RunSession.stopped_by`:
-    `wall_time`, `token_budget`, `request_budget`, `intervention:<name>`, `upstream_error`, or the
-    meter's other reasons), `own` the runtime's own line (its adapter's `ending`), `records` the
-    meter's transcript."""
+    `wall_time`, `token_budget`, `request_budget`, `cost_budget`, `intervention:<name>`,
+    `upstream_error`, or the meter's other reasons), `own` the runtime's own line (its adapter's
+    `ending`), `records` the meter's transcript."""
     cut = cut_answers(records) if needs_model else None
 
     def ended(by: EndedBy, detail: str | None) -> Ending:

@@ -84,6 +84,7 @@ def run_metrics(*, meter_state: MeterState | None, transcript: Path, ws: Workspa
     m.completion_tokens = s.completion_tokens if s else 0
     m.cached_tokens = s.cached_tokens if s else 0
     m.total_tokens = s.total_tokens if s else 0
+    m.cost_usd = s.cost_usd if s else None
     m.prompt_tokens_per_s = None if rates.prompt_tokens_per_s is None else round(rates.prompt_tokens_per_s, 2)
     m.gen_tokens_per_s = None if rates.gen_tokens_per_s is None else round(rates.gen_tokens_per_s, 2)
     m.interventions = dict(s.interventions) if s else {}

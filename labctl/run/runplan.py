@@ -17,7 +17,7 @@ from labctl.plan.planner import ContestantPlan
 from labctl.run.context import RoundContext
 from labctl.run.dataset import for_run, task_image
 from labctl.run.parts import WORKSPACE
-from labctl.spec.lab import CloudContestant, Contestant, LocalContestant
+from labctl.spec.lab import CloudContestant, Contestant, Lab, LocalContestant
 from labctl.spec.task import Task, read_task
 
 CONTROLS = ("oracle", "nop")
@@ -90,3 +90,12 @@ def plan_run(ctx: RoundContext, run_id: str) -> RunPlan:
 
 
 __all__ = ["RunPlan", "plan_run"]
+
+
+def cost_fields(lab: Lab, c: CloudContestant) -> dict[str, object]:
+    """The meter config's price and cost budget for a cloud contestant (`MeterConfig.price`,
+    `cost_budget`). An unpriced contestant gets neither: its exchanges have no cost to record or to
+    spend a budget in, so `budgets.cost` does not limit it (README "What a run costs")."""
+    if c.price is None:
+        return {}
+    return {"price": c.price, **({"cost_budget": lab.budgets.cost} if lab.budgets.cost is not None else {})}

@@ -57,7 +57,7 @@ from labctl.run.parts import (
     task_limits,
     work_root,
 )
-from labctl.run.runplan import RunPlan, plan_run
+from labctl.run.runplan import RunPlan, cost_fields, plan_run
 from labctl.run.served import first_request_overflow, read_props, served_mismatch
 from labctl.run.verifier import COMMIT_TIMEOUT_S, VERIFIER_GRACE_S, run_tests, stop_sessions
 from labctl.spec.lab import CloudContestant, LocalContestant
@@ -172,7 +172,7 @@ class RunSession:
         if isinstance(c, CloudContestant):
             egress = self._net("egress", internal=False)
             meter: dict[str, object] = {"api_key_env": c.api_key_env, "upstream_model": c.model,
-                                        "max_output": c.max_output}
+                                        "max_output": c.max_output, **cost_fields(self.ctx.loaded.lab, c)}
             if not os.environ.get(c.api_key_env):
                 raise RunError(f"the API key variable {c.api_key_env} is not set on this host")
             # By name only: docker copies it from here, so the key is in no command line (only the meter's).

@@ -27,6 +27,7 @@ from labctl.spec.interventions import Interventions
 from labctl.spec.network import LAB_ONLY, Network
 from labctl.spec.options import Budgets, BuildOptions, Round, VerifierOptions
 from labctl.spec.pathology import PathologyThresholds
+from labctl.spec.price import Price
 from labctl.spec.profiles import Profile
 from labctl.spec.published import (
     BuildResult as BuildResult,  # re-exported: labctl.spec.lab is where records look
@@ -267,6 +268,10 @@ class CloudContestant(ContestantBase):
     """The model's context window, for the report."""
     max_output: Count | None = None
     """Most tokens per response."""
+    price: Price | None = None
+    """What the provider charges, declared with its date and source; the meter prices every exchange
+    from it (`cost_usd`), `budgets.cost` is spent in it, and `labctl lock` pins it. Unset: the
+    contestant's cost is reported as not priced, never as 0."""
 
 
 class OracleContestant(ContestantBase):

@@ -59,6 +59,10 @@ class Budgets(Spec):
     """Total tokens (prompt + completion) across the run, enforced at the proxy."""
     steps: int | None = Field(default=None, ge=1)
     """Agent steps (model calls); always set one for agents that cannot price local models."""
+    cost: float | None = Field(default=None, gt=0)
+    """USD across the run, enforced at the meter from the contestant's declared `price`: the call
+    that crosses it completes, the next is refused and the run stops (`cost_budget`). Only priced
+    (cloud) contestants have a cost: local and unpriced ones are not limited by it."""
 
 
 class VerifierOptions(Spec):

@@ -18,9 +18,10 @@ import httpx
 import pytest
 
 from labctl.meter.policy import InterventionPolicy
+from labctl.meter.recorder import Recorder
 from labctl.meter.server import MeterHandle, meter_in_thread
 from labctl.meter.sse import SSESplitter, sse_fields
-from labctl.meter.state import MeterConfig, MeterState, Recorder
+from labctl.meter.state import MeterConfig, MeterState
 from labctl.meter.transcript import call_signature, inject_user_text
 from labctl.spec.interventions import Interventions
 from tests.fake_upstream import FINGERPRINT, MODEL, FakeUpstream, Reply, serve_fake

@@ -3,6 +3,7 @@ gives the same config back: the runner and the CLI cannot drift apart. No networ
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from labctl.cli.app import app
 from labctl.cli.meter import meter_config
 from labctl.meter.state import MeterConfig
 from labctl.spec.interventions import Interventions
+from labctl.spec.price import Price
 
 
 def parsed(argv: list[str]) -> MeterConfig:
@@ -64,3 +66,15 @@ def test_what_the_cli_cannot_carry_is_refused() -> None:
     with pytest.raises(ValueError, match="interventions_file"):
         MeterConfig(upstream="http://u", dialect="openai", transcript=Path("t"),
                     interventions=rules).to_argv()
+
+
+def test_a_priced_cloud_runs_meter_round_trips() -> None:
+    """The price travels as its JSON and the cost budget as a float; both come back exactly."""
+    price = Price(input=3, output=15, cache_read=0.3, cache_write=3.75, as_of=dt.date(2026, 6, 1),
+                  source="https://www.anthropic.com/pricing")
+    cfg = MeterConfig(upstream="https://api.anthropic.com", dialect="anthropic", host="0.0.0.0", port=8080,
+                      transcript=Path("/meter/transcript.jsonl"), alias="run-03", api_key_env="KEY",
+                      upstream_model="claude-x", price=price, cost_budget=0.1)
+    argv = cfg.to_argv()
+    assert argv[argv.index("--cost-budget") + 1] == "0.1"
+    assert parsed(argv) == cfg and parsed(argv).price == price

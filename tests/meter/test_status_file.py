@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from labctl.meter.state import MeterState, Recorder, read_status
+from labctl.meter.recorder import Recorder
+from labctl.meter.state import MeterState, read_status
 
 
 def test_published_status_reads_back(tmp_path: Path) -> None:

@@ -38,6 +38,8 @@ CASES = [
      "stopped by the token budget (exit 1) — run killed: stopped by token_budget budget"),
     (Ending(by="budget", detail="request_budget", exit_code=0), "done", None,
      "stopped by the request budget (exit 0)"),
+    (Ending(by="budget", detail="cost_budget", exit_code=0), "done", None,
+     "stopped by the cost budget (exit 0)"),
     (Ending(by="intervention", detail="stop-after-loop", exit_code=137), "killed",
      "stopped by intervention:stop-after-loop budget",
      "stopped by the intervention `stop-after-loop` (exit 137) — run killed: stopped by "

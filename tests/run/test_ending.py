@@ -56,6 +56,7 @@ def test_labctl_stops_come_first() -> None:
     assert end(recs, "wall_time", own="Operation cancelled.", exit_code=137) == ("wall_time", None, 1)
     assert end(recs, "token_budget") == ("budget", "token_budget", 1)
     assert end(recs, "request_budget") == ("budget", "request_budget", 1)
+    assert end(recs, "cost_budget") == ("budget", "cost_budget", 1)  # a priced run's budgets.cost
     assert end(recs, "intervention:stop-after-loop") == ("intervention", "stop-after-loop", 1)
     assert end(recs, "upstream_error", meter=state(errored=True, last_error="upstream 503")) \
         == ("upstream_error", "upstream 503", 1)
