@@ -144,13 +144,26 @@ _MODEL_TURN_ITEMS = ("function_call", "function_call_output", "custom_tool_call"
 """Responses input items that only follow a turn of the model."""
 
 
+def opening_requests(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The exchanges sent before the model had a turn: every one until the first answered (a
+    runtime's first prompt, whatever it holds: aider's carries example turns of its edit format),
+    and any later one that opens a new conversation (opencode asks for a session title beside its
+    first prompt, in either order)."""
+    out: list[dict[str, Any]] = []
+    answered = False
+    for r in records:
+        if r.get("kind", "exchange") != "exchange" or "request" not in r:
+            continue
+        if not answered or opens_a_conversation(r.get("request")):
+            out.append(r)
+        answered = answered or (r.get("status") == 200 and isinstance(r.get("response"), dict))
+    return out
+
+
 def first_prompt(records: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
-    """The run's first prompt: the largest request (by bytes) in which the model had no turn yet.
-    The largest, not the first: a runtime may send a small side request beside its first prompt,
-    in either order (opencode's session title)."""
-    opening = [r for r in records if r.get("kind", "exchange") == "exchange"
-               and opens_a_conversation(r.get("request"))]
-    return max(opening, key=lambda r: r.get("request_bytes") or 0, default=None)
+    """The run's first prompt: the largest of its opening requests (by bytes). The largest, not the
+    first record: a runtime may send a small side request beside it (opencode's session title)."""
+    return max(opening_requests(records), key=lambda r: r.get("request_bytes") or 0, default=None)
 
 
 def harvest(records: Iterable[dict[str, Any]], runtime: str, version: str, model_sha256: str

@@ -17,9 +17,9 @@ from typing import Any
 
 from labctl.engine.container import Engine
 from labctl.meter.readback import transcript_records
-from labctl.plan.firstprompt import opens_a_conversation
+from labctl.plan.firstprompt import opening_requests
 from labctl.plan.planner import ContestantPlan
-from labctl.run.pathology import exchanges, is_context_overflow
+from labctl.run.pathology import is_context_overflow
 
 
 def read_props(docker: Engine, container: str, port: int) -> str:
@@ -63,18 +63,18 @@ def served_mismatch(plan: ContestantPlan, props_text: str) -> str | None:
 
 
 def first_request_overflow(run_dir: Path) -> str | None:
-    """The result reason when a prompt in which the model had no turn yet was refused for its length
-    (llama.cpp's 400 "exceeds the available context size"): the runtime's own first prompt plus
-    max_output does not fit the planned context, so the model never had a turn — the run is errored
-    (configuration), not graded as the model's Total failure. Any such prompt counts, not only the
-    run's first record: a runtime may send a small side request beside its first prompt (opencode
-    asks for a session title), in either order. None otherwise (an overflow later in a conversation
-    is the agent's doing)."""
+    """The result reason when a request sent before the model had a turn was refused for its length
+    (llama.cpp's 400 "exceeds the available context size"; `opening_requests`): the runtime's own
+    first prompt plus max_output does not fit the planned context, so the model never had a turn —
+    the run is errored (configuration), not graded as the model's Total failure. Not only the run's
+    first record: a runtime may send a small side request beside its first prompt (opencode asks for
+    a session title), in either order. None otherwise (an overflow later in a conversation is the
+    agent's doing)."""
     transcript = run_dir / "transcript.jsonl"
     if not transcript.is_file():
         return None
-    refused = next((r for r in exchanges(transcript_records(transcript))
-                    if is_context_overflow(r) and opens_a_conversation(r.get("request"))), None)
+    opening = opening_requests(transcript_records(transcript))
+    refused = next((r for r in opening if is_context_overflow(r)), None)
     if refused is None:
         return None
     err = refused.get("error")

@@ -292,13 +292,21 @@ def test_a_request_opens_a_conversation_only_before_the_models_first_turn(reques
 
 def test_the_first_prompt_is_the_largest_opening_request_not_the_first_record() -> None:
     """opencode asks for a session title beside its first prompt, in either order: the title's small
-    request must not stand for the runtime's first prompt."""
+    request must not stand for the runtime's first prompt; a request after the model's first answer
+    that continues a conversation is no first prompt, however large."""
     from labctl.plan.firstprompt import first_prompt
-    title = {"kind": "exchange", "request_bytes": 900, "request": {"messages": [_user("t")]}}
-    agent = {"kind": "exchange", "request_bytes": 90_000,
+    title = {"kind": "exchange", "request_bytes": 900, "status": 200, "response": {"content": "A title"},
+             "request": {"messages": [_user("t")]}}
+    agent = {"kind": "exchange", "request_bytes": 90_000, "status": 400,
              "request": {"messages": [{"role": "system", "content": "s"}, _user("task")]}}
-    later = {"kind": "exchange", "request_bytes": 200_000, "request": {"messages": [
-        _user("task"), {"role": "assistant", "content": "a"}, _user("x")]}}
+    later = {"kind": "exchange", "request_bytes": 200_000, "status": 200, "response": {"content": "x"},
+             "request": {"messages": [_user("task"), {"role": "assistant", "content": "a"}, _user("x")]}}
     assert first_prompt([title, agent, later]) is agent
     assert first_prompt([agent, title, later]) is agent
-    assert first_prompt([later, {"kind": "status"}]) is None
+    assert first_prompt([title, later]) is title
+    assert first_prompt([later, {"kind": "status"}]) is later  # sent before any answer: the first prompt
+    # aider's first prompt carries example turns of its edit format: first sent, so the first prompt
+    examples = {"kind": "exchange", "request_bytes": 30_000, "status": 400, "request": {"messages": [
+        {"role": "system", "content": "s"}, _user("example"), {"role": "assistant", "content": "example"},
+        _user("task")]}}
+    assert first_prompt([examples, title]) is examples

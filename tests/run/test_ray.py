@@ -33,7 +33,7 @@ NOTHING = {"containers": [], "networks": [], "volumes": []}
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
     c = RayCluster(tmp_path_factory.mktemp("ray"))
     try:
         c.start_head(docker_slots=1)
@@ -41,6 +41,15 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
         yield c
     finally:
         c.stop()
+
+
+@pytest.fixture
+def cluster(ray_cluster: RayCluster) -> RayCluster:
+    """The module's cluster with both nodes up, whatever ran before: test_node_lost_mid_run kills
+    the worker, and a test after it (in any order) gets a new one instead of a one-node cluster."""
+    if "worker" not in ray_cluster.nodes:
+        ray_cluster.add_worker("worker", docker_slots=1)
+    return ray_cluster
 
 
 def files_by_contestant(rd: Path) -> list[tuple[str, list[str]]]:
