@@ -226,10 +226,15 @@ class EgressRecord(Record):
 
 def read_egress(path: Path) -> list[EgressRecord]:
     """egress.jsonl's records; ValueError names the first line that is not one."""
+    return read_jsonl(EgressRecord, path)
+
+
+def read_jsonl(model: type[R], path: Path) -> list[R]:
+    """A JSON-lines file of `model` records; ValueError names the first line that is not one."""
     out = []
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         try:
-            out.append(EgressRecord.model_validate_json(line))
+            out.append(model.model_validate_json(line))
         except ValueError as e:
             raise ValueError(f"line {n}: {str(e).splitlines()[0]}") from None
     return out

@@ -26,7 +26,7 @@ from typing import Any, Literal
 from labctl.errors import LabctlError
 from labctl.meter import control
 from labctl.meter.readback import transcript_records
-from labctl.round.layout import RUNS_DIR, Record, read_sealed, run_dir, transcript_path
+from labctl.round.layout import RUNS_DIR, Record, read_jsonl, read_sealed, run_dir, transcript_path
 from labctl.round.opened import read_round_lab
 
 LIVE_FILE = "live.json"
@@ -81,15 +81,7 @@ def live_meter(run: Path) -> Path | None:
 def read_operator(round_dir: Path) -> list[OperatorRecord]:
     """operator.jsonl's records (none when there is no file); ValueError names a line that is not one."""
     path = round_dir / OPERATOR_FILE
-    if not path.is_file():
-        return []
-    out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        try:
-            out.append(OperatorRecord.model_validate_json(line))
-        except ValueError as e:
-            raise ValueError(f"line {n}: {str(e).splitlines()[0]}") from None
-    return out
+    return read_jsonl(OperatorRecord, path) if path.is_file() else []
 
 
 def _append(round_dir: Path, rec: OperatorRecord) -> None:
