@@ -5,6 +5,7 @@ usage, and the run's metrics count the requests, tool calls and tokens the model
 
 from __future__ import annotations
 
+import html
 import json
 import uuid
 from pathlib import Path
@@ -63,4 +64,12 @@ def test_round_with_the_scripted_model_is_complete(tmp_path: Path, monkeypatch: 
                                 "cut_answers": 0}, metrics
     seen = (run / "transcript.jsonl").read_text() + agent_log
     assert key not in seen and MODEL not in seen
+    # the run's page (issue #29), written with the report: both calls, at their steps, and the name
+    made = CliRunner().invoke(app, ["report", report["round_dir"], "--format", "html"])
+    assert made.exit_code == 0, made.output
+    page = (run / "transcript.html").read_text()
+    first, second = page.index(html.escape(SMOKE_WORK)), page.index(html.escape(SUBMIT))
+    assert page.index("Step 1") < first < page.index("Step 2") < second, page[:3000]
+    assert "scripted" in page and key not in page and MODEL not in page
+    assert f'runs/{row["run"]}/transcript.html' in (Path(report["round_dir"]) / "report.html").read_text()
     assert labelled_now(report["round"]) == {"containers": [], "networks": [], "volumes": []}
