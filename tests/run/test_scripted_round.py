@@ -68,8 +68,8 @@ def test_round_with_the_scripted_model_is_complete(tmp_path: Path, monkeypatch: 
     made = CliRunner().invoke(app, ["report", report["round_dir"], "--format", "html"])
     assert made.exit_code == 0, made.output
     page = (run / "transcript.html").read_text()
-    first, second = page.index(html.escape(SMOKE_WORK)), page.index(html.escape(SUBMIT))
-    assert page.index("Step 1") < first < page.index("Step 2") < second, page[:3000]
+    step1, step2 = page.index("Step 1"), page.index("Step 2")  # (the opening prompt names SUBMIT too)
+    assert step1 < page.index(html.escape(SMOKE_WORK), step1) < step2 < page.index(html.escape(SUBMIT), step2)
     assert "scripted" in page and key not in page and MODEL not in page
     assert f'runs/{row["run"]}/transcript.html' in (Path(report["round_dir"]) / "report.html").read_text()
     assert labelled_now(report["round"]) == {"containers": [], "networks": [], "volumes": []}
