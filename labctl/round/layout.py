@@ -225,8 +225,7 @@ class EgressRecord(Record):
 
 
 def read_egress(path: Path) -> list[EgressRecord]:
-    """egress.jsonl's records; ValueError names the first line that is not one."""
-    return read_jsonl(EgressRecord, path)
+    return read_jsonl(EgressRecord, path)  # egress.jsonl's records
 
 
 def read_jsonl(model: type[R], path: Path) -> list[R]:
