@@ -8,7 +8,7 @@ the steps are numbered as the grader numbers them (answered exchanges from 1), t
 and their observations come from the one definition both share (`labctl.meter.actions`), and where a
 seed pattern fired comes from metrics.json's own `pathology` block, which records its steps. Only the
 three streak measures record a length and no position, so their place is found again here, by the
-same rule (the longest run of equal consecutive keys). Pure functions, no I/O.
+same rule (`labctl.spec.pathology.longest_run`). Pure functions, no I/O.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any
 from labctl.meter import actions as act
 from labctl.meter.readback import Record, exchange_records
 from labctl.meter.wire_responses import request_turns
+from labctl.spec.pathology import longest_run
 
 
 @dataclass
@@ -164,18 +165,6 @@ def first_prompt(records: Sequence[Record]) -> str:
 # --- where the pathology flags fired ---------------------------------------------------------------
 
 
-def _longest(keys: Sequence[str | None]) -> list[int]:
-    """0-based positions of the longest run of equal non-None consecutive keys (the first, on a tie),
-    as `labctl.run.pathology._longest_run` measures it."""
-    best: list[int] = []
-    cur: list[int] = []
-    for i, k in enumerate(keys):
-        cur = [*cur, i] if cur and k is not None and keys[cur[-1]] == k else ([i] if k is not None else [])
-        if len(cur) > len(best):
-            best = cur
-    return best
-
-
 def _streaks(answered: list[Step]) -> dict[str, list[int]]:
     """Flag prefix → step numbers of the three streak measures."""
     calls = ["\n".join(f"{c.name}({c.arguments})" for c in s.calls) or None for s in answered]
@@ -183,9 +172,9 @@ def _streaks(answered: list[Step]) -> dict[str, list[int]]:
     failing = ["\n".join(f"{c.name}({c.arguments})" for c in s.calls)
                if s.calls and any(c.result is not None and c.result.failed for c in s.calls) else None
                for s in answered]
-    return {"repeated identical tool call": [answered[i].n or 0 for i in _longest(calls)],
-            "degenerate loop": [answered[i].n or 0 for i in _longest(text)],
-            "same command failing repeatedly": [answered[i].n or 0 for i in _longest(failing)]}
+    return {"repeated identical tool call": [answered[i].n or 0 for i in longest_run(calls)],
+            "degenerate loop": [answered[i].n or 0 for i in longest_run(text)],
+            "same command failing repeatedly": [answered[i].n or 0 for i in longest_run(failing)]}
 
 
 def _ints(v: Any) -> list[int]:

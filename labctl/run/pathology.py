@@ -27,7 +27,7 @@ from pydantic import ValidationError
 from labctl.meter import actions as act
 from labctl.run import patterns
 from labctl.run.patterns import Step, steps
-from labctl.spec.pathology import PathologyThresholds
+from labctl.spec.pathology import PathologyThresholds, longest_run
 
 STREAK_THRESHOLD = PathologyThresholds().identical_tool_call
 """The default streak threshold (kept for callers that name it)."""
@@ -54,15 +54,9 @@ def actions(response: Record, request: Record | None = None) -> list[str]:
     return [a.key for a in act.actions(request, response)]
 
 
-def _longest_run(keys: Sequence[str | None]) -> int:
-    """Longest run of equal, non-None consecutive keys."""
-    best = cur = 0
-    prev: str | None = None
-    for k in keys:
-        cur = cur + 1 if k is not None and k == prev else (1 if k is not None else 0)
-        prev = k
-        best = max(best, cur)
-    return best
+def _streak(keys: Sequence[str | None]) -> int:
+    """Longest run of equal, non-None consecutive keys (`longest_run`'s length)."""
+    return len(longest_run(keys))
 
 
 def _steps(records: Iterable[Record]) -> list[Step]:
@@ -70,7 +64,7 @@ def _steps(records: Iterable[Record]) -> list[Step]:
 
 
 def identical_tool_call_streak(records: Iterable[Record]) -> int:
-    return _longest_run(["\n".join(a.key for a in s.actions) or None for s in _steps(records)])
+    return _streak(["\n".join(a.key for a in s.actions) or None for s in _steps(records)])
 
 
 def repeated_text_streak(records: Iterable[Record]) -> int:
@@ -78,7 +72,7 @@ def repeated_text_streak(records: Iterable[Record]) -> int:
     for r in answered(records):
         text = act.text(r["response"].get("content")).strip()
         keys.append(text or None)
-    return _longest_run(keys)
+    return _streak(keys)
 
 
 def observation_codes(request: Record | None) -> list[int]:
@@ -101,7 +95,7 @@ def failing_command_streak(records: Iterable[Record]) -> int:
     for acts, codes in steps_with_results(records):
         failed = bool(acts) and any(c is not None and c != 0 for c in codes)
         keys.append("\n".join(acts) if failed else None)
-    return _longest_run(keys)
+    return _streak(keys)
 
 
 def command_results(records: Iterable[Record], pattern: str) -> list[int | None]:

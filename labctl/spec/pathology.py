@@ -8,6 +8,8 @@ run that merely retries once does not.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from pydantic import Field
 
 from labctl.spec.base import Spec
@@ -32,3 +34,18 @@ class PathologyThresholds(Spec):
     object) in their content while the request declared tools (Devstral)."""
     cwd_amnesia: int = Field(default=2, ge=1)
     """Commands that failed for a lost working directory and then passed with a `cd DIR &&` prefix."""
+
+
+def longest_run(keys: Sequence[str | None]) -> list[int]:
+    """0-based positions of the longest run of equal, non-None consecutive keys (the first, on a tie):
+    the rule of the three streak measures (identical tool call, identical text, failing command). One
+    function for the measure (labctl/run/pathology.py takes its length) and for the run page, which
+    marks the steps where it fired (labctl/report/steps.py)."""
+    best: list[int] = []
+    cur: list[int] = []
+    for i, k in enumerate(keys):
+        cur = [*cur, i] if cur and k is not None and keys[cur[-1]] == k else ([i] if k is not None else [])
+        if len(cur) > len(best):
+            best = cur
+    return best
+
