@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,11 +29,13 @@ from labctl.round.layout import read_egress, write_manifest
 from labctl.round.verify import verify_round
 from labctl.run.egress import GATEWAY_ALIAS, GATEWAY_PORT
 from labctl.run.runner import RunSession, open_round
+from tests.engine import test_sandbox
 from tests.engine.test_sandbox import PROBE, Listener, host_addresses, probe, targets
 from tests.outside import Outside, debian_tree, make_deb, outside_world, pypi_tree
 from tests.pypi_standin import tiny_wheel
 from tests.run.test_runner import build, derived_lab, labelled_now, runner_env, seal  # noqa: F401  (module fixture)
 
+listeners = test_sandbox.listeners  # the host's listeners on 0.0.0.0 and ::, the same module fixture
 pytestmark = pytest.mark.docker
 NOTHING = {"containers": [], "networks": [], "volumes": []}
 KEY_ENV, KEY = "LABCTL_EGRESS_TEST_KEY", "sk-egress-test-0123456789"
@@ -55,16 +56,6 @@ exec 3<>"/dev/tcp/${1%:*}/${1#*:}" || exit 7
 printf 'CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n' "$2" "$2" >&3
 timeout 10 head -1 <&3
 """
-
-
-@pytest.fixture(scope="module")
-def listeners() -> Iterator[list[Listener]]:
-    both = [Listener(socket.AF_INET, "0.0.0.0"), Listener(socket.AF_INET6, "::")]
-    try:
-        yield both
-    finally:
-        for one in both:
-            one.close()
 
 
 def content(tmp: Path) -> tuple[Path, Path]:
